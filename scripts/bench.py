@@ -1,0 +1,380 @@
+"""Benchmark one config: training and evaluation images/s, where the time goes, and PyTorch.
+
+    python scripts/bench.py --config configs/lenet5.ini --steps 300 --threads 2
+
+What it measures, in one process, on the same data:
+1. cnntrain training: the real step (forward, loss, backward, SGD with the config's momentum
+   and weight decay), timed over --steps steps after a warm-up, in --rounds rounds.
+2. cnntrain evaluation: forward(x, train=False) in batches of --eval-batch plus the argmax.
+3. A per-layer forward/backward breakdown of the training step (and of the eval forward).
+4. If torch imports: the same architecture, batch and optimizer in PyTorch, trained for the
+   same number of steps right after each of our rounds, and the ratio ours / torch.
+
+The machines this runs on are shared and noisy, so only ratios measured side by side mean
+much; each round runs ours then torch back to back and the ratio is taken per round.
+
+Data are random normal images with random labels unless --data-dir holds the four MNIST
+*-ubyte.gz files; speed does not depend on the pixel values. Nothing is downloaded.
+"""
+
+import argparse
+import os
+import sys
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--config", default="configs/lenet5.ini", help="config file (model, batch, optimizer)")
+    ap.add_argument("--steps", type=int, default=300, help="training steps timed, for each side")
+    ap.add_argument("--warmup", type=int, default=20, help="untimed steps before timing")
+    ap.add_argument("--rounds", type=int, default=6,
+                    help="the steps are run in this many rounds of (ours, torch), back to back")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="threads for BLAS, cnntrain and torch (default: the CPUs this process may use)")
+    ap.add_argument("--batch", type=int, default=None, help="training batch (default: the config's)")
+    ap.add_argument("--eval-batch", type=int, default=1000, help="evaluation batch")
+    ap.add_argument("--eval-images", type=int, default=10000, help="images per evaluation pass")
+    ap.add_argument("--profile-steps", type=int, default=100, help="steps for the per-layer breakdown")
+    ap.add_argument("--data-dir", default=None, help="folder with MNIST *-ubyte.gz (default: random data)")
+    ap.add_argument("--no-torch", action="store_true", help="skip the PyTorch reference")
+    ap.add_argument("--seed", type=int, default=0)
+    return ap.parse_args(argv)
+
+
+ARGS = parse_args()
+THREADS = ARGS.threads or len(os.sched_getaffinity(0))
+# BLAS and OpenMP read these once, when they load: they must be set before numpy (or torch)
+# is imported, which is why this script parses its arguments first.
+if "numpy" in sys.modules:
+    sys.exit("bench.py must set the thread counts before numpy is imported; run it as a script")
+for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ[var] = str(THREADS)
+os.environ["CNNTRAIN_THREADS"] = str(THREADS)
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+import ctypes  # noqa: E402
+import gzip  # noqa: E402
+import statistics  # noqa: E402
+import time  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+from cnntrain.config import load_config  # noqa: E402
+from cnntrain.losses import SoftmaxCrossEntropy  # noqa: E402
+from cnntrain.model import build_network, parse_layers  # noqa: E402
+from cnntrain.optim import SGD  # noqa: E402
+
+
+# --- BLAS ----------------------------------------------------------------------------------
+
+def blas_info():
+    """(description, threads) of the BLAS numpy loaded, read from the library itself."""
+    name = "unknown BLAS"
+    try:
+        deps = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
+        name = f"{deps.get('name', '?')} {deps.get('version', '')}".strip()
+    except Exception:  # older numpy: no dict mode
+        pass
+    threads, config = None, None
+    paths = set()
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            path = line.split()[-1]
+            if "blas" in os.path.basename(path).lower() and ".so" in path:
+                paths.add(path)
+    for path in sorted(paths):
+        lib = ctypes.CDLL(path)
+        for prefix, suffix in (("scipy_openblas", "64_"), ("scipy_openblas", ""),
+                               ("openblas", "64_"), ("openblas", "")):
+            getter = getattr(lib, f"{prefix}_get_num_threads{suffix}", None)
+            if getter is not None:
+                getter.restype = ctypes.c_int
+                threads = getter()
+                conf = getattr(lib, f"{prefix}_get_config{suffix}", None)
+                if conf is not None:
+                    conf.restype = ctypes.c_char_p
+                    config = conf().decode()
+                break
+        if threads is not None:
+            break
+    return f"{name} ({config})" if config else name, threads
+
+
+# --- data ----------------------------------------------------------------------------------
+
+def read_idx_gz(path):
+    with gzip.open(path, "rb") as f:
+        raw = f.read()
+    ndim = raw[3]
+    dims = [int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim)]
+    return np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim).reshape(dims)
+
+
+def load_data(cfg, dtype, rng):
+    """(train_x, train_y, eval_x, eval_y, description)."""
+    if ARGS.data_dir:
+        d = ARGS.data_dir
+        lut = ((np.arange(256) / 255.0 - cfg.data.mean) / cfg.data.std).astype(dtype)
+        tx = lut[read_idx_gz(f"{d}/train-images-idx3-ubyte.gz")][:, None]
+        ty = read_idx_gz(f"{d}/train-labels-idx1-ubyte.gz").astype(np.int64)
+        ex = lut[read_idx_gz(f"{d}/t10k-images-idx3-ubyte.gz")][:, None]
+        ey = read_idx_gz(f"{d}/t10k-labels-idx1-ubyte.gz").astype(np.int64)
+        reps = -(-ARGS.eval_images // len(ey))
+        ex, ey = np.concatenate([ex] * reps)[:ARGS.eval_images], np.concatenate([ey] * reps)[:ARGS.eval_images]
+        return tx, ty, ex, ey, f"real MNIST from {d}"
+    n_train = 16384
+    tx = rng.standard_normal((n_train, 1, 28, 28)).astype(dtype)
+    ty = rng.integers(0, 10, n_train)
+    ex = rng.standard_normal((ARGS.eval_images, 1, 28, 28)).astype(dtype)
+    ey = rng.integers(0, 10, ARGS.eval_images)
+    return tx, ty, ex, ey, f"random N(0, 1) images, {n_train} for training (shape is all that matters)"
+
+
+class Batches:
+    """Shuffled minibatches drawn as the trainer draws them: a permutation per pass, then a gather."""
+
+    def __init__(self, n, batch, seed):
+        self.n, self.batch, self.rng = n, batch, np.random.default_rng(seed)
+        self.order, self.pos = self.rng.permutation(n), 0
+
+    def next(self):
+        if self.pos + self.batch > self.n:
+            self.order, self.pos = self.rng.permutation(self.n), 0
+        index = self.order[self.pos:self.pos + self.batch]
+        self.pos += self.batch
+        return index
+
+
+# --- cnntrain ------------------------------------------------------------------------------
+
+class Ours:
+    def __init__(self, cfg, batch, dtype, data):
+        self.net = build_network(cfg.model.layers, rng=np.random.default_rng(ARGS.seed), dtype=dtype,
+                                 init=cfg.model.init)
+        t = cfg.train
+        self.opt = SGD(self.net.params, t.lr, momentum=t.momentum, weight_decay=t.weight_decay,
+                       nesterov=t.nesterov, decay_biases=t.decay_biases)
+        self.loss = SoftmaxCrossEntropy()
+        self.tx, self.ty, self.ex, self.ey = data
+        self.batches = Batches(len(self.ty), batch, ARGS.seed)
+
+    def step(self):
+        index = self.batches.next()
+        x, y = self.tx[index], self.ty[index]
+        loss = self.loss.forward(self.net.forward(x), y)
+        self.net.backward(self.loss.backward())
+        self.opt.step(self.net.grads)
+        return loss
+
+    def train(self, steps):
+        start = time.perf_counter()
+        for _ in range(steps):
+            loss = self.step()
+        seconds = time.perf_counter() - start
+        assert np.isfinite(loss), "training diverged"
+        return seconds
+
+    def evaluate(self):
+        start = time.perf_counter()
+        correct = 0
+        for i in range(0, len(self.ey), ARGS.eval_batch):
+            logits = self.net.forward(self.ex[i:i + ARGS.eval_batch], train=False)
+            correct += int(np.count_nonzero(logits.argmax(axis=1) == self.ey[i:i + ARGS.eval_batch]))
+        return time.perf_counter() - start
+
+
+class Timed:
+    """Wraps one bound method and adds up the seconds spent in it."""
+
+    def __init__(self, method):
+        self.method, self.seconds, self.calls = method, 0.0, 0
+
+    def __call__(self, *args, **kwargs):
+        start = time.perf_counter()
+        result = self.method(*args, **kwargs)
+        self.seconds += time.perf_counter() - start
+        self.calls += 1
+        return result
+
+    def ms(self):
+        return 1e3 * self.seconds / max(self.calls, 1)
+
+
+def breakdown(ours, steps):
+    """Per-layer ms per call in training (forward, backward) and in evaluation (forward)."""
+    net = ours.net
+    timers = {}
+    for name, layer in net.layers:
+        timers[name] = (Timed(layer.forward), Timed(layer.backward))
+        layer.forward, layer.backward = timers[name]
+    loss_fwd, loss_bwd = Timed(ours.loss.forward), Timed(ours.loss.backward)
+    ours.loss.forward, ours.loss.backward = loss_fwd, loss_bwd
+    opt = Timed(ours.opt.step)
+    ours.opt.step = opt
+    start = time.perf_counter()
+    ours.train(steps)
+    step_ms = 1e3 * (time.perf_counter() - start) / steps
+    train = {name: (f.ms(), b.ms()) for name, (f, b) in timers.items()}
+    for f, b in timers.values():
+        f.seconds = b.seconds = f.calls = b.calls = 0
+    start = time.perf_counter()
+    ours.evaluate()
+    eval_batches = -(-len(ours.ey) // ARGS.eval_batch)
+    eval_ms = 1e3 * (time.perf_counter() - start) / eval_batches
+    evaluation = {name: f.ms() for name, (f, _) in timers.items()}
+    for name, layer in net.layers:  # drop the instance attributes: back to the class methods
+        del layer.forward, layer.backward
+    del ours.loss.forward, ours.loss.backward, ours.opt.step
+    return train, evaluation, (loss_fwd.ms(), loss_bwd.ms(), opt.ms()), step_ms, eval_ms
+
+
+# --- PyTorch reference ---------------------------------------------------------------------
+
+class Torch:
+    """The config's layer list as a torch.nn.Sequential, trained exactly like ours."""
+
+    def __init__(self, torch, cfg, batch, data, summary):
+        nn = torch.nn
+        self.torch = torch
+        torch.set_num_threads(THREADS)
+        torch.manual_seed(ARGS.seed)
+        modules, channels = [], 1
+        for k, spec in enumerate(parse_layers(cfg.model.layers)):
+            if spec.kind == "conv":
+                filters, kernel = spec.args
+                modules.append(nn.Conv2d(channels, filters, kernel, stride=spec.options.get("stride", 1),
+                                         padding=spec.options.get("pad", 0)))
+                channels = filters
+            elif spec.kind in ("maxpool", "meanpool"):
+                pool = nn.MaxPool2d if spec.kind == "maxpool" else nn.AvgPool2d
+                modules.append(pool(spec.args[0], spec.options.get("stride")))
+            elif spec.kind == "dense":
+                modules.append(nn.Linear(int(np.prod(summary[k - 1].output_shape)), spec.args[0]))
+            else:
+                modules.append({"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid,
+                                "flatten": nn.Flatten}[spec.kind]())
+        self.model = nn.Sequential(*modules)
+        tx, ty, ex, ey = data
+        self.tx, self.ty = torch.from_numpy(np.ascontiguousarray(tx)), torch.from_numpy(ty)
+        self.ex, self.ey = torch.from_numpy(np.ascontiguousarray(ex)), torch.from_numpy(ey)
+        t = cfg.train
+        self.opt = torch.optim.SGD(self.model.parameters(), lr=t.lr, momentum=t.momentum,
+                                   weight_decay=t.weight_decay, nesterov=t.nesterov)
+        self.batches = Batches(len(ty), batch, ARGS.seed)
+        self.description = f"torch {torch.__version__}, {torch.get_num_threads()} threads"
+
+    def train(self, steps):
+        torch, F = self.torch, self.torch.nn.functional
+        self.model.train()
+        start = time.perf_counter()
+        for _ in range(steps):
+            index = torch.from_numpy(self.batches.next())
+            loss = F.cross_entropy(self.model(self.tx[index]), self.ty[index])
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            self.opt.step()
+        seconds = time.perf_counter() - start
+        assert torch.isfinite(loss), "torch training diverged"
+        return seconds
+
+    def evaluate(self):
+        torch = self.torch
+        self.model.eval()
+        start = time.perf_counter()
+        with torch.no_grad():
+            for i in range(0, len(self.ey), ARGS.eval_batch):
+                logits = self.model(self.ex[i:i + ARGS.eval_batch])
+                int((logits.argmax(1) == self.ey[i:i + ARGS.eval_batch]).sum())
+        return time.perf_counter() - start
+
+
+def settle():
+    """Let the other library's idle worker threads stop spinning before the next timing:
+    OpenBLAS and OpenMP workers busy-wait for a while after a call, which would steal a core."""
+    time.sleep(0.3)
+
+
+# --- main ----------------------------------------------------------------------------------
+
+def main():
+    cfg = load_config(ARGS.config)
+    batch = ARGS.batch or cfg.train.batch_size
+    dtype = np.dtype(cfg.train.dtype)
+    tx, ty, ex, ey, data_note = load_data(cfg, dtype, np.random.default_rng(ARGS.seed))
+    data = (tx, ty, ex, ey)
+    blas, blas_threads = blas_info()
+    print(f"config {ARGS.config}: batch {batch}, {dtype}, SGD lr {cfg.train.lr} momentum "
+          f"{cfg.train.momentum} weight decay {cfg.train.weight_decay}")
+    print(f"data: {data_note}")
+    print(f"numpy {np.__version__}, BLAS {blas}, BLAS threads {blas_threads}; --threads {THREADS}")
+
+    ours = Ours(cfg, batch, dtype, data)
+    threads_note = getattr(ours.net, "threads", None)
+    if threads_note is not None:
+        print(f"cnntrain network worker threads: {threads_note}")
+    reference = None
+    if not ARGS.no_torch:
+        try:
+            import torch
+        except ImportError:
+            print("torch is not installed: no reference")
+        else:
+            reference = Torch(torch, cfg, batch, data, ours.net.summary())
+            print(f"reference: {reference.description}, same layers, batch and optimizer")
+
+    ours.train(ARGS.warmup)
+    ours.evaluate()
+    if reference is not None:
+        reference.train(ARGS.warmup)
+        reference.evaluate()
+
+    print(f"\ntraining: {ARGS.steps} steps x {batch} images each, in {ARGS.rounds} interleaved "
+          f"rounds; evaluation: {len(ey)} images per round (images/s)")
+    per_round = [ARGS.steps // ARGS.rounds + (r < ARGS.steps % ARGS.rounds) for r in range(ARGS.rounds)]
+    totals = {"ours": 0.0, "ours_eval": 0.0, "ref": 0.0, "ref_eval": 0.0}
+    ratios = []
+    for r, steps in enumerate(per_round):
+        settle()
+        seconds, eval_seconds = ours.train(steps), ours.evaluate()
+        totals["ours"] += seconds
+        totals["ours_eval"] += eval_seconds
+        line = (f"  round {r + 1}: cnntrain train {steps * batch / seconds:8,.0f}  "
+                f"eval {len(ey) / eval_seconds:8,.0f}")
+        if reference is not None:
+            settle()
+            ref_seconds, ref_eval_seconds = reference.train(steps), reference.evaluate()
+            totals["ref"] += ref_seconds
+            totals["ref_eval"] += ref_eval_seconds
+            ratios.append(ref_seconds / seconds)
+            line += (f" | torch train {steps * batch / ref_seconds:8,.0f}  "
+                     f"eval {len(ey) / ref_eval_seconds:8,.0f} | train ratio {ratios[-1]:.2f}")
+        print(line, flush=True)
+
+    images, eval_images = ARGS.steps * batch, ARGS.rounds * len(ey)
+    train_rate, eval_rate = images / totals["ours"], eval_images / totals["ours_eval"]
+    print(f"\ncnntrain: train {train_rate:,.0f} images/s ({1e3 * batch / train_rate:.2f} ms/step), "
+          f"eval {eval_rate:,.0f} images/s (batch {ARGS.eval_batch}); eval/train {eval_rate / train_rate:.2f}")
+    if reference is not None:
+        ref_rate, ref_eval_rate = images / totals["ref"], eval_images / totals["ref_eval"]
+        print(f"torch:    train {ref_rate:,.0f} images/s ({1e3 * batch / ref_rate:.2f} ms/step), "
+              f"eval {ref_eval_rate:,.0f} images/s (batch {ARGS.eval_batch})")
+        print(f"ratio cnntrain/torch: train {train_rate / ref_rate:.2f} over all steps, median of rounds "
+              f"{statistics.median(ratios):.2f} (min {min(ratios):.2f}, max {max(ratios):.2f}); "
+              f"eval {eval_rate / ref_eval_rate:.2f}")
+
+    settle()
+    train, evaluation, (loss_f, loss_b, opt_ms), step_ms, eval_ms = breakdown(ours, ARGS.profile_steps)
+    print(f"\nper layer, ms per call (training batch {batch}; eval batch {ARGS.eval_batch}):")
+    print(f"  {'layer':10s} {'forward':>8s} {'backward':>8s} {'eval fwd':>9s}")
+    for name, (f, b) in train.items():
+        print(f"  {name:10s} {f:8.3f} {b:8.3f} {evaluation[name]:9.3f}")
+    print(f"  {'loss':10s} {loss_f:8.3f} {loss_b:8.3f}")
+    print(f"  {'optimizer':10s} {opt_ms:8.3f}")
+    total = sum(f + b for f, b in train.values()) + loss_f + loss_b + opt_ms
+    print(f"  sum {total:.3f} ms of a {step_ms:.3f} ms step (the rest: batch gather, Python); "
+          f"eval forward sum {sum(evaluation.values()):.3f} of {eval_ms:.3f} ms per batch")
+
+
+if __name__ == "__main__":
+    main()
