@@ -1,0 +1,856 @@
+"""MNIST: where it lives, how it is fetched and verified, and how it is loaded into arrays.
+
+Downloading (`ensure_mnist`) and loading (`load_mnist`) are separate steps: loading never
+touches the network, so a training run on a machine with the files in place is fully offline.
+
+The files are kept decompressed in the data folder, each verified by the SHA-256 of its
+decompressed content; a small JSON manifest remembers what was verified (size, mtime_ns,
+sha256) so a normal start re-hashes nothing. This is the only module that imports `requests`.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import math
+import os
+import re
+import sys
+import tempfile
+import time
+import urllib.parse
+import urllib.request
+import zlib
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import requests
+import urllib3
+from tqdm import tqdm
+
+from cnntrain import __version__
+from cnntrain.errors import DataError
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not POSIX: downloads are simply not serialised
+    fcntl = None
+
+__all__ = [
+    "MNIST_FILES",
+    "DEFAULT_MIRRORS",
+    "resolve_data_dir",
+    "resolve_mirrors",
+    "ensure_mnist",
+    "read_idx",
+    "Split",
+    "MnistSplits",
+    "load_mnist",
+]
+
+#: Decompressed file name -> (size in bytes, SHA-256 of the decompressed content).
+MNIST_FILES: dict[str, tuple[int, str]] = {
+    "train-images-idx3-ubyte": (
+        47040016,
+        "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
+    ),
+    "train-labels-idx1-ubyte": (
+        60008,
+        "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
+    ),
+    "t10k-images-idx3-ubyte": (
+        7840016,
+        "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
+    ),
+    "t10k-labels-idx1-ubyte": (
+        10008,
+        "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
+    ),
+}
+
+#: Public mirrors, always tried after the user's own (yann.lecun.com no longer serves the files).
+DEFAULT_MIRRORS: tuple[str, ...] = (
+    "https://ossci-datasets.s3.amazonaws.com/mnist/",
+    "https://storage.googleapis.com/cvdf-datasets/mnist/",
+)
+
+ENV_DATA_DIR = "CNNTRAIN_DATA_DIR"
+ENV_MIRRORS = "CNNTRAIN_MNIST_MIRRORS"
+
+_TRAIN_IMAGES = "train-images-idx3-ubyte"
+_TRAIN_LABELS = "train-labels-idx1-ubyte"
+_TEST_IMAGES = "t10k-images-idx3-ubyte"
+_TEST_LABELS = "t10k-labels-idx1-ubyte"
+
+_MANIFEST = ".cnntrain-verified.json"
+_LOCK = ".cnntrain.lock"
+_PART = ".part"
+_CHUNK = 1 << 16
+_GZIP_MAGIC = b"\x1f\x8b"
+_IDX_UBYTE = 0x08
+_IDX_TYPES = {0x08: "unsigned byte", 0x09: "signed byte", 0x0B: "int16", 0x0C: "int32",
+              0x0D: "float32", 0x0E: "float64"}
+_IMAGE_HW = (28, 28)
+_NUM_CLASSES = 10
+_GATHER_BLOCK = 512  # images normalised at a time: bounds the temporaries to ~5 MB
+# Statuses worth asking again for; every other 4xx means this mirror will not have the file.
+_TRANSIENT_STATUS = frozenset({408, 429})
+
+# The backoff's wait, looked up at call time so tests can record it instead of waiting.
+_sleep = time.sleep
+
+
+# --------------------------------------------------------------------------- where and from where
+
+
+def _env(name: str) -> str | None:
+    value = os.environ.get(name, "").strip()
+    return value or None
+
+
+def resolve_data_dir(cli_dir=None, config_dir=None) -> Path:
+    """The MNIST folder; the first of these that is set wins.
+
+    `cli_dir` (`--data-dir`), env `CNNTRAIN_DATA_DIR`, `config_dir` (the config's `[data] dir`),
+    `$XDG_CACHE_HOME/cnntrain/mnist`, `~/.cache/cnntrain/mnist`. Empty strings count as unset;
+    `~` is expanded. A relative XDG_CACHE_HOME is ignored, as the XDG spec asks.
+    """
+    for candidate in (cli_dir, _env(ENV_DATA_DIR), config_dir):
+        if candidate is not None and str(candidate).strip():
+            return Path(os.path.abspath(os.path.expanduser(str(candidate).strip())))
+    xdg = _env("XDG_CACHE_HOME")
+    cache = Path(xdg) if xdg and os.path.isabs(xdg) else Path.home() / ".cache"
+    return cache / "cnntrain" / "mnist"
+
+
+def _split_mirrors(value) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        value = re.split(r"[,\n]", value)
+    return [str(m).strip() for m in value if m is not None and str(m).strip()]
+
+
+def _normalise_mirror(mirror: str) -> str:
+    # A base URL without its trailing slash would lose its last segment when joined.
+    scheme = urllib.parse.urlsplit(mirror).scheme.lower()
+    if scheme in ("http", "https"):
+        return mirror if mirror.endswith("/") else mirror + "/"
+    if scheme == "file" or len(scheme) > 1:
+        return mirror
+    return os.path.expanduser(mirror)
+
+
+def resolve_mirrors(cli_mirrors=(), config_mirrors=()) -> list[str]:
+    """The mirrors to try, in order, duplicates removed.
+
+    The user's own come from `cli_mirrors` (`--mirror`) if any, else env `CNNTRAIN_MNIST_MIRRORS`
+    (comma-separated), else `config_mirrors` (a sequence, or a comma/newline separated string);
+    `DEFAULT_MIRRORS` always follow. A mirror is an http(s) base URL, a file:// URL or a folder
+    that holds the files (as .gz or decompressed).
+    """
+    own = _split_mirrors(cli_mirrors)
+    if not own:
+        own = _split_mirrors(_env(ENV_MIRRORS))
+    if not own:
+        own = _split_mirrors(config_mirrors)
+    result: list[str] = []
+    for mirror in [*own, *DEFAULT_MIRRORS]:
+        mirror = _normalise_mirror(mirror)
+        if mirror not in result:
+            result.append(mirror)
+    return result
+
+
+# --------------------------------------------------------------------------- verification state
+
+
+def _sha256_file(path: Path) -> str:
+    """Hex SHA-256 of a file's content (the one place cached files are hashed)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some file systems cannot fsync a directory; the rename is still atomic
+    finally:
+        os.close(fd)
+
+
+def _read_manifest(data_dir: Path) -> dict:
+    try:
+        with open(data_dir / _MANIFEST, encoding="utf-8") as f:
+            entries = json.load(f).get("files", {})
+        return entries if isinstance(entries, dict) else {}
+    except (OSError, ValueError, AttributeError):
+        return {}  # missing or damaged: everything is simply re-verified
+
+
+def _write_manifest(data_dir: Path, entries: dict) -> None:
+    """Atomically replace the manifest; a folder we cannot write to just means re-hashing later."""
+    tmp = None
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=_MANIFEST + ".", suffix=".tmp", dir=data_dir)
+        if hasattr(os, "fchmod"):
+            os.fchmod(fd, 0o644)  # mkstemp's 0600 would hide it from others sharing the cache
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump({"version": 1, "files": entries}, f, indent=1, sort_keys=True)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, data_dir / _MANIFEST)
+        tmp = None
+        _fsync_dir(data_dir)
+    except OSError:
+        pass
+    finally:
+        if tmp is not None:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+
+
+def _manifest_entry(path: Path, sha256: str) -> dict:
+    st = path.stat()
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": sha256}
+
+
+def _trusted(path: Path, entry, size: int, sha256: str) -> bool:
+    """True if the manifest vouches for `path` as it is now: no hashing, one stat."""
+    if not isinstance(entry, dict) or entry.get("sha256") != sha256 or entry.get("size") != size:
+        return False
+    try:
+        st = path.stat()
+    except OSError:
+        return False
+    return st.st_size == size and st.st_mtime_ns == entry.get("mtime_ns")
+
+
+class _DirLock:
+    """An exclusive flock on a lock file in the data folder, held while anything is written.
+
+    The lock file is never deleted: removing it would let a third process lock a fresh inode
+    while a second one still waits on the old.
+    """
+
+    def __init__(self, directory: Path, announce: bool):
+        self.path = directory / _LOCK
+        self.announce = announce
+        self.fd = None
+
+    def __enter__(self):
+        if fcntl is None:
+            return self
+        try:
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+                return self  # read-only folder: verifying still works, writing will say why not
+            raise DataError(f"cannot create the lock file {self.path}: {e.strerror}") from e
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if self.announce:
+                print(f"Waiting for another process downloading MNIST into {self.path.parent} ...",
+                      file=sys.stderr)
+            fcntl.flock(self.fd, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc):
+        if self.fd is not None:
+            os.close(self.fd)  # closing releases the flock
+            self.fd = None
+
+
+# --------------------------------------------------------------------------- one download
+
+
+class _Transient(Exception):
+    """Worth another attempt at the same mirror (5xx, connection, timeout, truncation)."""
+
+    def __init__(self, message: str, unreachable: bool = False):
+        super().__init__(message)
+        # the mirror itself cannot be reached: later files skip it
+        self.unreachable = unreachable
+
+
+class _Permanent(Exception):
+    """This mirror will not give us this file (4xx, wrong content): go to the next one."""
+
+
+class _Fatal(Exception):
+    """A local problem (disk full, folder not writable) that no mirror can fix."""
+
+
+class _Verifier:
+    """Turns a stream of received bytes into the verified decompressed file.
+
+    The first bytes decide the format: gzip is inflated on the fly; raw IDX is taken as is (a
+    folder of decompressed files, or a server that decoded a Content-Encoding). Anything else,
+    typically an HTML error page served with 200, is refused at once, before reading on.
+    """
+
+    def __init__(self, out, size: int, sha256: str, content_type: str | None, bar):
+        self.out, self.size, self.sha256 = out, size, sha256
+        self.content_type = content_type
+        self.bar = bar
+        self.head = b""
+        self.mode = None  # "gzip" or "raw", decided by the first bytes
+        self.inflater = None
+        self.written = 0
+        self.received = 0
+        self.digest = hashlib.sha256()
+
+    def _describe_received(self) -> str:
+        ctype = f"Content-Type {self.content_type}; " if self.content_type else ""
+        return f"{ctype}first bytes {bytes(self.head[:40])!r}"
+
+    def feed(self, data: bytes) -> None:
+        self.received += len(data)
+        if self.mode is None:
+            self.head += data
+            if len(self.head) < 4:
+                return
+            data, self.head = self.head, self.head[:64]
+            if data[:2] == _GZIP_MAGIC:
+                self.mode = "gzip"
+                self.inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+            elif data[:3] == bytes([0, 0, _IDX_UBYTE]):
+                self.mode = "raw"
+            else:
+                raise _Permanent(f"received neither gzip nor IDX data "
+                                 f"({self._describe_received()})")
+        if self.mode == "raw":
+            self._emit(data)
+        else:
+            self._inflate(data)
+
+    def _inflate(self, data: bytes) -> None:
+        while data:
+            if self.inflater.eof:
+                # Concatenated gzip members are legal; zero padding after the last is tolerated.
+                if not data.strip(b"\0"):
+                    return
+                if data[:1] != _GZIP_MAGIC[:1]:
+                    raise _Permanent(f"garbage after the end of the gzip data "
+                                     f"({self._describe_received()})")
+                self.inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+            try:
+                # Bounded output: a bad archive cannot balloon in memory before the size check.
+                self._emit(self.inflater.decompress(data, 1 << 20))
+            except zlib.error as e:
+                raise _Permanent(f"corrupt gzip data ({e}; {self._describe_received()})") from e
+            data = self.inflater.unused_data if self.inflater.eof else self.inflater.unconsumed_tail
+
+    def _emit(self, data: bytes) -> None:
+        if not data:
+            return
+        self.written += len(data)
+        if self.written > self.size:
+            raise _Permanent(f"more than the expected {self.size} bytes of data "
+                             f"({self._describe_received()})")
+        self.digest.update(data)
+        try:
+            self.out.write(data)
+        except OSError as e:
+            raise _Fatal(f"cannot write {self.out.name}: {e.strerror or e}") from e
+        self.bar.update(len(data))
+
+    def finish(self) -> None:
+        if self.mode is None:
+            raise _Permanent(f"only {self.received} bytes received ({self._describe_received()})")
+        if self.mode == "gzip" and not self.inflater.eof:
+            raise _Transient(f"truncated gzip data: the body ended after {self.received} bytes")
+        if self.written != self.size:
+            raise _Permanent(f"decompressed to {self.written} bytes, expected {self.size}")
+        got = self.digest.hexdigest()
+        if got != self.sha256:
+            raise _Permanent(f"SHA-256 mismatch: got {got[:16]}..., expected {self.sha256[:16]}...")
+
+
+def _short_reason(exc: BaseException) -> str:
+    """One readable clause out of requests' nested exception text."""
+    text = str(exc)
+    found = re.findall(r"\[Errno -?\d+\] [^'\")\]]+", text)
+    if found:
+        return found[-1].strip()
+    for pattern in (r"Read timed out", r"timed out", r"IncompleteRead\([^)]*\)",
+                    r"Connection aborted", r"RemoteDisconnected\([^)]*\)"):
+        match = re.search(pattern, text)
+        if match:
+            return match.group(0)
+    return text if len(text) <= 160 else text[:157] + "..."
+
+
+def _unreachable(exc: requests.exceptions.ConnectionError) -> bool:
+    """True if no connection could be made at all (refused, no route, no such host)."""
+    inner = exc.args[0] if exc.args else None
+    return isinstance(getattr(inner, "reason", inner), urllib3.exceptions.NewConnectionError)
+
+
+@contextmanager
+def _open_http(session: requests.Session, url: str, timeout):
+    """GET `url`, streamed: yields (content type, iterator over body chunks), errors classified."""
+    try:
+        response = session.get(url, stream=True, timeout=timeout)
+    except requests.exceptions.SSLError as e:
+        raise _Permanent(f"TLS error: {_short_reason(e)} (behind a TLS-inspecting proxy, point "
+                         f"REQUESTS_CA_BUNDLE at its CA bundle)") from e
+    except requests.exceptions.ConnectTimeout as e:
+        raise _Transient("connect timed out", unreachable=True) from e
+    except requests.exceptions.ReadTimeout as e:
+        raise _Transient("read timed out waiting for the response") from e
+    except requests.exceptions.ConnectionError as e:
+        raise _Transient(f"connection failed: {_short_reason(e)}",
+                         unreachable=_unreachable(e)) from e
+    except (requests.exceptions.InvalidURL, requests.exceptions.InvalidSchema,
+            requests.exceptions.MissingSchema, requests.exceptions.TooManyRedirects) as e:
+        raise _Permanent(f"bad URL: {_short_reason(e)}") from e
+    except requests.RequestException as e:
+        raise _Transient(_short_reason(e)) from e
+    with response:
+        status = response.status_code
+        if status != 200:
+            reason = f"HTTP {status} {response.reason or ''}".rstrip()
+            if status >= 500 or status in _TRANSIENT_STATUS:
+                raise _Transient(reason)
+            raise _Permanent(reason)
+
+        def body():
+            try:
+                yield from response.iter_content(_CHUNK)
+            except requests.exceptions.ChunkedEncodingError as e:
+                raise _Transient(f"body cut short ({_short_reason(e)})") from e
+            except requests.exceptions.ConnectionError as e:
+                # requests reports a read timeout inside the body as a ConnectionError
+                what = "read timed out" if "timed out" in str(e) else "connection lost"
+                raise _Transient(f"{what} during the body") from e
+            except requests.RequestException as e:
+                raise _Transient(_short_reason(e)) from e
+
+        yield response.headers.get("Content-Type"), body()
+
+
+@contextmanager
+def _open_file(path: Path):
+    """A local copy (a mirror folder's file or a .gz in the data folder), like _open_http."""
+    try:
+        f = open(path, "rb")
+    except OSError as e:
+        raise _Permanent(f"cannot read {path}: {e.strerror or e}") from e
+
+    def body():
+        try:
+            yield from iter(lambda: f.read(_CHUNK), b"")
+        except OSError as e:
+            raise _Permanent(f"cannot read {path}: {e.strerror or e}") from e
+
+    with f:
+        yield None, body()
+
+
+def _is_http(source) -> bool:
+    return isinstance(source, str) and urllib.parse.urlsplit(source).scheme.lower() in (
+        "http", "https")
+
+
+def _open_source(source, name: str, session, timeout):
+    """Open `name` at `source`: a Path is that very file, a string is a mirror."""
+    if isinstance(source, Path):
+        return _open_file(source)
+    if _is_http(source):
+        return _open_http(session, source + name + ".gz", timeout)
+    parts = urllib.parse.urlsplit(source)
+    scheme = parts.scheme.lower()
+    if scheme == "file":
+        folder = Path(urllib.request.url2pathname(parts.path))
+    elif len(scheme) > 1:  # one letter is a Windows drive, not a scheme
+        raise _Permanent(f"unsupported URL scheme {scheme!r} (use http(s)://, file:// or a folder)")
+    else:
+        folder = Path(os.path.expanduser(source))
+    if not folder.is_dir():
+        raise _Permanent(f"no such folder {folder}")
+    for candidate in (folder / name, folder / (name + ".gz")):
+        if candidate.is_file():
+            return _open_file(candidate)
+    raise _Permanent(f"neither {name} nor {name}.gz is in {folder}")
+
+
+def _fetch_once(source, name: str, size: int, sha256: str, part: Path, session, timeout,
+                progress: bool) -> None:
+    """One attempt: stream `source`'s copy of `name` into `part`, verified and fsynced."""
+    with _open_source(source, name, session, timeout) as (content_type, body):
+        try:
+            out = open(part, "wb")
+        except OSError as e:
+            raise _Fatal(f"cannot write {part}: {e.strerror or e}") from e
+        with out, tqdm(total=size, unit="B", unit_scale=True, unit_divisor=1024, desc=name,
+                       disable=not progress, leave=False) as bar:
+            verifier = _Verifier(out, size, sha256, content_type, bar)
+            for chunk in body:
+                verifier.feed(chunk)
+            verifier.finish()
+            try:
+                out.flush()
+                os.fsync(out.fileno())
+            except OSError as e:
+                raise _Fatal(f"cannot write {part}: {e.strerror or e}") from e
+
+
+def _place(part: Path, final: Path) -> None:
+    """Rename a verified .part into place, with its mtime set one second back.
+
+    File timestamps come from a coarse clock: a rewrite within the same tick would keep the
+    mtime the manifest recorded. Backdating our own copy makes any later write visible.
+    """
+    try:
+        st = part.stat()
+        os.utime(part, ns=(st.st_atime_ns, st.st_mtime_ns - 1_000_000_000))
+        os.replace(part, final)
+    except OSError as e:
+        raise _Fatal(f"cannot move {part} into place: {e.strerror or e}") from e
+    _fsync_dir(final.parent)
+
+
+def _remove(path: Path) -> None:
+    try:
+        path.unlink()
+    except OSError:
+        pass  # absent, or a read-only folder where nothing of ours can be either
+
+
+def _fetch(name, size, sha256, data_dir: Path, sources, session, timeout, retries, backoff,
+           progress, unreachable: dict) -> list[str] | None:
+    """Put a verified `name` into `data_dir` from the first source that has it.
+
+    Returns None on success, else one "source: why" line per source. `unreachable` carries
+    mirrors that could not be connected to at all from one file to the next.
+    """
+    part = data_dir / (name + _PART)
+    failures = []
+    for source in sources:
+        if source in unreachable:
+            failures.append(f"{source}: {unreachable[source]} (not tried again)")
+            continue
+        # a local file reads the same the second time: only the network is worth retrying
+        tries_left = retries if _is_http(source) else 0
+        attempt = 0
+        while True:
+            try:
+                _fetch_once(source, name, size, sha256, part, session, timeout, progress)
+                _place(part, data_dir / name)
+                return None
+            except _Transient as e:
+                if attempt < tries_left:
+                    _sleep(backoff * 2 ** attempt)
+                    attempt += 1
+                    continue
+                why = f"{e} (after {attempt + 1} attempts)" if attempt else str(e)
+                failures.append(f"{source}: {why}")
+                if e.unreachable:
+                    unreachable[source] = why
+                break
+            except _Permanent as e:
+                failures.append(f"{source}: {e}")
+                break
+            except _Fatal as e:
+                raise DataError(f"{e}; make room there or choose a writable folder with "
+                                f"--data-dir or {ENV_DATA_DIR}") from e
+            finally:
+                _remove(part)  # a no-op after success: the rename consumed it
+    return failures
+
+
+def _check_cached(path: Path, size: int, sha256: str) -> str | None:
+    """None if the file on disk is the right one, else why not (hashing only when sizes agree)."""
+    try:
+        actual = path.stat().st_size
+    except FileNotFoundError:
+        return "not downloaded yet"
+    except OSError as e:
+        return f"unreadable ({e.strerror or e})"
+    if actual != size:
+        return f"cached copy is corrupt: {actual} bytes, expected {size}"
+    try:
+        got = _sha256_file(path)
+    except OSError as e:
+        return f"unreadable ({e.strerror or e})"
+    if got != sha256:
+        return f"cached copy is corrupt: SHA-256 {got[:16]}..., expected {sha256[:16]}..."
+    return None
+
+
+def _normalise_timeout(timeout):
+    values = timeout if isinstance(timeout, (tuple, list)) else (timeout, timeout)
+    if len(values) != 2 or not all(isinstance(v, (int, float)) and v > 0 for v in values):
+        raise ValueError(f"timeout must be a positive number or a (connect, read) pair, "
+                         f"got {timeout!r}")
+    return tuple(float(v) for v in values)
+
+
+def ensure_mnist(data_dir, mirrors, *, progress=True, files=MNIST_FILES, timeout=(10, 30),
+                 retries=3, backoff=1.0) -> dict[str, Path]:
+    """Make sure every file of `files` is in `data_dir`, decompressed and verified.
+
+    `files` maps a decompressed file name to (size, sha256); each is fetched as `<name>.gz`
+    from the `mirrors` in order (http(s) base URLs, file:// URLs or folders holding the .gz or
+    decompressed files; a `<name>.gz` already in `data_dir` is used first). Transient failures
+    (5xx, connection errors, timeouts, truncated bodies) are retried `retries` times, waiting
+    `backoff`, 2*`backoff`, 4*`backoff`... seconds; a 4xx or wrong content moves to the next
+    mirror at once. `timeout` is (connect, read) seconds for every request. A file lands in
+    place only after its decompressed size and SHA-256 match; a lock file serialises processes
+    sharing the folder. What was verified is recorded, so a later call costs one stat per file.
+
+    Returns {name: path}. Raises DataError, naming every mirror and why it failed and how to
+    place the files by hand, when a file cannot be obtained.
+    """
+    data_dir = Path(os.path.expanduser(str(data_dir)))
+    if isinstance(mirrors, (str, os.PathLike)):
+        mirrors = [mirrors]
+    sources = [_normalise_mirror(m) for m in _split_mirrors(mirrors)]
+    timeout = _normalise_timeout(timeout)
+    if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+        raise ValueError(f"retries must be a non-negative integer, got {retries!r}")
+    if not isinstance(backoff, (int, float)) or not backoff >= 0:
+        raise ValueError(f"backoff must be a non-negative number, got {backoff!r}")
+    paths = {name: data_dir / name for name in files}
+
+    manifest = _read_manifest(data_dir)
+    if all(_trusted(paths[n], manifest.get(n), s, h) for n, (s, h) in files.items()):
+        return paths
+
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DataError(f"cannot create the data folder {data_dir}: {e.strerror or e}; choose "
+                        f"another with --data-dir or {ENV_DATA_DIR}") from e
+
+    with _DirLock(data_dir, announce=progress):
+        # Re-read under the lock: another process may have finished the work meanwhile.
+        manifest = _read_manifest(data_dir)
+        verified, todo = set(), {}
+        for name, (size, sha256) in files.items():
+            _remove(data_dir / (name + _PART))  # left by a process that died mid-download
+            if _trusted(paths[name], manifest.get(name), size, sha256):
+                verified.add(name)
+                continue
+            problem = _check_cached(paths[name], size, sha256)
+            if problem is None:
+                manifest[name] = _manifest_entry(paths[name], sha256)
+                verified.add(name)
+            else:
+                todo[name] = problem
+        if not todo:
+            _write_manifest(data_dir, manifest)
+            return paths
+
+        unreachable: dict[str, str] = {}
+        with requests.Session() as session:
+            agent = session.headers["User-Agent"]
+            session.headers["User-Agent"] = f"cnntrain/{__version__} {agent}"
+            # The archives are gzip already; asking for identity keeps anything from re-encoding.
+            session.headers["Accept-Encoding"] = "identity"
+            for name, problem in todo.items():
+                size, sha256 = files[name]
+                local_gz = data_dir / (name + ".gz")
+                here = [local_gz] if local_gz.is_file() else []
+                failures = _fetch(name, size, sha256, data_dir, here + sources, session, timeout,
+                                  retries, backoff, progress, unreachable)
+                if failures is not None:
+                    missing = [n for n in files if n not in verified]
+                    raise DataError(_failure_message(name, problem, failures, data_dir, missing))
+                manifest[name] = _manifest_entry(paths[name], sha256)
+                verified.add(name)
+                _write_manifest(data_dir, manifest)  # progress survives a later failure
+    return paths
+
+
+def _failure_message(name, problem, failures, data_dir, missing) -> str:
+    lines = [f"Could not get MNIST file {name} ({problem}) from any mirror:"]
+    lines += [f"  {line}" for line in failures] or ["  (no mirror was given)"]
+    lines.append(f"To place the files by hand, put these in {data_dir} "
+                 f"(decompressed, or as .gz):")
+    lines += [f"  {n}" for n in missing]
+    lines.append(f"or give a reachable mirror (a URL or a folder holding them) with --mirror "
+                 f"or {ENV_MIRRORS}.")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- IDX and splits
+
+
+def read_idx(path) -> np.ndarray:
+    """Read an unsigned-byte IDX file: uint8 array of the shape its header gives.
+
+    The header is two zero bytes, the element type (0x08 = unsigned byte, the only one MNIST
+    uses), the number of dimensions, then one big-endian uint32 per dimension; the payload must
+    be exactly their product in bytes. Every violation is a DataError naming the file.
+    """
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            file_size = os.fstat(f.fileno()).st_size
+            header = f.read(4)
+            if len(header) < 4:
+                raise DataError(f"{path}: not an IDX file: only {file_size} bytes, "
+                                f"shorter than the 4-byte header")
+            if header[:2] != b"\0\0":
+                raise DataError(f"{path}: not an IDX file: bad magic number 0x{header.hex()} "
+                                f"(expected 0x0000 then type and rank); delete it to re-download")
+            kind, ndim = header[2], header[3]
+            if kind != _IDX_UBYTE:
+                what = _IDX_TYPES.get(kind, "unknown")
+                raise DataError(f"{path}: element type 0x{kind:02x} ({what}) is not supported; "
+                                f"MNIST files hold unsigned bytes (0x08)")
+            if ndim == 0:
+                raise DataError(f"{path}: IDX header declares 0 dimensions")
+            raw_dims = f.read(4 * ndim)
+            if len(raw_dims) < 4 * ndim:
+                raise DataError(f"{path}: truncated IDX header: {ndim} dimensions declared, "
+                                f"file has only {file_size} bytes")
+            dims = tuple(int(d) for d in np.frombuffer(raw_dims, dtype=">u4"))
+            expected = math.prod(dims)
+            payload = file_size - 4 - 4 * ndim
+            if payload != expected:
+                raise DataError(f"{path}: payload is {payload} bytes but dimensions "
+                                f"{'x'.join(map(str, dims))} need {expected}; the file is "
+                                f"{'truncated' if payload < expected else 'too long'}, "
+                                f"delete it to re-download")
+            data = np.fromfile(f, dtype=np.uint8, count=expected)
+    except FileNotFoundError as e:
+        raise DataError(f"{path}: not found; download MNIST first (ensure_mnist or "
+                        f"`cnntrain download`) or place the file there by hand") from e
+    except OSError as e:
+        raise DataError(f"{path}: cannot read: {e.strerror or e}") from e
+    if data.size != expected:  # the file shrank while being read
+        raise DataError(f"{path}: read {data.size} payload bytes, expected {expected}")
+    return data.reshape(dims)
+
+
+@dataclass(frozen=True)
+class Split:
+    """One part of the data.
+
+    images: (N, 1, 28, 28) C-contiguous float32 (or float64); labels: (N,) int64 in 0..9.
+    """
+
+    images: np.ndarray
+    labels: np.ndarray
+
+    def __post_init__(self):
+        if self.images.ndim != 4 or self.labels.ndim != 1 or len(self.images) != len(self.labels):
+            raise ValueError(f"Split needs images (N, C, H, W) and labels (N,), got "
+                             f"{self.images.shape} and {self.labels.shape}")
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@dataclass(frozen=True)
+class MnistSplits:
+    """Training set, the validation set held out of it, and the test set."""
+
+    train: Split
+    val: Split
+    test: Split
+
+
+def _check_count(name: str, value, limit: int, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    value = int(value)
+    if value < 0:
+        raise ValueError(f"{name} must be >= 0, got {value}")
+    if value > limit:
+        raise ValueError(f"{name}={value} is too large: {what} has only {limit}")
+    return value
+
+
+def _read_pair(images_path: Path, labels_path: Path) -> tuple[np.ndarray, np.ndarray]:
+    images, labels = read_idx(images_path), read_idx(labels_path)
+    if images.ndim != 3 or images.shape[1:] != _IMAGE_HW:
+        raise DataError(f"{images_path}: expected images of shape (N, 28, 28), "
+                        f"got {images.shape}")
+    if labels.ndim != 1:
+        raise DataError(f"{labels_path}: expected labels of shape (N,), got {labels.shape}")
+    if len(images) != len(labels):
+        raise DataError(f"{images_path} holds {len(images)} images but {labels_path} holds "
+                        f"{len(labels)} labels; delete both to re-download")
+    if labels.size and labels.max() >= _NUM_CLASSES:
+        raise DataError(f"{labels_path}: label {int(labels.max())} is out of range 0..9")
+    return images, labels
+
+
+def _make_split(images: np.ndarray, labels: np.ndarray, index, lut: np.ndarray) -> Split:
+    """Gather `index` (None = all) of uint8 (N, 28, 28) `images` and map them through `lut`."""
+    n = len(labels) if index is None else len(index)
+    out = np.empty((n, 1, *_IMAGE_HW), dtype=lut.dtype)
+    # The table maps each of the 256 pixel values straight to its normalised value in the
+    # target dtype: exact, and no float64 intermediate (numpy would promote uint8 arithmetic
+    # with a Python float to float64). Indexing converts indices to intp, 8 bytes a pixel, so
+    # go by blocks to keep that temporary small.
+    for start in range(0, n, _GATHER_BLOCK):
+        stop = min(start + _GATHER_BLOCK, n)
+        block = images[start:stop] if index is None else images[index[start:stop]]
+        np.take(lut, block, out=out[start:stop, 0])
+    y = (labels if index is None else labels[index]).astype(np.int64)
+    return Split(out, y)
+
+
+def load_mnist(data_dir, *, val_size=5000, train_size=0, test_size=0, mean=0.1307, std=0.3081,
+               rng, dtype=np.float32, files=MNIST_FILES) -> MnistSplits:
+    """Load MNIST from `data_dir` (already ensured: no network here) into normalised arrays.
+
+    Pixels p (uint8) become (p / 255 - mean) / std in `dtype` (float32 or float64); images are
+    (N, 1, 28, 28) C-contiguous, labels (N,) int64. `val_size` training samples, chosen with
+    `rng` (a numpy.random.Generator), are held out as the validation set; `train_size` (0 = all
+    the rest) and `test_size` (0 = the whole test set) draw subsets with the same `rng`, so a
+    seed fixes every split. Each subset keeps the files' order.
+    """
+    if not isinstance(rng, np.random.Generator):
+        raise TypeError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
+    dtype = np.dtype(dtype)
+    if dtype not in (np.dtype(np.float32), np.dtype(np.float64)):
+        raise ValueError(f"dtype must be float32 or float64, got {dtype}")
+    if not (math.isfinite(mean) and math.isfinite(std) and std > 0):
+        raise ValueError(f"need a finite mean and a positive std, got mean={mean}, std={std}")
+    missing = {_TRAIN_IMAGES, _TRAIN_LABELS, _TEST_IMAGES, _TEST_LABELS} - set(files)
+    if missing:
+        raise ValueError(f"files table lacks {', '.join(sorted(missing))}")
+
+    data_dir = Path(os.path.expanduser(str(data_dir)))
+    train_x, train_y = _read_pair(data_dir / _TRAIN_IMAGES, data_dir / _TRAIN_LABELS)
+    test_x, test_y = _read_pair(data_dir / _TEST_IMAGES, data_dir / _TEST_LABELS)
+
+    n_train = len(train_y)
+    val_size = _check_count("val_size", val_size, n_train - 1,
+                            f"the training set ({n_train} samples, one must stay for training)")
+    train_size = _check_count("train_size", train_size, n_train - val_size,
+                              f"what the validation hold-out leaves ({n_train - val_size})")
+    test_size = _check_count("test_size", test_size, len(test_y), "the test set")
+
+    order = rng.permutation(n_train)
+    val_index = np.sort(order[:val_size])
+    rest = order[val_size:]
+    train_index = np.sort(rest[:train_size] if train_size else rest)
+    test_index = np.sort(rng.choice(len(test_y), test_size, replace=False)) if test_size else None
+
+    lut = ((np.arange(256, dtype=np.float64) / 255.0 - mean) / std).astype(dtype)
+    return MnistSplits(
+        train=_make_split(train_x, train_y, train_index, lut),
+        val=_make_split(train_x, train_y, val_index, lut),
+        test=_make_split(test_x, test_y, test_index, lut),
+    )

@@ -1,0 +1,82 @@
+"""Shared fixtures: data and servers. Helpers they build on live in tests/mnist_server.py."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.mnist_server import MnistServer, make_synthetic_mnist
+
+# The real MNIST folder laid beside the repository (the repo is cloned as a sibling of shared/).
+SHARED_MNIST = Path(__file__).resolve().parents[2] / "shared" / "mnist"
+
+
+def _no_proxy_for_loopback(mp: pytest.MonkeyPatch) -> None:
+    """requests honours HTTP(S)_PROXY even for 127.0.0.1; the loopback servers must bypass it."""
+    for var in ("NO_PROXY", "no_proxy"):
+        hosts = [h.strip() for h in os.environ.get(var, "").split(",") if h.strip()]
+        hosts += [h for h in ("127.0.0.1", "localhost") if h not in hosts]
+        mp.setenv(var, ",".join(hosts))
+
+
+# --------------------------------------------------------------------------- synthetic MNIST
+
+
+@pytest.fixture(scope="session")
+def synthetic_mnist():
+    """A small deterministic MNIST look-alike (tests.mnist_server.SyntheticMnist): 600 train,
+    200 test; pass `.table` as `files=` to ensure_mnist / load_mnist."""
+    return make_synthetic_mnist()
+
+
+@pytest.fixture
+def synthetic_mnist_dir(tmp_path, synthetic_mnist):
+    """A data folder holding the synthetic files, decompressed, ready for load_mnist."""
+    return synthetic_mnist.write(tmp_path / "synthetic-mnist")
+
+
+@pytest.fixture
+def mnist_server(synthetic_mnist, monkeypatch):
+    """A loopback MnistServer serving the synthetic files as .gz under any path prefix;
+    faults are added per test (server.add_fault) and go away with it."""
+    _no_proxy_for_loopback(monkeypatch)
+    with MnistServer(files=synthetic_mnist.gz) as server:
+        yield server
+
+
+# --------------------------------------------------------------------------- the real MNIST
+
+
+@pytest.fixture(scope="session")
+def real_mnist_mirror():
+    """Base URL of a mirror serving the real MNIST .gz files.
+
+    CNNTRAIN_TEST_MNIST_MIRROR if set (CI serves ../shared/mnist there); else a loopback
+    server over ../shared/mnist if it exists; else skip, or fail when
+    CNNTRAIN_REQUIRE_REAL_MNIST=1.
+    """
+    with pytest.MonkeyPatch.context() as mp:
+        _no_proxy_for_loopback(mp)
+        url = os.environ.get("CNNTRAIN_TEST_MNIST_MIRROR", "").strip()
+        if url:
+            yield url
+        elif SHARED_MNIST.is_dir():
+            with MnistServer(directory=SHARED_MNIST) as server:
+                yield server.base_url
+        else:
+            reason = (f"no real MNIST: CNNTRAIN_TEST_MNIST_MIRROR is unset and {SHARED_MNIST} "
+                      f"does not exist")
+            if os.environ.get("CNNTRAIN_REQUIRE_REAL_MNIST") == "1":
+                pytest.fail(reason + " (CNNTRAIN_REQUIRE_REAL_MNIST=1)")
+            pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def real_mnist_dir(real_mnist_mirror, tmp_path_factory):
+    """A data folder with the real MNIST, downloaded once per session through ensure_mnist
+    (real checksum table) from real_mnist_mirror."""
+    from cnntrain.data import ensure_mnist
+
+    data_dir = tmp_path_factory.mktemp("real-mnist")
+    ensure_mnist(data_dir, [real_mnist_mirror], progress=False)
+    return data_dir

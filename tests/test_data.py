@@ -1,0 +1,644 @@
+"""cnntrain.data: mirror/folder resolution, the verified download, IDX parsing, the splits.
+
+Downloads go to a loopback server (tests/mnist_server.py) serving small synthetic IDX files
+with the checksum table overridden for them; faults are injected per path and request count.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import time
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cnntrain import data
+from cnntrain.data import (
+    DEFAULT_MIRRORS,
+    MNIST_FILES,
+    MnistSplits,
+    Split,
+    ensure_mnist,
+    load_mnist,
+    read_idx,
+    resolve_data_dir,
+    resolve_mirrors,
+)
+from cnntrain.errors import DataError
+from tests.mnist_server import (
+    TEST_IMAGES,
+    TEST_LABELS,
+    TRAIN_IMAGES,
+    TRAIN_LABELS,
+    free_port,
+    idx_bytes,
+    make_synthetic_mnist,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+MANIFEST = ".cnntrain-verified.json"
+
+
+@pytest.fixture(autouse=True)
+def sleeps(monkeypatch):
+    """Record the backoff waits instead of waiting."""
+    waited = []
+    monkeypatch.setattr(data, "_sleep", waited.append)
+    return waited
+
+
+@pytest.fixture
+def hash_calls(monkeypatch):
+    """Count the re-hashing of cached files."""
+    calls = []
+    real = data._sha256_file
+
+    def counting(path):
+        calls.append(Path(path).name)
+        return real(path)
+
+    monkeypatch.setattr(data, "_sha256_file", counting)
+    return calls
+
+
+def fetch(data_dir, mirrors, synthetic, **kwargs):
+    kwargs = {"progress": False, "files": synthetic.table, "timeout": (2, 5), "retries": 2,
+              "backoff": 0.01, **kwargs}
+    return ensure_mnist(data_dir, mirrors, **kwargs)
+
+
+def assert_complete(data_dir, synthetic):
+    for name, raw in synthetic.raw.items():
+        assert (data_dir / name).read_bytes() == raw, name
+    assert not list(data_dir.glob("*.part"))
+
+
+def dead_mirror():
+    return f"http://127.0.0.1:{free_port()}/"
+
+
+# --------------------------------------------------------------------------- resolution
+
+
+def test_resolve_data_dir_precedence(monkeypatch, tmp_path):
+    monkeypatch.delenv("CNNTRAIN_DATA_DIR", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    assert resolve_data_dir() == tmp_path / "home" / ".cache" / "cnntrain" / "mnist"
+    monkeypatch.setenv("XDG_CACHE_HOME", "relative/cache")  # invalid per XDG: ignored
+    assert resolve_data_dir() == tmp_path / "home" / ".cache" / "cnntrain" / "mnist"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert resolve_data_dir() == tmp_path / "xdg" / "cnntrain" / "mnist"
+    assert resolve_data_dir(config_dir=str(tmp_path / "cfg")) == tmp_path / "cfg"
+    assert resolve_data_dir(config_dir="~/mnist") == tmp_path / "home" / "mnist"
+    monkeypatch.setenv("CNNTRAIN_DATA_DIR", "")  # empty counts as unset
+    assert resolve_data_dir(config_dir=str(tmp_path / "cfg")) == tmp_path / "cfg"
+    monkeypatch.setenv("CNNTRAIN_DATA_DIR", str(tmp_path / "env"))
+    assert resolve_data_dir(config_dir=str(tmp_path / "cfg")) == tmp_path / "env"
+    assert resolve_data_dir(tmp_path / "cli", str(tmp_path / "cfg")) == tmp_path / "cli"
+
+
+def test_resolve_mirrors_precedence(monkeypatch):
+    monkeypatch.delenv("CNNTRAIN_MNIST_MIRRORS", raising=False)
+    assert resolve_mirrors() == list(DEFAULT_MIRRORS)
+    assert resolve_mirrors(config_mirrors=("http://cfg/m",)) == ["http://cfg/m/", *DEFAULT_MIRRORS]
+    monkeypatch.setenv("CNNTRAIN_MNIST_MIRRORS", " ")
+    assert resolve_mirrors(config_mirrors=["http://cfg/"]) == ["http://cfg/", *DEFAULT_MIRRORS]
+    monkeypatch.setenv("CNNTRAIN_MNIST_MIRRORS", "http://e1/, /srv/mnist ,http://e2/")
+    assert resolve_mirrors(config_mirrors=["http://cfg/"]) == [
+        "http://e1/", "/srv/mnist", "http://e2/", *DEFAULT_MIRRORS]
+    assert resolve_mirrors(["http://cli/"], ["http://cfg/"]) == ["http://cli/", *DEFAULT_MIRRORS]
+    # the defaults are not repeated when given first, and keep their place after the user's
+    assert resolve_mirrors([DEFAULT_MIRRORS[1], "http://cli/", "http://cli"]) == [
+        DEFAULT_MIRRORS[1], "http://cli/", DEFAULT_MIRRORS[0]]
+    assert "yann.lecun.com" not in " ".join(resolve_mirrors())
+
+
+def test_mnist_table_and_public_mirrors():
+    assert MNIST_FILES["train-images-idx3-ubyte"] == (
+        47040016, "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db")
+    assert sorted(MNIST_FILES) == sorted([TRAIN_IMAGES, TRAIN_LABELS, TEST_IMAGES, TEST_LABELS])
+    assert DEFAULT_MIRRORS == ("https://ossci-datasets.s3.amazonaws.com/mnist/",
+                               "https://storage.googleapis.com/cvdf-datasets/mnist/")
+
+
+# --------------------------------------------------------------------------- downloading
+
+
+def test_download_stores_verified_decompressed_files(mnist_server, synthetic_mnist, tmp_path):
+    target = tmp_path / "new" / "dir"
+    paths = fetch(target, [mnist_server.mirror("a")], synthetic_mnist)
+    assert paths == {name: target / name for name in synthetic_mnist.table}
+    assert_complete(target, synthetic_mnist)
+    assert not list(target.glob("*.gz"))
+    assert mnist_server.hits("/a/*") == 4
+    manifest = json.loads((target / MANIFEST).read_text())["files"]
+    for name, (size, sha) in synthetic_mnist.table.items():
+        assert manifest[name]["size"] == size and manifest[name]["sha256"] == sha
+        assert manifest[name]["mtime_ns"] == (target / name).stat().st_mtime_ns
+
+
+def test_404_goes_to_next_mirror_without_retrying(mnist_server, synthetic_mnist, tmp_path,
+                                                   sleeps):
+    mnist_server.add_fault("/a/*", "status", code=404)
+    fetch(tmp_path, [mnist_server.mirror("a"), mnist_server.mirror("b")], synthetic_mnist,
+          retries=3)
+    assert_complete(tmp_path, synthetic_mnist)
+    assert mnist_server.hits("/a/*") == 4 and mnist_server.hits("/b/*") == 4
+    assert sleeps == []
+
+
+def test_500_is_retried_with_exponential_backoff(mnist_server, synthetic_mnist, tmp_path,
+                                                 sleeps):
+    mnist_server.add_fault("/a/train-labels-idx1-ubyte.gz", "status", code=500, times=2)
+    fetch(tmp_path, [mnist_server.mirror("a"), mnist_server.mirror("b")], synthetic_mnist,
+          retries=3, backoff=0.5)
+    assert_complete(tmp_path, synthetic_mnist)
+    assert mnist_server.hits("/a/train-labels*") == 3
+    assert mnist_server.hits("/b/*") == 0
+    assert sleeps == [0.5, 1.0]
+
+
+def test_persistent_5xx_exhausts_retries_then_next_mirror(mnist_server, synthetic_mnist,
+                                                          tmp_path, sleeps):
+    mnist_server.add_fault("/a/*", "status", code=503)
+    fetch(tmp_path, [mnist_server.mirror("a"), mnist_server.mirror("b")], synthetic_mnist,
+          retries=2, backoff=0.1)
+    assert_complete(tmp_path, synthetic_mnist)
+    assert mnist_server.hits("/a/*") == 4 * 3
+    assert sleeps == [0.1, 0.2] * 4
+
+
+def test_html_page_with_200_goes_to_next_mirror(mnist_server, synthetic_mnist, tmp_path):
+    mnist_server.add_fault("/a/*", "html")
+    fetch(tmp_path, [mnist_server.mirror("a"), mnist_server.mirror("b")], synthetic_mnist)
+    assert_complete(tmp_path, synthetic_mnist)
+    assert mnist_server.hits("/a/*") == 4  # wrong content is not retried
+
+
+def test_html_page_error_says_what_was_received(mnist_server, synthetic_mnist, tmp_path):
+    mnist_server.add_fault("/a/*", "html")
+    with pytest.raises(DataError) as info:
+        fetch(tmp_path, [mnist_server.mirror("a")], synthetic_mnist)
+    message = str(info.value)
+    assert mnist_server.mirror("a") in message
+    assert "text/html" in message and "<!DOCTYPE html>" in message
+    assert not list(tmp_path.glob("*.part")) and not (tmp_path / TRAIN_IMAGES).exists()
+
+
+@pytest.mark.parametrize("fault", ["truncate", "reset"])
+def test_truncated_or_reset_response_is_retried(mnist_server, synthetic_mnist, tmp_path, sleeps,
+                                                fault):
+    mnist_server.add_fault("/a/train-images-idx3-ubyte.gz", fault, times=1)
+    fetch(tmp_path, [mnist_server.mirror("a")], synthetic_mnist)
+    assert_complete(tmp_path, synthetic_mnist)
+    assert mnist_server.hits("/a/train-images*") == 2
+    assert len(sleeps) == 1
+
+
+def test_persistent_truncation_is_reported(mnist_server, synthetic_mnist, tmp_path):
+    mnist_server.add_fault("/a/*", "truncate", keep=100)
+    with pytest.raises(DataError, match=r"cut short.*\(after 3 attempts\)"):
+        fetch(tmp_path, [mnist_server.mirror("a")], synthetic_mnist, retries=2)
+    assert not list(tmp_path.glob("*.part"))
+
+
+@pytest.mark.parametrize("before_headers", [False, True])
+def test_stalled_response_times_out_and_moves_on(mnist_server, synthetic_mnist, tmp_path,
+                                                 before_headers):
+    mnist_server.add_fault("/a/train-images-idx3-ubyte.gz", "stall", seconds=20,
+                           before_headers=before_headers)
+    started = time.monotonic()
+    fetch(tmp_path, [mnist_server.mirror("a"), mnist_server.mirror("b")], synthetic_mnist,
+          timeout=(2, 0.3), retries=1)
+    elapsed = time.monotonic() - started
+    assert_complete(tmp_path, synthetic_mnist)
+    assert mnist_server.hits("/a/train-images*") == 2  # retried once, then mirror b
+    assert mnist_server.hits("/b/train-images*") == 1
+    assert elapsed < 5, f"the read timeout did not cut the stall short ({elapsed:.1f} s)"
+
+
+def test_stall_error_message(mnist_server, synthetic_mnist, tmp_path):
+    mnist_server.add_fault("/a/*", "stall", seconds=20)
+    with pytest.raises(DataError, match="read timed out"):
+        fetch(tmp_path, [mnist_server.mirror("a")], synthetic_mnist, timeout=(2, 0.2), retries=0)
+
+
+def test_wrong_checksum_goes_to_next_mirror(mnist_server, synthetic_mnist, tmp_path):
+    mnist_server.add_fault("/a/*", "corrupt")
+    fetch(tmp_path, [mnist_server.mirror("a"), mnist_server.mirror("b")], synthetic_mnist)
+    assert_complete(tmp_path, synthetic_mnist)
+    assert mnist_server.hits("/a/*") == 4
+    with pytest.raises(DataError, match="SHA-256 mismatch"):
+        fetch(tmp_path / "other", [mnist_server.mirror("a")], synthetic_mnist)
+
+
+def test_every_mirror_failing_lists_each_and_leaves_nothing(mnist_server, synthetic_mnist,
+                                                            tmp_path):
+    mnist_server.add_fault("/a/*", "status", code=404)
+    mnist_server.add_fault("/b/*", "html")
+    mnist_server.add_fault("/c/*", "truncate")
+    dead = dead_mirror()
+    mirrors = [mnist_server.mirror("a"), mnist_server.mirror("b"), mnist_server.mirror("c"), dead]
+    target = tmp_path / "mnist"
+    with pytest.raises(DataError) as info:
+        fetch(target, mirrors, synthetic_mnist, retries=1)
+    lines = str(info.value).splitlines()
+    assert TRAIN_IMAGES in lines[0]
+    by_mirror = {m: [line for line in lines if line.strip().startswith(m)] for m in mirrors}
+    assert all(len(found) == 1 for found in by_mirror.values()), lines
+    assert "HTTP 404" in by_mirror[mirrors[0]][0]
+    assert "text/html" in by_mirror[mirrors[1]][0]
+    assert "cut short" in by_mirror[mirrors[2]][0]
+    assert "refused" in by_mirror[dead][0]
+    # how to place the files by hand: which folder, which names
+    assert any(str(target) in line for line in lines)
+    for name in synthetic_mnist.table:
+        assert any(line.strip() == name for line in lines), name
+    leftovers = {p.name for p in target.iterdir()}
+    assert leftovers <= {".cnntrain.lock", MANIFEST}, leftovers
+
+
+def test_unreachable_mirror_is_not_retried_for_every_file(mnist_server, synthetic_mnist,
+                                                          tmp_path, sleeps):
+    fetch(tmp_path, [dead_mirror(), mnist_server.mirror("b")], synthetic_mnist, retries=2)
+    assert_complete(tmp_path, synthetic_mnist)
+    assert len(sleeps) == 2  # the retries of the first file only
+
+
+def test_failure_keeps_verified_files_and_names_the_missing(mnist_server, synthetic_mnist,
+                                                            tmp_path):
+    mnist_server.add_fault(f"/a/{TEST_IMAGES}.gz", "status", code=404)
+    with pytest.raises(DataError) as info:
+        fetch(tmp_path, [mnist_server.mirror("a")], synthetic_mnist)
+    lines = [line.strip() for line in str(info.value).splitlines()]
+    assert TEST_IMAGES in lines and TEST_LABELS in lines
+    assert TRAIN_IMAGES not in lines and TRAIN_LABELS not in lines
+    assert (tmp_path / TRAIN_IMAGES).read_bytes() == synthetic_mnist.raw[TRAIN_IMAGES]
+    assert not (tmp_path / TEST_IMAGES).exists() and not list(tmp_path.glob("*.part"))
+    # the next call fetches only what is missing
+    before = mnist_server.hits()
+    fetch(tmp_path, [mnist_server.mirror("b")], synthetic_mnist)
+    assert_complete(tmp_path, synthetic_mnist)
+    assert mnist_server.hits() - before == 2
+
+
+_CHILD = r"""
+import json, sys, time
+from pathlib import Path
+from cnntrain.data import ensure_mnist
+
+cfg = json.loads(sys.argv[1])
+Path(cfg["ready"]).touch()
+deadline = time.monotonic() + 30
+while not all(Path(p).exists() for p in cfg["everyone"]):  # start both downloads together
+    if time.monotonic() > deadline:
+        sys.exit("barrier timed out")
+    time.sleep(0.002)
+files = {name: tuple(entry) for name, entry in cfg["files"].items()}
+ensure_mnist(cfg["dir"], cfg["mirrors"], files=files, timeout=(5, 10), retries=0, progress=True)
+"""
+
+
+def test_two_processes_downloading_into_one_folder(mnist_server, synthetic_mnist, tmp_path):
+    mnist_server.add_fault("*", "delay", seconds=0.25)  # keep the first download going a while
+    target = tmp_path / "mnist"
+    ready = [str(tmp_path / f"ready{i}") for i in range(2)]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]))
+    children = []
+    for flag in ready:
+        cfg = {"ready": flag, "everyone": ready, "dir": str(target),
+               "mirrors": [mnist_server.mirror("a")], "files": synthetic_mnist.table}
+        children.append(subprocess.Popen([sys.executable, "-c", _CHILD, json.dumps(cfg)],
+                                         env=env, stdout=subprocess.PIPE,
+                                         stderr=subprocess.PIPE, text=True))
+    results = [child.communicate(timeout=60) for child in children]
+    for child, (_, err) in zip(children, results):
+        assert child.returncode == 0, err
+    assert_complete(target, synthetic_mnist)
+    # one of them downloaded; the other waited on the lock, then found everything verified
+    assert mnist_server.hits() == 4
+    waited = ["Waiting for another process" in err for _, err in results]
+    assert sorted(waited) == [False, True], results
+    manifest = json.loads((target / MANIFEST).read_text())["files"]
+    assert sorted(manifest) == sorted(synthetic_mnist.table)
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate"])
+def test_corrupted_cache_is_downloaded_again(mnist_server, synthetic_mnist, tmp_path, damage):
+    mirror = [mnist_server.mirror("a")]
+    fetch(tmp_path, mirror, synthetic_mnist)
+    victim = tmp_path / TRAIN_IMAGES
+    content = bytearray(victim.read_bytes())
+    if damage == "flip":  # same size: only the mtime and the hash can tell
+        content[len(content) // 2] ^= 0x01
+        victim.write_bytes(bytes(content))
+    else:
+        victim.write_bytes(bytes(content[:-100]))
+    fetch(tmp_path, mirror, synthetic_mnist)
+    assert_complete(tmp_path, synthetic_mnist)
+    assert mnist_server.hits(f"/a/{TRAIN_IMAGES}.gz") == 2
+    assert mnist_server.hits() == 5
+
+
+def test_corrupted_cache_with_no_mirror_is_reported(mnist_server, synthetic_mnist, tmp_path):
+    fetch(tmp_path, [mnist_server.mirror("a")], synthetic_mnist)
+    with open(tmp_path / TRAIN_LABELS, "r+b") as f:
+        f.seek(20)
+        f.write(b"\xff")
+    with pytest.raises(DataError) as info:
+        fetch(tmp_path, [dead_mirror()], synthetic_mnist, retries=0)
+    message = str(info.value)
+    assert TRAIN_LABELS in message and "corrupt" in message and "refused" in message
+
+
+def test_verified_manifest_skips_hashing_and_network(mnist_server, synthetic_mnist, tmp_path,
+                                                     hash_calls):
+    mirror = [mnist_server.mirror("a")]
+    fetch(tmp_path, mirror, synthetic_mnist)
+    assert mnist_server.hits() == 4
+    hash_calls.clear()
+    started = time.perf_counter()
+    fetch(tmp_path, mirror, synthetic_mnist)
+    fast = time.perf_counter() - started
+    assert hash_calls == [] and mnist_server.hits() == 4
+    assert fast < 0.5
+    # a changed mtime means: hash that file again (and only it), still no download
+    stat = (tmp_path / TEST_LABELS).stat()
+    os.utime(tmp_path / TEST_LABELS, ns=(stat.st_atime_ns, stat.st_mtime_ns + 5_000_000_000))
+    fetch(tmp_path, mirror, synthetic_mnist)
+    assert hash_calls == [TEST_LABELS] and mnist_server.hits() == 4
+    fetch(tmp_path, mirror, synthetic_mnist)
+    assert hash_calls == [TEST_LABELS]
+    # without the manifest, everything is hashed once and remembered again
+    (tmp_path / MANIFEST).unlink()
+    fetch(tmp_path, mirror, synthetic_mnist)
+    assert sorted(hash_calls[1:]) == sorted(synthetic_mnist.table)
+    assert mnist_server.hits() == 4
+
+
+def test_files_placed_by_hand_need_no_mirror(synthetic_mnist, tmp_path, hash_calls):
+    synthetic_mnist.write(tmp_path)
+    paths = fetch(tmp_path, [], synthetic_mnist)
+    assert paths[TRAIN_IMAGES] == tmp_path / TRAIN_IMAGES
+    assert sorted(hash_calls) == sorted(synthetic_mnist.table)
+    manifest = json.loads((tmp_path / MANIFEST).read_text())["files"]
+    assert manifest.keys() == synthetic_mnist.table.keys()
+
+
+def test_gz_files_placed_by_hand_are_decompressed(synthetic_mnist, tmp_path):
+    synthetic_mnist.write(tmp_path, compressed=True)
+    fetch(tmp_path, [], synthetic_mnist)
+    assert_complete(tmp_path, synthetic_mnist)
+
+
+def test_no_mirror_and_no_files(synthetic_mnist, tmp_path):
+    with pytest.raises(DataError, match="no mirror was given"):
+        fetch(tmp_path, [], synthetic_mnist)
+
+
+@pytest.mark.parametrize("layout", ["gz-folder", "raw-folder", "file-url"])
+def test_local_folder_as_mirror(synthetic_mnist, tmp_path, layout):
+    source = synthetic_mnist.write(tmp_path / "offline", compressed=layout != "raw-folder")
+    mirror = source.as_uri() if layout == "file-url" else str(source)
+    fetch(tmp_path / "mnist", ["/nonexistent/folder", mirror], synthetic_mnist)
+    assert_complete(tmp_path / "mnist", synthetic_mnist)
+
+
+def test_stale_part_files_are_cleaned(mnist_server, synthetic_mnist, tmp_path):
+    (tmp_path / (TRAIN_IMAGES + ".part")).write_bytes(b"left by a killed process")
+    fetch(tmp_path, [mnist_server.mirror("a")], synthetic_mnist)
+    assert_complete(tmp_path, synthetic_mnist)
+
+
+def test_progress_flag(mnist_server, synthetic_mnist, tmp_path, capsys):
+    fetch(tmp_path / "quiet", [mnist_server.mirror("a")], synthetic_mnist, progress=False)
+    assert capsys.readouterr().err == ""
+    fetch(tmp_path / "loud", [mnist_server.mirror("a")], synthetic_mnist, progress=True)
+    assert TRAIN_IMAGES in capsys.readouterr().err
+
+
+def test_bad_download_arguments(synthetic_mnist, tmp_path):
+    with pytest.raises(ValueError, match="timeout"):
+        fetch(tmp_path, [], synthetic_mnist, timeout=(0, 5))
+    with pytest.raises(ValueError, match="retries"):
+        fetch(tmp_path, [], synthetic_mnist, retries=-1)
+    with pytest.raises(DataError, match="unsupported URL scheme 'ftp'"):
+        fetch(tmp_path, ["ftp://example.org/mnist/"], synthetic_mnist)
+
+
+def test_session_keeps_tls_verification_on(monkeypatch, synthetic_mnist, tmp_path):
+    seen = {}
+
+    def fake_get(self, url, **kwargs):
+        seen.update(kwargs, verify_attr=self.verify)
+        raise data.requests.exceptions.ConnectTimeout("no network in this test")
+
+    monkeypatch.setattr(data.requests.Session, "get", fake_get)
+    with pytest.raises(DataError, match="connect timed out"):
+        fetch(tmp_path, ["https://mirror.invalid/mnist/"], synthetic_mnist, retries=0,
+              timeout=(3, 7))
+    assert seen["timeout"] == (3.0, 7.0) and seen["stream"] is True
+    assert "verify" not in seen and seen["verify_attr"] is True
+
+
+# --------------------------------------------------------------------------- IDX
+
+
+def write(path, content):
+    path.write_bytes(content)
+    return path
+
+
+def test_read_idx_round_trip(tmp_path):
+    array = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)
+    got = read_idx(write(tmp_path / "x-idx3-ubyte", idx_bytes(array)))
+    assert got.dtype == np.uint8 and got.shape == (2, 3, 4)
+    np.testing.assert_array_equal(got, array)
+
+
+@pytest.mark.parametrize("content, expected", [
+    (b"\x08\x03\x00\x00" + bytes(16), "bad magic number"),
+    (b"\x00\x00\x0c\x01" + (2).to_bytes(4, "big") + bytes(8), r"element type 0x0c \(int32\)"),
+    (idx_bytes(np.zeros((3, 4), np.uint8))[:-1], "truncated"),
+    (idx_bytes(np.zeros((3, 4), np.uint8)) + b"\x00", "too long"),
+    (b"\x00\x00\x08\x03" + (5).to_bytes(4, "big"), "truncated IDX header"),
+    (b"\x00\x00", "shorter than the 4-byte header"),
+])
+def test_read_idx_rejects_bad_files(tmp_path, content, expected):
+    path = write(tmp_path / "broken-idx-ubyte", content)
+    with pytest.raises(DataError, match=expected) as info:
+        read_idx(path)
+    assert str(path) in str(info.value)
+
+
+def test_read_idx_missing_file(tmp_path):
+    with pytest.raises(DataError, match="not found"):
+        read_idx(tmp_path / "nothing-here")
+
+
+def test_count_mismatch_names_both_files(synthetic_mnist, tmp_path):
+    synthetic_mnist.write(tmp_path)
+    write(tmp_path / TRAIN_LABELS, idx_bytes(synthetic_mnist.train_labels[:-1]))
+    with pytest.raises(DataError) as info:
+        load_mnist(tmp_path, val_size=10, rng=np.random.default_rng(0),
+                   files=synthetic_mnist.table)
+    message = str(info.value)
+    assert str(tmp_path / TRAIN_IMAGES) in message and str(tmp_path / TRAIN_LABELS) in message
+    assert "600 images" in message and "599 labels" in message
+
+
+@pytest.mark.parametrize("name, array, expected", [
+    (TEST_IMAGES, np.zeros((5, 28, 27), np.uint8), r"shape \(N, 28, 28\)"),
+    (TEST_LABELS, np.full(200, 10, np.uint8), "out of range"),
+    (TEST_LABELS, np.zeros((200, 1), np.uint8), r"shape \(N,\)"),
+])
+def test_load_rejects_wrong_shapes_and_labels(synthetic_mnist, tmp_path, name, array, expected):
+    synthetic_mnist.write(tmp_path)
+    write(tmp_path / name, idx_bytes(array))
+    with pytest.raises(DataError, match=expected) as info:
+        load_mnist(tmp_path, val_size=10, rng=np.random.default_rng(0),
+                   files=synthetic_mnist.table)
+    assert str(tmp_path / name) in str(info.value)
+
+
+# --------------------------------------------------------------------------- splits
+
+
+def load(folder, synthetic, seed=0, **kwargs):
+    kwargs = {"val_size": 100, "rng": np.random.default_rng(seed), "files": synthetic.table,
+              **kwargs}
+    return load_mnist(folder, **kwargs)
+
+
+def source_index(images, mean, std):
+    """Recover the synthetic sample index stored in pixels (0, 0) and (0, 1)."""
+    pixels = np.rint((images[:, 0, 0, :2].astype(np.float64) * std + mean) * 255).astype(int)
+    return pixels[:, 0] + 256 * pixels[:, 1]
+
+
+def test_normalisation_by_hand(synthetic_mnist_dir, synthetic_mnist):
+    splits = load(synthetic_mnist_dir, synthetic_mnist, val_size=0)
+    raw = synthetic_mnist.train_images
+    for i, (r, c) in [(0, (5, 3)), (17, (6, 4)), (599, (27, 27)), (3, (0, 0))]:
+        p = int(raw[i, r, c])
+        assert splits.train.images[i, 0, r, c] == np.float32((p / 255 - 0.1307) / 0.3081)
+    # white is 255: (1 - mean) / std
+    assert splits.train.images.max() == np.float32((1 - 0.1307) / 0.3081)
+    plain = load(synthetic_mnist_dir, synthetic_mnist, val_size=0, mean=0.0, std=1.0)
+    assert plain.train.images.min() >= 0 and plain.train.images.max() == 1.0
+    np.testing.assert_array_equal(plain.test.images[:, 0] * np.float32(255),
+                                  synthetic_mnist.test_images.astype(np.float32))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_dtypes_shapes_and_layout(synthetic_mnist_dir, synthetic_mnist, dtype):
+    splits = load(synthetic_mnist_dir, synthetic_mnist, dtype=dtype)
+    assert isinstance(splits, MnistSplits)
+    for split, n in [(splits.train, 500), (splits.val, 100), (splits.test, 200)]:
+        assert isinstance(split, Split) and len(split) == n
+        assert split.images.shape == (n, 1, 28, 28)
+        assert split.images.dtype == dtype and split.images.flags.c_contiguous
+        assert split.labels.shape == (n,) and split.labels.dtype == np.int64
+
+
+def test_no_float64_copy_for_a_float32_run(tmp_path):
+    synthetic = make_synthetic_mnist(n_train=8000, n_test=500, seed=3)
+    synthetic.write(tmp_path)
+    n_pixels = (8000 + 500) * 28 * 28
+    float32_out = 4 * n_pixels
+    tracemalloc.start()
+    try:
+        splits = load(tmp_path, synthetic, val_size=1000)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    for split in splits.train, splits.val, splits.test:
+        assert split.images.dtype == np.float32
+    # The result plus the uint8 files and bounded temporaries; one float64 copy of the
+    # training images alone (8 bytes a pixel) would break this budget.
+    float64_train = 8 * 8000 * 28 * 28
+    assert peak < float32_out + float64_train // 2, (peak, float32_out)
+
+
+def test_split_sizes_and_subsets(synthetic_mnist_dir, synthetic_mnist):
+    splits = load(synthetic_mnist_dir, synthetic_mnist, val_size=50, train_size=300,
+                  test_size=80)
+    assert (len(splits.train), len(splits.val), len(splits.test)) == (300, 50, 80)
+    defaults = load(synthetic_mnist_dir, synthetic_mnist, val_size=0)
+    assert (len(defaults.train), len(defaults.val), len(defaults.test)) == (600, 0, 200)
+
+
+def test_splits_are_deterministic_for_a_seed(synthetic_mnist_dir, synthetic_mnist):
+    kwargs = {"val_size": 100, "train_size": 200, "test_size": 50}
+    a = load(synthetic_mnist_dir, synthetic_mnist, seed=7, **kwargs)
+    b = load(synthetic_mnist_dir, synthetic_mnist, seed=7, **kwargs)
+    c = load(synthetic_mnist_dir, synthetic_mnist, seed=8, **kwargs)
+    for name in ("train", "val", "test"):
+        np.testing.assert_array_equal(getattr(a, name).images, getattr(b, name).images)
+        np.testing.assert_array_equal(getattr(a, name).labels, getattr(b, name).labels)
+    assert not np.array_equal(a.val.images, c.val.images)
+    assert not np.array_equal(a.test.images, c.test.images)
+
+
+def test_train_and_val_are_disjoint_and_keep_labels(synthetic_mnist_dir, synthetic_mnist):
+    splits = load(synthetic_mnist_dir, synthetic_mnist, val_size=150, mean=0.0, std=1.0)
+    train = source_index(splits.train.images, 0.0, 1.0)
+    val = source_index(splits.val.images, 0.0, 1.0)
+    assert len(val) == 150 and not set(train) & set(val)
+    assert sorted([*train, *val]) == list(range(600))
+    # every image still carries its own label
+    np.testing.assert_array_equal(splits.train.labels, synthetic_mnist.train_labels[train])
+    np.testing.assert_array_equal(splits.val.labels, synthetic_mnist.train_labels[val])
+    test = source_index(splits.test.images, 0.0, 1.0)
+    np.testing.assert_array_equal(test, np.arange(200))
+
+
+@pytest.mark.parametrize("kwargs, error, expected", [
+    ({"val_size": 600}, ValueError, "val_size=600 is too large"),
+    ({"val_size": -1}, ValueError, "val_size must be >= 0"),
+    ({"val_size": 2.5}, ValueError, "val_size must be an integer"),
+    ({"val_size": 100, "train_size": 501}, ValueError, "train_size=501 is too large"),
+    ({"test_size": 201}, ValueError, "test_size=201 is too large"),
+    ({"std": 0.0}, ValueError, "positive std"),
+    ({"mean": float("nan")}, ValueError, "finite mean"),
+    ({"dtype": np.int32}, ValueError, "float32 or float64"),
+    ({"rng": 0}, TypeError, "numpy.random.Generator"),
+])
+def test_bad_load_arguments(synthetic_mnist_dir, synthetic_mnist, kwargs, error, expected):
+    with pytest.raises(error, match=expected):
+        load(synthetic_mnist_dir, synthetic_mnist, **kwargs)
+
+
+def test_load_without_files_says_how_to_get_them(synthetic_mnist, tmp_path):
+    with pytest.raises(DataError, match="not found") as info:
+        load(tmp_path, synthetic_mnist)
+    assert str(tmp_path / TRAIN_IMAGES) in str(info.value)
+
+
+# --------------------------------------------------------------------------- the real MNIST
+
+TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
+TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
+
+
+def test_real_mnist_end_to_end(real_mnist_dir):
+    """Downloaded through the real code with the real checksum table (fixture), then loaded."""
+    for name, (size, sha) in MNIST_FILES.items():
+        assert (real_mnist_dir / name).stat().st_size == size
+    assert np.bincount(read_idx(real_mnist_dir / TRAIN_LABELS)).tolist() == TRAIN_COUNTS
+    assert np.bincount(read_idx(real_mnist_dir / TEST_LABELS)).tolist() == TEST_COUNTS
+    assert ensure_mnist(real_mnist_dir, [], progress=False)[TRAIN_IMAGES].is_file()
+
+    splits = load_mnist(real_mnist_dir, rng=np.random.default_rng(0))
+    assert (len(splits.train), len(splits.val), len(splits.test)) == (55000, 5000, 10000)
+    counts = np.bincount(np.concatenate([splits.train.labels, splits.val.labels]))
+    assert counts.tolist() == TRAIN_COUNTS
+    assert np.bincount(splits.test.labels).tolist() == TEST_COUNTS
+    # the default mean/std are MNIST's own: the normalised training set is ~N(0, 1)
+    assert abs(float(splits.train.images.mean())) < 0.01
+    assert abs(float(splits.train.images.std()) - 1) < 0.01
