@@ -1,15 +1,206 @@
-"""The `cnntrain` command: a click group of verbs. Flags become plain calls; no maths here."""
+"""The `cnntrain` command: a click group of verbs. Flags become plain calls; no maths here.
+
+Heavy modules (numpy and everything built on it) are imported inside the commands, so
+`cnntrain --help` answers at once.
+
+Exit codes: 0 success, 2 usage or config error, 1 runtime failure, 130 interrupted.
+"""
+
+import json
+import sys
 
 import click
 
 from cnntrain import __version__
+from cnntrain.errors import CnnTrainError
+
+CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
-@click.group()
-@click.version_option(__version__, prog_name="cnntrain")
-def cli():
-    """Train and evaluate LeNet-style CNNs on MNIST with from-scratch NumPy layers."""
+class Group(click.Group):
+    """Turns the errors a user can fix into one line on stderr and an exit code."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except CnnTrainError as exc:
+            if ctx.meta.get("cnntrain.debug"):
+                raise
+            click.echo(f"error: {exc}", err=True)
+            ctx.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            ctx.exit(130)
+        except OSError as exc:
+            if ctx.meta.get("cnntrain.debug"):
+                raise
+            where = f": {exc.filename}" if exc.filename else ""
+            click.echo(f"error: {exc.strerror or exc}{where}", err=True)
+            ctx.exit(1)
+
+
+@click.group(cls=Group, context_settings=CONTEXT_SETTINGS)
+@click.version_option(__version__, "-V", "--version", prog_name="cnntrain")
+@click.option("--debug", is_flag=True, help="Show the full traceback of an error.")
+@click.pass_context
+def cli(ctx, debug):
+    """Train and evaluate LeNet-style CNNs on MNIST with from-scratch NumPy layers.
+
+    \b
+    Start with:
+      cnntrain fit --config configs/lenet5.ini
+      cnntrain eval runs/lenet5/checkpoints/best.npz
+    """
+    ctx.meta["cnntrain.debug"] = debug
+
+
+data_dir_option = click.option(
+    "--data-dir", type=click.Path(file_okay=False),
+    help="Where MNIST lives (default: $CNNTRAIN_DATA_DIR, the config's [data] dir, "
+         "~/.cache/cnntrain/mnist).")
+mirror_option = click.option(
+    "--mirror", "mirrors", multiple=True, metavar="URL",
+    help="A base URL (or local folder) holding the MNIST files, tried before the defaults. "
+         "Repeatable.")
+set_option = click.option(
+    "--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE",
+    help="Override one config value, e.g. --set train.lr=0.01. Repeatable.")
+
+
+def _load_config(path, overrides):
+    from cnntrain.config import load_config
+    return load_config(path, overrides)
+
+
+@cli.command(context_settings=CONTEXT_SETTINGS)
+@click.option("--config", "config_path", metavar="FILE",
+              help="The INI config to train (not needed with --resume).")
+@set_option
+@click.option("--out", "out_dir", metavar="RUN_DIR", help="The run folder (default: [run] dir).")
+@click.option("--resume", metavar="CHECKPOINT",
+              help="Continue the run saved in CHECKPOINT, e.g. runs/lenet5/checkpoints/last.npz.")
+@click.option("--overwrite", is_flag=True, help="Replace a run already in the run folder.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars: one line per epoch.")
+@data_dir_option
+@mirror_option
+def fit(config_path, overrides, out_dir, resume, overwrite, quiet, data_dir, mirrors):
+    """Train a network as a config describes, writing checkpoints and logs into a run folder.
+
+    \b
+    Examples:
+      cnntrain fit --config configs/lenet5.ini
+      cnntrain fit --config configs/quick.ini --set train.epochs=1 --out runs/try
+      cnntrain fit --resume runs/lenet5/checkpoints/last.npz
+
+    Ctrl-C saves the exact position and exits with code 130; --resume continues from it.
+    """
+    from cnntrain import run
+    from cnntrain.errors import ConfigError
+
+    checkpoint = None
+    if resume:
+        from cnntrain.checkpoint import load_checkpoint
+        checkpoint = load_checkpoint(resume)
+        cfg = run.config_from_checkpoint(checkpoint, resume, overrides)
+        if config_path:
+            given = _load_config(config_path, overrides)
+            if given.model != cfg.model:
+                raise ConfigError(f"{config_path} describes a different network than {resume}; "
+                                  "drop --config to continue the checkpoint's own run")
+        out_dir = out_dir or str(run.run_dir_of_checkpoint(resume))
+    elif config_path:
+        cfg = _load_config(config_path, overrides)
+    else:
+        raise ConfigError("give --config FILE (e.g. --config configs/lenet5.ini) or "
+                          "--resume CHECKPOINT")
+    progress = not quiet and sys.stdout.isatty()
+    run.fit(cfg, out_dir=out_dir, resume=checkpoint, overwrite=overwrite, quiet=quiet,
+            progress=progress, data_dir=data_dir, mirrors=mirrors, echo=click.echo)
+
+
+@cli.command("eval", context_settings=CONTEXT_SETTINGS)
+@click.argument("checkpoint")
+@click.option("--split", type=click.Choice(["test", "val", "train"]), default="test",
+              show_default=True, help="Which part of MNIST to score.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables.")
+@click.option("--batch-size", type=click.IntRange(min=1), metavar="N",
+              help="Images per forward pass (default: the run's eval_batch_size).")
+@data_dir_option
+@mirror_option
+def eval_command(checkpoint, split, as_json, batch_size, data_dir, mirrors):
+    """Score a saved model: accuracy, loss, per-class accuracy and the confusion matrix.
+
+    \b
+    Examples:
+      cnntrain eval runs/lenet5/checkpoints/best.npz
+      cnntrain eval runs/lenet5/checkpoints/last.npz --split val --json
+    """
+    from cnntrain import run
+
+    result = run.evaluate_checkpoint(checkpoint, split=split, batch_size=batch_size,
+                                     data_dir=data_dir, mirrors=mirrors,
+                                     progress=not as_json and sys.stderr.isatty())
+    if as_json:
+        keys = ("accuracy", "loss", "n", "per_class", "confusion", "split", "checkpoint", "epoch")
+        click.echo(json.dumps({k: result[k] for k in keys}))
+        return
+    click.echo(f"{checkpoint} (after epoch {result['epoch']}), {split} split, {result['n']} images")
+    click.echo(f"accuracy {100 * result['accuracy']:.2f}%   mean loss {result['loss']:.4f}")
+    click.echo("per-class accuracy: " + "  ".join(
+        f"{digit}: {100 * acc:.1f}%" for digit, acc in enumerate(result["per_class"])))
+    click.echo("confusion matrix (rows: true digit, columns: predicted digit)")
+    click.echo("      " + "".join(f"{d:>6}" for d in range(10)))
+    for digit, row in enumerate(result["confusion"]):
+        click.echo(f"{digit:>6}" + "".join(f"{count:>6}" for count in row))
+
+
+@cli.command(context_settings=CONTEXT_SETTINGS)
+@data_dir_option
+@mirror_option
+@click.option("--config", "config_path", metavar="FILE",
+              help="Take [data] dir and mirrors from this config.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+def download(data_dir, mirrors, config_path, quiet):
+    """Download and verify the four MNIST files (fit and eval do this when needed).
+
+    \b
+    Examples:
+      cnntrain download
+      cnntrain download --data-dir /data/mnist --mirror http://127.0.0.1:8000/
+    """
+    from cnntrain import data
+
+    cfg = _load_config(config_path, ()) if config_path else None
+    folder = data.resolve_data_dir(data_dir, cfg.data.dir or None if cfg else None)
+    urls = data.resolve_mirrors(mirrors, cfg.data.mirrors if cfg else ())
+    paths = data.ensure_mnist(folder, urls, progress=not quiet and sys.stderr.isatty(),
+                              files=data.MNIST_FILES)
+    click.echo(f"MNIST verified in {folder} ({len(paths)} files)")
+
+
+@cli.command(context_settings=CONTEXT_SETTINGS)
+@click.option("--config", "config_path", required=True, metavar="FILE", help="The INI config.")
+@set_option
+def info(config_path, overrides):
+    """Show each layer's output shape, parameter count and multiply-adds per image.
+
+    \b
+    Example:
+      cnntrain info --config configs/lenet5.ini
+    """
+    from cnntrain.model import check_layers
+
+    cfg = _load_config(config_path, overrides)
+    rows = check_layers(cfg.model.layers)
+    click.echo(f"{cfg.source}: input (1, 28, 28), {cfg.train.dtype}")
+    click.echo(f"{'layer':<10}{'definition':<40}{'output':>16}{'params':>10}{'mult-adds':>12}")
+    for row in rows:
+        shape = " x ".join(map(str, row.output_shape))
+        click.echo(f"{row.name:<10}{row.layer:<40}{shape:>16}{row.params:>10,}{row.multiply_adds:>12,}")
+    total_params = sum(r.params for r in rows)
+    total_macs = sum(r.multiply_adds for r in rows)
+    click.echo(f"{'total':<10}{'':<40}{'':>16}{total_params:>10,}{total_macs:>12,}")
 
 
 def main():
-    cli()
+    cli(prog_name="cnntrain")

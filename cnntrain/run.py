@@ -1,0 +1,225 @@
+"""A run: a config turned into data, network, optimizer and trainer, and the folder it fills.
+
+This is the one module that reads a Config; everything it builds takes plain arguments.
+
+Run folder:
+  config.ini            the resolved config (overrides applied)
+  metrics.jsonl         one JSON object per epoch
+  train.log             the human lines
+  checkpoints/last.npz  the latest position (every epoch, and on Ctrl-C mid-epoch)
+  checkpoints/best.npz  the epoch with the best validation accuracy
+  summary.json          final and best metrics, wall time, checkpoint paths
+"""
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+
+from cnntrain import data
+from cnntrain.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from cnntrain.config import config_to_ini, parse_config
+from cnntrain.errors import CnnTrainError, ConfigError, DivergedError
+from cnntrain.fileio import atomic_write_text
+from cnntrain.logs import RunLog, epoch_line
+from cnntrain.model import build_network
+from cnntrain.optim import SGD, LRSchedule
+from cnntrain.train import Interrupted, Trainer, TrainState, evaluate
+
+RUN_FILES = ("config.ini", "metrics.jsonl", "train.log", "summary.json", "checkpoints")
+
+
+def random_streams(seed):
+    """Three generators from one seed: weights, data split, training (shuffles, augmentation).
+
+    Separate streams keep the split independent of the network's size, so `eval` can rebuild
+    the validation split from the seed alone, and a resumed run finds its split unchanged.
+    """
+    return tuple(np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(3))
+
+
+def prepare_data(cfg, data_rng, *, data_dir=None, mirrors=(), progress=True):
+    """Download (if needed), verify and load MNIST as the config asks."""
+    folder = data.resolve_data_dir(data_dir, cfg.data.dir or None)
+    # The checksum table is looked up now, not bound at import, so a test can swap in its own.
+    table = data.MNIST_FILES
+    data.ensure_mnist(folder, data.resolve_mirrors(mirrors, cfg.data.mirrors), progress=progress,
+                      files=table)
+    return data.load_mnist(folder, val_size=cfg.data.val_size, train_size=cfg.data.train_size,
+                           test_size=cfg.data.test_size, mean=cfg.data.mean, std=cfg.data.std,
+                           rng=data_rng, dtype=np.dtype(cfg.train.dtype), files=table)
+
+
+def build_model(cfg, init_rng=None):
+    """The network the config describes (zero weights without a generator, to be loaded)."""
+    return build_network(cfg.model.layers, rng=init_rng, dtype=np.dtype(cfg.train.dtype),
+                         init=cfg.model.init)
+
+
+def holds_run(folder):
+    folder = Path(folder)
+    return any((folder / name).exists() for name in RUN_FILES)
+
+
+def run_dir_of_checkpoint(path):
+    """runs/x/checkpoints/last.npz -> runs/x."""
+    path = Path(path)
+    return path.parent.parent if path.parent.name == "checkpoints" else path.parent
+
+
+def config_from_checkpoint(ckpt, source, overrides=()):
+    return parse_config(ckpt.config_text, source=f"{source} (its stored config)", overrides=overrides)
+
+
+class RunFolder:
+    """Writes a run's files; checkpoints are atomic, logs are appended and flushed."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+        self.log = RunLog(self.path)
+        self.last = self.path / "checkpoints" / "last.npz"
+        self.best = self.path / "checkpoints" / "best.npz"
+
+    def prepare(self, *, resume, overwrite):
+        if holds_run(self.path) and not resume:
+            if not overwrite:
+                raise ConfigError(
+                    f"{self.path} already holds a run; continue it with --resume {self.last}, "
+                    "choose another folder with --out DIR, or replace it with --overwrite")
+            for name in RUN_FILES:
+                target = self.path / name
+                if target.is_dir():
+                    shutil.rmtree(target)
+                elif target.exists():
+                    target.unlink()
+        (self.path / "checkpoints").mkdir(parents=True, exist_ok=True)
+
+
+def _snapshot(network, optimizer, state, rng, config_text):
+    return Checkpoint(params=network.params, optimizer=optimizer.state_dict(),
+                      epoch_order=state.order,
+                      meta=dict(state.to_meta(), config=config_text, rng=rng.bit_generator.state))
+
+
+def _best_epoch(history):
+    """The epoch with the highest validation accuracy (the first of equals); without a
+    validation split, the last epoch."""
+    scored = [m for m in history if m.get("val_acc") is not None]
+    if not scored:
+        return history[-1] if history else None
+    return max(scored, key=lambda m: (m["val_acc"], -m["epoch"]))
+
+
+def fit(cfg, *, out_dir=None, resume=None, overwrite=False, quiet=False, progress=None,
+        data_dir=None, mirrors=(), echo=print):
+    """Train as `cfg` says. resume: a loaded Checkpoint to continue from. Returns the summary.
+
+    progress: show tqdm bars (default: not quiet); the caller decides from the terminal.
+    """
+    wall_start = time.perf_counter()
+    folder = RunFolder(out_dir or cfg.run.dir)
+    folder.prepare(resume=resume is not None, overwrite=overwrite)
+    progress = (not quiet) if progress is None else progress
+    say = (lambda text: None) if quiet else echo
+
+    init_rng, data_rng, train_rng = random_streams(cfg.train.seed)
+    splits = prepare_data(cfg, data_rng, data_dir=data_dir, mirrors=mirrors, progress=progress)
+    network = build_model(cfg, init_rng)
+    optimizer = SGD(network.params, cfg.train.lr, momentum=cfg.train.momentum,
+                    weight_decay=cfg.train.weight_decay, nesterov=cfg.train.nesterov,
+                    decay_biases=cfg.train.decay_biases)
+    trainer = Trainer(network, optimizer, None, splits, epochs=cfg.train.epochs,
+                      batch_size=cfg.train.batch_size, eval_batch_size=cfg.train.eval_batch_size,
+                      rng=train_rng, progress=progress, echo=say)
+    trainer.schedule = LRSchedule(cfg.train.lr, cfg.train.lr_schedule, epochs=cfg.train.epochs,
+                                  steps_per_epoch=trainer.steps_per_epoch,
+                                  warmup_epochs=cfg.train.warmup_epochs,
+                                  step_epochs=cfg.train.lr_step_epochs, gamma=cfg.train.lr_gamma)
+    config_text = config_to_ini(cfg)
+
+    if resume is not None:
+        try:
+            network.load_params(resume.params)
+            optimizer.load_state_dict(resume.optimizer)
+            train_rng.bit_generator.state = resume.meta["rng"]
+            state = TrainState.from_meta(resume.meta, resume.epoch_order)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise CnnTrainError(f"cannot resume from this checkpoint: {exc}") from None
+        folder.log.restart_metrics(state.history)
+        folder.log.line(f"resumed at epoch {state.epoch + 1}, step {state.step}")
+        say(f"resuming {folder.path} at epoch {state.epoch + 1}, step {state.step}")
+    else:
+        state = TrainState()
+    atomic_write_text(folder.path / "config.ini", config_text)
+    header = (f"fit {cfg.source}: {network.n_params:,} parameters, {len(splits.train)} train / "
+              f"{len(splits.val)} val / {len(splits.test)} test images, {cfg.train.epochs} epochs, "
+              f"batch {cfg.train.batch_size}, {cfg.train.dtype}")
+    folder.log.line(header)
+    say(header)
+
+    def on_epoch_end(metrics, state):
+        line = epoch_line(metrics, cfg.train.epochs)
+        folder.log.line(line)
+        folder.log.epoch(metrics)
+        echo(line)  # the one line per epoch, shown even with --quiet
+        snapshot = _snapshot(network, optimizer, state, train_rng, config_text)
+        save_checkpoint(folder.last, snapshot)
+        if _best_epoch(state.history) is metrics:
+            save_checkpoint(folder.best, snapshot)
+
+    try:
+        trainer.fit(state, on_epoch_end)
+    except Interrupted as stop:
+        save_checkpoint(folder.last, _snapshot(network, optimizer, stop.state, train_rng, config_text))
+        message = (f"interrupted at epoch {stop.state.epoch + 1}, step {stop.state.step}; saved "
+                   f"{folder.last}; continue with: cnntrain fit --resume {folder.last}")
+        folder.log.line(message)
+        raise Interrupted(stop.state, message) from None
+    except DivergedError as exc:
+        kept = f"; the last good checkpoint is {folder.last}" if folder.last.exists() else ""
+        folder.log.line(f"{exc}{kept}")
+        raise DivergedError(f"{exc}{kept}") from None
+
+    summary = {
+        "config": cfg.source,
+        "run_dir": str(folder.path),
+        "epochs": state.epoch,
+        "final": state.history[-1],
+        "best": _best_epoch(state.history),
+        "wall_seconds": time.perf_counter() - wall_start,
+        "checkpoints": {"last": str(folder.last), "best": str(folder.best)},
+    }
+    atomic_write_text(folder.path / "summary.json", json.dumps(summary, indent=2) + "\n")
+    done = (f"done: best val_acc {100 * (summary['best']['val_acc'] or 0):.2f}% at epoch "
+            f"{summary['best']['epoch']}, final test_acc {100 * (summary['final']['test_acc'] or 0):.2f}%, "
+            f"{summary['wall_seconds']:.1f}s; checkpoints in {folder.path / 'checkpoints'}")
+    folder.log.line(done)
+    say(done)
+    return summary
+
+
+def evaluate_checkpoint(path, *, split="test", batch_size=None, data_dir=None, mirrors=(),
+                        progress=True):
+    """Rebuild the network from a checkpoint alone and score it on a split."""
+    ckpt = load_checkpoint(path)
+    cfg = config_from_checkpoint(ckpt, path)
+    network = build_model(cfg)
+    try:
+        network.load_params(ckpt.params)
+    except ValueError as exc:
+        raise CnnTrainError(f"{path}: its weights do not fit its own layer list ({exc})") from None
+    _, data_rng, _ = random_streams(cfg.train.seed)
+    splits = prepare_data(cfg, data_rng, data_dir=data_dir, mirrors=mirrors, progress=progress)
+    chosen = getattr(splits, split)
+    if not len(chosen.labels):
+        raise ConfigError(f"the {split} split of {path} is empty (its config has "
+                          f"{split}_size = 0); choose another with --split")
+    result = evaluate(network, chosen.images, chosen.labels,
+                      batch_size or cfg.train.eval_batch_size)
+    confusion = result["confusion"]
+    per_class = confusion.diagonal() / np.maximum(confusion.sum(axis=1), 1)
+    return {"checkpoint": str(path), "split": split, "accuracy": result["accuracy"],
+            "loss": result["loss"], "n": result["n"], "per_class": per_class.tolist(),
+            "confusion": confusion.tolist(), "epoch": ckpt.meta["epoch"]}

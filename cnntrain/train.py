@@ -1,0 +1,189 @@
+"""The training loop: epochs of shuffled minibatches, evaluation, progress and its position.
+
+The trainer owns the loop and nothing else: the network, optimizer, schedule, data and the
+generator come in ready-made, and what happens at the end of an epoch (checkpoints, logs) is a
+callback. Its whole position lives in a TrainState, so a checkpoint taken after any step
+continues to the same weights, bit for bit, as a run that never stopped.
+"""
+
+import math
+import signal
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from cnntrain.errors import CnnTrainError, DivergedError
+from cnntrain.losses import SoftmaxCrossEntropy
+
+
+@dataclass
+class TrainState:
+    """Where training is: enough, with the weights, velocities and generator, to continue."""
+
+    epoch: int = 0                 # epochs completed
+    step: int = 0                  # optimizer steps taken in all
+    step_in_epoch: int = 0         # steps taken in the current epoch
+    order: np.ndarray = None       # the current epoch's shuffled example order
+    loss_sum: float = 0.0          # running sums of the current epoch's training batches
+    correct: int = 0
+    seen: int = 0
+    seconds: float = 0.0           # training time spent in the current epoch so far
+    history: list = field(default_factory=list)   # one metrics dict per completed epoch
+
+    def to_meta(self):
+        return {"epoch": self.epoch, "step": self.step, "step_in_epoch": self.step_in_epoch,
+                "loss_sum": self.loss_sum, "correct": self.correct, "seen": self.seen,
+                "seconds": self.seconds, "history": self.history}
+
+    @classmethod
+    def from_meta(cls, meta, order):
+        return cls(epoch=meta["epoch"], step=meta["step"], step_in_epoch=meta["step_in_epoch"],
+                   order=order, loss_sum=meta["loss_sum"], correct=meta["correct"],
+                   seen=meta["seen"], seconds=meta["seconds"], history=list(meta["history"]))
+
+
+class Interrupted(CnnTrainError):
+    """Ctrl-C arrived; training stopped cleanly after a whole step, at `state`."""
+
+    exit_code = 130
+
+    def __init__(self, state, message="interrupted"):
+        super().__init__(message)
+        self.state = state
+
+
+@contextmanager
+def stop_on_sigint():
+    """Turn the first Ctrl-C into a request to stop after the current step, so parameters are
+    never left half-updated; a second Ctrl-C stops at once."""
+    requested = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield requested
+        return
+
+    def handler(signum, frame):
+        if requested.is_set():
+            raise KeyboardInterrupt
+        requested.set()
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield requested
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def evaluate(network, images, labels, batch_size=1000, n_classes=10):
+    """Mean loss, accuracy (a fraction) and confusion matrix (rows: true labels) of a split."""
+    loss_fn = SoftmaxCrossEntropy()
+    confusion = np.zeros((n_classes, n_classes), dtype=np.int64)
+    loss_sum = 0.0
+    for start in range(0, len(labels), batch_size):
+        x, y = images[start:start + batch_size], labels[start:start + batch_size]
+        logits = network.forward(x, train=False)
+        loss_sum += loss_fn.forward(logits, y, train=False) * len(y)
+        confusion += np.bincount(y * n_classes + logits.argmax(axis=1),
+                                 minlength=n_classes * n_classes).reshape(n_classes, n_classes)
+    n = int(confusion.sum())
+    return {"loss": loss_sum / n if n else float("nan"),
+            "accuracy": float(np.trace(confusion) / n) if n else float("nan"),
+            "n": n, "confusion": confusion}
+
+
+class Trainer:
+    """Minibatch SGD over `splits.train`, evaluating `splits.val` and `splits.test` each epoch.
+
+    on_epoch_end(metrics, state) is called after every epoch (state already points at the next
+    one); `augment(images, rng) -> images` optionally transforms each training batch.
+    """
+
+    def __init__(self, network, optimizer, schedule, splits, *, epochs, batch_size,
+                 eval_batch_size, rng, progress=False, augment=None, echo=print):
+        self.network, self.optimizer, self.schedule = network, optimizer, schedule
+        self.splits, self.epochs, self.batch_size = splits, epochs, batch_size
+        self.eval_batch_size, self.rng, self.augment = eval_batch_size, rng, augment
+        self.progress, self.echo = progress, echo
+        self.loss = SoftmaxCrossEntropy()
+        self.steps_per_epoch = math.ceil(len(splits.train.labels) / batch_size)
+
+    def fit(self, state, on_epoch_end):
+        # A diverging run overflows before its loss turns non-finite; the check below reports
+        # that in one line, so numpy's warnings would only add noise.
+        with stop_on_sigint() as stop, np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            while state.epoch < self.epochs:
+                self._train_epoch(state, stop)
+                metrics = self._end_epoch(state)
+                on_epoch_end(metrics, state)
+        return state
+
+    def _train_epoch(self, state, stop):
+        images, labels = self.splits.train.images, self.splits.train.labels
+        if state.order is None:
+            state.order = self.rng.permutation(len(labels))
+            state.loss_sum, state.correct, state.seen, state.seconds = 0.0, 0, 0, 0.0
+        bar = self._progress_bar(state)
+        started = time.perf_counter() - state.seconds
+        for i in range(state.step_in_epoch, self.steps_per_epoch):
+            batch = state.order[i * self.batch_size:(i + 1) * self.batch_size]
+            x, y = images[batch], labels[batch]
+            if self.augment is not None:
+                x = self.augment(x, self.rng)
+            self.optimizer.lr = self.schedule(state.step)
+            logits = self.network.forward(x)
+            loss = self.loss.forward(logits, y)
+            if not math.isfinite(loss):
+                raise DivergedError(
+                    f"training diverged at epoch {state.epoch + 1}, step {state.step + 1}: the loss "
+                    f"is {loss}; lower the learning rate (e.g. --set train.lr="
+                    f"{self.optimizer.lr / 4:.3g}) and start again")
+            self.network.backward(self.loss.backward())
+            self.optimizer.step(self.network.grads)
+
+            state.loss_sum += loss * len(y)
+            state.correct += int(np.count_nonzero(logits.argmax(axis=1) == y))
+            state.seen += len(y)
+            state.step += 1
+            state.step_in_epoch += 1
+            state.seconds = time.perf_counter() - started
+            if bar is not None:
+                bar.update(1)
+                if i % 20 == 0 or i == self.steps_per_epoch - 1:
+                    bar.set_postfix_str(self._running(state), refresh=False)
+            if stop.is_set():
+                if bar is not None:
+                    bar.close()
+                raise Interrupted(state)
+        if bar is not None:
+            bar.close()
+
+    def _running(self, state):
+        return (f"loss {state.loss_sum / state.seen:.4f} acc {100 * state.correct / state.seen:.2f}% "
+                f"lr {self.optimizer.lr:.4g} {state.seen / max(state.seconds, 1e-9):,.0f} img/s")
+
+    def _progress_bar(self, state):
+        if not self.progress:
+            return None
+        from tqdm import tqdm
+        return tqdm(total=self.steps_per_epoch, initial=state.step_in_epoch, unit="batch",
+                    desc=f"epoch {state.epoch + 1}/{self.epochs}", leave=False, dynamic_ncols=True)
+
+    def _end_epoch(self, state):
+        started = time.perf_counter()
+        metrics = {"epoch": state.epoch + 1, "step": state.step, "lr": self.optimizer.lr,
+                   "train_loss": state.loss_sum / state.seen, "train_acc": state.correct / state.seen}
+        for split in ("val", "test"):
+            data = getattr(self.splits, split)
+            if len(data.labels):
+                result = evaluate(self.network, data.images, data.labels, self.eval_batch_size)
+                metrics[f"{split}_loss"], metrics[f"{split}_acc"] = result["loss"], result["accuracy"]
+            else:
+                metrics[f"{split}_loss"] = metrics[f"{split}_acc"] = None
+        metrics["seconds"] = state.seconds + (time.perf_counter() - started)
+        metrics["images_per_s"] = state.seen / max(state.seconds, 1e-9)
+        state.history.append(metrics)
+        state.epoch += 1
+        state.step_in_epoch, state.order = 0, None
+        return metrics

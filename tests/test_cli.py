@@ -1,0 +1,324 @@
+"""The command line, end to end through click's CliRunner, on synthetic MNIST-shaped data."""
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from cnntrain import __version__, data
+from cnntrain.checkpoint import FORMAT_VERSION, load_checkpoint
+from cnntrain.cli import cli
+
+REPO = Path(__file__).resolve().parents[1]
+EPOCH_LINE = re.compile(r"^epoch (\d+)/(\d+) train_loss \d+\.\d{4} train_acc \d+\.\d\d% "
+                        r"val_acc \d+\.\d\d% test_acc \d+\.\d\d% lr \S+ \d+\.\ds$", re.M)
+
+CONFIG = textwrap.dedent("""\
+    [data]
+    val_size = 100
+    [model]
+    layers =
+        conv 4 5 pad=2
+        relu
+        maxpool 2
+        conv 8 5
+        relu
+        maxpool 2
+        flatten
+        dense 32
+        relu
+        dense 10
+    [train]
+    epochs = 2
+    batch_size = 32
+    lr = 0.05
+    seed = 3
+    [run]
+    dir = {run_dir}
+    """)
+
+
+@pytest.fixture
+def env(tmp_path, monkeypatch, synthetic_mnist, synthetic_mnist_dir):
+    """Synthetic MNIST in place of the real files, and a small config in tmp_path."""
+    monkeypatch.setattr(data, "MNIST_FILES", synthetic_mnist.table)
+    monkeypatch.setenv("CNNTRAIN_DATA_DIR", str(synthetic_mnist_dir))
+    monkeypatch.delenv("CNNTRAIN_MNIST_MIRRORS", raising=False)
+    monkeypatch.chdir(tmp_path)
+    config = tmp_path / "small.ini"
+    config.write_text(CONFIG.format(run_dir=tmp_path / "runs" / "small"))
+    return {"config": str(config), "run": tmp_path / "runs" / "small", "tmp": tmp_path,
+            "data_dir": synthetic_mnist_dir, "table": synthetic_mnist.table}
+
+
+def invoke(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+
+
+def assert_one_line_error(result, code, *fragments):
+    assert result.exit_code == code, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert "Traceback" not in result.output
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+
+
+def test_fit_writes_a_complete_run_folder(env):
+    result = invoke("fit", "--config", env["config"])
+    assert result.exit_code == 0, result.output
+    epoch_lines = EPOCH_LINE.findall(result.stdout)
+    assert epoch_lines == [("1", "2"), ("2", "2")]
+    run = env["run"]
+    for name in ("config.ini", "metrics.jsonl", "train.log", "summary.json",
+                 "checkpoints/last.npz", "checkpoints/best.npz"):
+        assert (run / name).is_file(), name
+    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in metrics] == [1, 2]
+    assert set(metrics[0]) == {"epoch", "step", "lr", "train_loss", "train_acc", "val_loss", "val_acc",
+                               "test_loss", "test_acc", "seconds", "images_per_s"}
+    assert metrics[1]["step"] == 2 * 16 and 0 <= metrics[1]["test_acc"] <= 1
+    assert len(EPOCH_LINE.findall((run / "train.log").read_text())) == 2
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["final"] == metrics[-1] and summary["epochs"] == 2
+    assert summary["best"]["val_acc"] == max(m["val_acc"] for m in metrics)
+    assert "[train]" in (run / "config.ini").read_text()
+    ckpt = load_checkpoint(run / "checkpoints" / "last.npz")
+    assert ckpt.meta["epoch"] == 2 and ckpt.meta["format_version"] == FORMAT_VERSION
+    assert set(ckpt.optimizer) == {f"{name}.v" for name in ckpt.params}
+
+
+def test_quiet_prints_only_the_epoch_lines(env):
+    result = invoke("fit", "--config", env["config"], "--quiet")
+    assert result.exit_code == 0
+    assert result.stdout.strip().splitlines() == [m.group(0) for m in EPOCH_LINE.finditer(result.stdout)]
+
+
+def test_set_overrides_reach_the_run_and_its_config(env):
+    result = invoke("fit", "--config", env["config"], "--set", "train.epochs=1",
+                    "--set", "train.lr=0.02", "--out", env["tmp"] / "other")
+    assert result.exit_code == 0, result.output
+    resolved = (env["tmp"] / "other" / "config.ini").read_text()
+    assert re.search(r"^epochs = 1$", resolved, re.M) and re.search(r"^lr = 0\.02$", resolved, re.M)
+    assert not env["run"].exists()
+
+
+def test_eval_json_matches_the_training_metrics(env):
+    assert invoke("fit", "--config", env["config"], "-q").exit_code == 0
+    best = env["run"] / "checkpoints" / "best.npz"
+    result = invoke("eval", best, "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    summary = json.loads((env["run"] / "summary.json").read_text())
+    assert report["accuracy"] == pytest.approx(summary["best"]["test_acc"], abs=1e-12)
+    assert report["loss"] == pytest.approx(summary["best"]["test_loss"], rel=1e-6)
+    confusion = np.array(report["confusion"])
+    assert confusion.shape == (10, 10) and confusion.sum() == report["n"] == 200
+    assert report["per_class"] == pytest.approx((confusion.diagonal() / confusion.sum(1)).tolist())
+    val = json.loads(invoke("eval", best, "--json", "--split", "val", "--batch-size", "7").stdout)
+    assert val["n"] == 100 and val["accuracy"] == pytest.approx(summary["best"]["val_acc"], abs=1e-12)
+
+
+def test_eval_prints_tables(env):
+    invoke("fit", "--config", env["config"], "-q")
+    result = invoke("eval", env["run"] / "checkpoints" / "last.npz")
+    assert result.exit_code == 0
+    assert re.search(r"accuracy \d+\.\d\d%", result.stdout)
+    assert "per-class accuracy: 0: " in result.stdout and "confusion matrix" in result.stdout
+    rows = result.stdout.strip().splitlines()[-10:]
+    assert sum(int(v) for row in rows for v in row.split()[1:]) == 200
+
+
+def test_a_run_is_never_overwritten_by_accident(env):
+    assert invoke("fit", "--config", env["config"], "-q").exit_code == 0
+    before = (env["run"] / "checkpoints" / "last.npz").read_bytes()
+    result = invoke("fit", "--config", env["config"], "-q")
+    assert_one_line_error(result, 2, "already holds a run", "--resume", "--overwrite")
+    assert (env["run"] / "checkpoints" / "last.npz").read_bytes() == before
+    result = invoke("fit", "--config", env["config"], "-q", "--overwrite", "--set", "train.epochs=1")
+    assert result.exit_code == 0
+    assert len((env["run"] / "metrics.jsonl").read_text().splitlines()) == 1
+
+
+def test_divergence_exits_1_and_keeps_the_last_good_checkpoint(env):
+    assert invoke("fit", "--config", env["config"], "-q", "--set", "train.epochs=3",
+                  "--set", "train.lr_schedule=constant").exit_code == 0
+    last = env["run"] / "checkpoints" / "last.npz"
+    # Continue the finished run for more epochs at an absurd rate: it diverges in epoch 4.
+    result = invoke("fit", "--resume", last, "-q", "--set", "train.epochs=5", "--set", "train.lr=1e9")
+    assert_one_line_error(result, 1, "diverged at epoch 4", "lower the learning rate",
+                          f"last good checkpoint is {last}")
+    assert load_checkpoint(last).meta["epoch"] == 3
+    assert "diverged" in (env["run"] / "train.log").read_text()
+
+
+def test_divergence_at_the_start(env):
+    result = invoke("fit", "--config", env["config"], "-q", "--set", "train.lr=1e9")
+    assert_one_line_error(result, 1, "diverged at epoch 1")
+    assert not (env["run"] / "checkpoints" / "last.npz").exists()
+
+
+@pytest.mark.parametrize("args,fragments", [
+    (["--config", "missing.ini"], ["missing.ini", "no such config file"]),
+    (["--set", "train.lr=fast"], ["--set train.lr=fast", "expected a number > 0"]),
+    (["--set", "train.epoch=3"], ["unknown key 'epoch'", "did you mean 'epochs'"]),
+    (["--set", "model.layers=conv 6 5 / relu / dense 10"], ["dense needs a flat input"]),
+    ([], ["give --config FILE"]),
+])
+def test_config_errors_are_one_line_with_exit_code_2(env, args, fragments):
+    if args and args[0] != "--config":
+        args = ["--config", env["config"], *args]
+    assert_one_line_error(invoke("fit", *args), 2, *fragments)
+    assert not env["run"].exists()
+
+
+def test_unknown_key_in_the_file(env):
+    Path(env["config"]).write_text(CONFIG.format(run_dir=env["run"]).replace("seed = 3", "sed = 3"))
+    assert_one_line_error(invoke("fit", "--config", env["config"]), 2, "small.ini", "[train]",
+                          "unknown key 'sed'", "did you mean 'seed'")
+
+
+def test_resume_with_a_different_network_is_refused(env):
+    invoke("fit", "--config", env["config"], "-q", "--set", "train.epochs=1")
+    other = env["tmp"] / "other.ini"
+    other.write_text(CONFIG.format(run_dir=env["run"]).replace("dense 32", "dense 64"))
+    result = invoke("fit", "--config", other, "--resume", env["run"] / "checkpoints" / "last.npz")
+    assert_one_line_error(result, 2, "different network")
+
+
+def write_npz(path, **arrays):
+    with open(path, "wb") as f:
+        np.savez(f, **arrays)
+    return path
+
+
+@pytest.fixture
+def bad_checkpoints(env):
+    invoke("fit", "--config", env["config"], "-q", "--set", "train.epochs=1")
+    good = env["run"] / "checkpoints" / "last.npz"
+    tmp = env["tmp"]
+    truncated = tmp / "truncated.npz"
+    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    ckpt = load_checkpoint(good)
+    meta = dict(ckpt.meta, format_version=FORMAT_VERSION + 1)
+    newer = write_npz(tmp / "newer.npz", **{f"param/{k}": v for k, v in ckpt.params.items()},
+                      **{"meta.json": np.frombuffer(json.dumps(meta).encode(), np.uint8)})
+    objects = tmp / "objects.npz"
+    np.savez(objects, **{"meta.json": np.array([{"evil": 1}], dtype=object)})
+    return {
+        "missing": (tmp / "nope.npz", "no such checkpoint file"),
+        "truncated": (truncated, "truncated or not a .npz checkpoint"),
+        "foreign": (write_npz(tmp / "foreign.npz", weights=np.ones(3)), "no meta.json entry"),
+        "text": ((tmp / "notes.npz"), "truncated or not a .npz checkpoint"),
+        "newer": (newer, f"format {FORMAT_VERSION + 1}, newer than this cnntrain reads"),
+        "objects": (objects, "holds object arrays"),
+        "folder": (tmp, "is a folder"),
+    }
+
+
+@pytest.mark.parametrize("kind", ["missing", "truncated", "foreign", "text", "newer", "objects", "folder"])
+def test_bad_checkpoints_get_one_line_and_exit_1(bad_checkpoints, env, kind):
+    (env["tmp"] / "notes.npz").write_text("not a checkpoint")
+    path, fragment = bad_checkpoints[kind]
+    assert_one_line_error(invoke("eval", path), 1, str(path), fragment)
+    assert_one_line_error(invoke("fit", "--resume", path), 1, fragment)
+
+
+def test_info_version_and_help():
+    result = invoke("info", "--config", REPO / "configs" / "lenet5.ini")
+    assert result.exit_code == 0
+    total = result.stdout.strip().splitlines()[-1].split()
+    assert total == ["total", "61,706", "416,520"]
+    assert invoke("--version").stdout.strip() == f"cnntrain, version {__version__}"
+    for command in ("fit", "eval", "download", "info"):
+        text = invoke(command, "--help").stdout
+        assert "Example" in text and "cnntrain " + command in text
+
+
+def test_help_is_fast_and_imports_no_numpy():
+    started = time.perf_counter()
+    out = subprocess.run([sys.executable, "-X", "importtime", "-m", "cnntrain", "--help"],
+                         capture_output=True, text=True, check=True)
+    assert time.perf_counter() - started < 3  # generous: the real budget is measured in bench
+    assert "fit" in out.stdout
+    imported = {line.split("|")[-1].strip() for line in out.stderr.splitlines() if "|" in line}
+    assert "numpy" not in imported and "requests" not in imported and "tqdm" not in imported
+
+
+SIGINT_LAUNCHER = textwrap.dedent("""\
+    import json, sys
+    import cnntrain.data
+    cnntrain.data.MNIST_FILES = {k: tuple(v) for k, v in json.loads(sys.argv[1]).items()}
+    from cnntrain.cli import main
+    sys.argv = ["cnntrain", *sys.argv[2:]]
+    main()
+    """)
+
+
+def run_cnntrain_process(env, *args, interrupt_after_line=None):
+    """Run cnntrain in a child process (synthetic checksums); optionally press Ctrl-C once
+    train.log shows `interrupt_after_line`."""
+    cmd = [sys.executable, "-c", SIGINT_LAUNCHER, json.dumps(env["table"]), *map(str, args)]
+    child_env = {**__import__("os").environ, "CNNTRAIN_DATA_DIR": str(env["data_dir"]),
+                 "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=child_env, cwd=env["tmp"])
+    if interrupt_after_line is not None:
+        log = Path(args[args.index("--out") + 1]) / "train.log"
+        deadline = time.time() + 120
+        while time.time() < deadline and proc.poll() is None:
+            if log.exists() and interrupt_after_line in log.read_text():
+                proc.send_signal(__import__("signal").SIGINT)
+                break
+            time.sleep(0.01)
+    out, err = proc.communicate(timeout=300)
+    return proc.returncode, out, err
+
+
+def test_ctrl_c_saves_the_exact_position_and_resume_matches_an_uninterrupted_run(env):
+    long_run = ["--config", env["config"], "-q", "--set", "train.epochs=4", "--set", "train.batch_size=8"]
+    code, _, _ = run_cnntrain_process(env, "fit", *long_run, "--out", env["tmp"] / "straight")
+    assert code == 0
+
+    stopped = env["tmp"] / "stopped"
+    code, out, err = run_cnntrain_process(env, "fit", *long_run, "--out", stopped,
+                                          interrupt_after_line="epoch 1/4")
+    assert code == 130, err
+    last = stopped / "checkpoints" / "last.npz"
+    assert f"continue with: cnntrain fit --resume {last}" in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    position = load_checkpoint(last).meta
+    assert position["epoch"] >= 1 and position["step"] > 63  # 63 steps per epoch at batch 8
+
+    code, out, err = run_cnntrain_process(env, "fit", "--resume", last, "-q")
+    assert code == 0, err
+    straight = load_checkpoint(env["tmp"] / "straight" / "checkpoints" / "last.npz")
+    resumed = load_checkpoint(last)
+    for name, value in straight.params.items():
+        np.testing.assert_array_equal(resumed.params[name], value, err_msg=name)
+    metrics = [json.loads(l) for l in (stopped / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in metrics] == [1, 2, 3, 4]
+
+
+def test_download_command_fetches_and_verifies(env, mnist_server, tmp_path):
+    target = tmp_path / "fresh"
+    result = invoke("download", "--data-dir", target, "--mirror", mnist_server.mirror("m"), "-q")
+    assert result.exit_code == 0, result.output
+    assert f"MNIST verified in {target}" in result.stdout
+    assert sorted(p.name for p in target.iterdir() if not p.name.startswith(".")) == sorted(env["table"])
+
+
+def test_download_failure_is_reported_with_exit_1(env, mnist_server, tmp_path):
+    mnist_server.add_fault("/dead/*", "status", code=404)
+    result = invoke("download", "--data-dir", tmp_path / "fresh", "--mirror", mnist_server.mirror("dead"), "-q")
+    assert result.exit_code == 1
+    assert "Traceback" not in result.output and "error: " in result.stderr
+    assert not list((tmp_path / "fresh").glob("*.part"))

@@ -1,0 +1,129 @@
+"""The training loop: exact resume after an interruption, divergence, evaluation, shuffling."""
+
+import os
+import signal
+
+import numpy as np
+import pytest
+
+from cnntrain import data
+from cnntrain.checkpoint import load_checkpoint, save_checkpoint
+from cnntrain.errors import DivergedError
+from cnntrain.model import build_network
+from cnntrain.optim import SGD, LRSchedule
+from cnntrain.run import _snapshot, random_streams
+from cnntrain.train import Interrupted, Trainer, TrainState, evaluate
+
+LAYERS = ["conv 4 5 pad=2", "relu", "maxpool 2", "conv 8 5", "relu", "maxpool 2", "flatten",
+          "dense 32", "relu", "dense 10"]
+EPOCHS, BATCH = 3, 32
+
+
+@pytest.fixture
+def splits(synthetic_mnist, synthetic_mnist_dir):
+    return data.load_mnist(synthetic_mnist_dir, val_size=100, rng=np.random.default_rng(0),
+                           files=synthetic_mnist.table)
+
+
+def make_trainer(splits, seed=0, lr=0.05, augment=None):
+    init_rng, _, train_rng = random_streams(seed)
+    net = build_network(LAYERS, rng=init_rng)
+    opt = SGD(net.params, lr, momentum=0.9, weight_decay=5e-4)
+    trainer = Trainer(net, opt, None, splits, epochs=EPOCHS, batch_size=BATCH,
+                      eval_batch_size=64, rng=train_rng, augment=augment)
+    trainer.schedule = LRSchedule(lr, "cosine", epochs=EPOCHS, steps_per_epoch=trainer.steps_per_epoch)
+    return trainer
+
+
+def interrupt_at(step):
+    """An augment hook that presses Ctrl-C (a real SIGINT to this process) during a step."""
+    calls = {"n": 0}
+
+    def hook(x, rng):
+        calls["n"] += 1
+        if calls["n"] == step:
+            os.kill(os.getpid(), signal.SIGINT)
+        return x
+
+    return hook
+
+
+@pytest.mark.parametrize("stop_step", [7, 16, 23])  # mid-epoch, the last step of epoch 1, epoch 2
+def test_interrupted_then_resumed_run_ends_bit_identical(splits, tmp_path, stop_step):
+    straight = make_trainer(splits)
+    final = straight.fit(TrainState(), lambda m, s: None)
+
+    first = make_trainer(splits, augment=interrupt_at(stop_step))
+    with pytest.raises(Interrupted) as stopped:
+        first.fit(TrainState(), lambda m, s: None)
+    state = stopped.value.state
+    assert state.step == stop_step  # the step that saw Ctrl-C finished; no later one started
+    path = tmp_path / "last.npz"
+    save_checkpoint(path, _snapshot(first.network, first.optimizer, state, first.rng, "config"))
+
+    ckpt = load_checkpoint(path)
+    resumed = make_trainer(splits)
+    resumed.network.load_params(ckpt.params)
+    resumed.optimizer.load_state_dict(ckpt.optimizer)
+    resumed.rng.bit_generator.state = ckpt.meta["rng"]
+    final_resumed = resumed.fit(TrainState.from_meta(ckpt.meta, ckpt.epoch_order), lambda m, s: None)
+
+    for name, value in straight.network.params.items():
+        np.testing.assert_array_equal(resumed.network.params[name], value, err_msg=name)
+    for name, v in straight.optimizer.velocity.items():
+        np.testing.assert_array_equal(resumed.optimizer.velocity[name], v, err_msg=name)
+    drop = ("seconds", "images_per_s")
+    assert [{k: v for k, v in m.items() if k not in drop} for m in final_resumed.history] == \
+           [{k: v for k, v in m.items() if k not in drop} for m in final.history]
+
+
+def test_training_learns_and_reshuffles_every_epoch(splits):
+    first_batches = []
+
+    def record(x, rng):
+        if len(first_batches) < EPOCHS and trainer_steps["n"] % trainer.steps_per_epoch == 0:
+            first_batches.append(x.copy())
+        trainer_steps["n"] += 1
+        return x
+
+    trainer_steps = {"n": 0}
+    trainer = make_trainer(splits, augment=record)
+    epochs = []
+    trainer.fit(TrainState(), lambda m, s: epochs.append(m))
+    assert [m["epoch"] for m in epochs] == [1, 2, 3]
+    assert epochs[-1]["train_loss"] < epochs[0]["train_loss"]
+    assert epochs[-1]["val_acc"] > 0.5  # ten classes: chance is 0.1
+    assert len(first_batches) == 3
+    assert not np.array_equal(first_batches[0], first_batches[1])
+    assert not np.array_equal(first_batches[1], first_batches[2])
+
+
+def test_same_seed_same_run_other_seed_other_run(splits):
+    a, b, c = make_trainer(splits, seed=1), make_trainer(splits, seed=1), make_trainer(splits, seed=2)
+    for t in (a, b, c):
+        t.epochs = 1
+        t.fit(TrainState(), lambda m, s: None)
+    np.testing.assert_array_equal(a.network.params["dense2.W"], b.network.params["dense2.W"])
+    assert not np.array_equal(a.network.params["dense2.W"], c.network.params["dense2.W"])
+
+
+def test_a_non_finite_loss_stops_at_once_suggesting_a_lower_rate(splits):
+    trainer = make_trainer(splits, lr=1e8)
+    ends = []
+    with pytest.raises(DivergedError, match=r"diverged at epoch 1, step \d+: the loss is (nan|inf).*"
+                                            r"lower the learning rate \(e\.g\. --set train\.lr="):
+        trainer.fit(TrainState(), lambda m, s: ends.append(m))
+    assert ends == []
+
+
+def test_evaluate_counts_by_hand(splits):
+    trainer = make_trainer(splits)
+    net = trainer.network
+    x, y = splits.test.images, splits.test.labels
+    result = evaluate(net, x, y, batch_size=37)  # a batch size that leaves a remainder
+    predictions = np.concatenate([net.forward(x[i:i + 50], train=False).argmax(1) for i in range(0, len(y), 50)])
+    assert result["n"] == len(y)
+    assert result["accuracy"] == pytest.approx(np.mean(predictions == y))
+    for true in range(10):
+        for guess in range(10):
+            assert result["confusion"][true, guess] == np.sum((y == true) & (predictions == guess))
