@@ -290,6 +290,10 @@ class _Transient(Exception):
 class _Permanent(Exception):
     """This mirror will not give us this file (4xx, wrong content): go to the next one."""
 
+    def __init__(self, message: str, unreachable: bool = False):
+        super().__init__(message)
+        self.unreachable = unreachable
+
 
 class _Fatal(Exception):
     """A local problem (disk full, folder not writable) that no mirror can fix."""
@@ -401,6 +405,12 @@ def _unreachable(exc: requests.exceptions.ConnectionError) -> bool:
     return isinstance(getattr(inner, "reason", inner), urllib3.exceptions.NewConnectionError)
 
 
+def _no_such_host(exc: requests.exceptions.ConnectionError) -> bool:
+    """True if the host name did not resolve (a DNS answer, not a passing network fault)."""
+    text = str(exc)
+    return "Name or service not known" in text or "nodename nor servname" in text
+
+
 @contextmanager
 def _open_http(session: requests.Session, url: str, timeout):
     """GET `url`, streamed: yields (content type, iterator over body chunks), errors classified."""
@@ -414,6 +424,9 @@ def _open_http(session: requests.Session, url: str, timeout):
     except requests.exceptions.ReadTimeout as e:
         raise _Transient("read timed out waiting for the response") from e
     except requests.exceptions.ConnectionError as e:
+        if _no_such_host(e):
+            # Offline machines fail here for every public mirror: retrying only adds minutes.
+            raise _Permanent(f"host not found: {_short_reason(e)}", unreachable=True) from e
         raise _Transient(f"connection failed: {_short_reason(e)}",
                          unreachable=_unreachable(e)) from e
     except (requests.exceptions.InvalidURL, requests.exceptions.InvalidSchema,
@@ -565,6 +578,8 @@ def _fetch(name, size, sha256, data_dir: Path, sources, session, timeout, retrie
                 break
             except _Permanent as e:
                 failures.append(f"{source}: {e}")
+                if e.unreachable:
+                    unreachable[source] = str(e)
                 break
             except _Fatal as e:
                 raise DataError(f"{e}; make room there or choose a writable folder with "
