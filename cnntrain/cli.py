@@ -125,21 +125,32 @@ def fit(config_path, overrides, out_dir, resume, overwrite, quiet, data_dir, mir
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables.")
 @click.option("--batch-size", type=click.IntRange(min=1), metavar="N",
               help="Images per forward pass (default: the run's eval_batch_size).")
+@click.option("--errors", "errors_png", metavar="FILE.png",
+              help="Also draw the misclassified digits, labelled true/predicted, into FILE.png.")
 @data_dir_option
 @mirror_option
-def eval_command(checkpoint, split, as_json, batch_size, data_dir, mirrors):
+def eval_command(checkpoint, split, as_json, batch_size, errors_png, data_dir, mirrors):
     """Score a saved model: accuracy, loss, per-class accuracy and the confusion matrix.
 
     \b
     Examples:
       cnntrain eval runs/lenet5/checkpoints/best.npz
       cnntrain eval runs/lenet5/checkpoints/last.npz --split val --json
+      cnntrain eval runs/lenet5/checkpoints/best.npz --errors errors.png
     """
     from cnntrain import run
 
+    if errors_png:
+        from cnntrain import plots
+        plots.require_matplotlib()
     result = run.evaluate_checkpoint(checkpoint, split=split, batch_size=batch_size,
                                      data_dir=data_dir, mirrors=mirrors,
-                                     progress=not as_json and sys.stderr.isatty())
+                                     progress=not as_json and sys.stderr.isatty(),
+                                     keep_errors=bool(errors_png))
+    if errors_png:
+        plots.plot_errors(result["errors"], errors_png,
+                          title=f"{checkpoint}: {len(result['errors']['labels'])} of "
+                                f"{result['n']} {split} images misclassified")
     if as_json:
         keys = ("accuracy", "loss", "n", "per_class", "confusion", "split", "checkpoint", "epoch")
         click.echo(json.dumps({k: result[k] for k in keys}))
@@ -200,6 +211,60 @@ def info(config_path, overrides):
     total_params = sum(r.params for r in rows)
     total_macs = sum(r.multiply_adds for r in rows)
     click.echo(f"{'total':<10}{'':<40}{'':>16}{total_params:>10,}{total_macs:>12,}")
+
+
+@cli.command(context_settings=CONTEXT_SETTINGS)
+@click.argument("paths", nargs=-1, required=True, metavar="SWEEP_DIR|RUN_DIR...")
+@click.option("--csv", "csv_path", metavar="FILE", help="Also write the table as CSV.")
+@click.option("--sort", "sort_key", default="best_val_acc", show_default=True, metavar="KEY",
+              help="The column to sort by (descending for accuracies, ascending otherwise).")
+def summarize(paths, csv_path, sort_key):
+    """One row per run: its overrides, best and final accuracies, epochs and wall time.
+
+    Runs that failed or have not finished are listed as such.
+
+    \b
+    Examples:
+      cnntrain summarize sweeps/lr-batch
+      cnntrain summarize runs/lenet5 runs/lenet5-classic --csv results.csv
+    """
+    from cnntrain import summarize as summary
+
+    rows = summary.sort_rows(summary.collect_runs(paths), sort_key)
+    click.echo(summary.format_table(rows))
+    if csv_path:
+        summary.write_csv(rows, csv_path)
+        click.echo(f"wrote {csv_path}")
+
+
+@cli.command(context_settings=CONTEXT_SETTINGS)
+@click.argument("run_dirs", nargs=-1, metavar="[RUN_DIR]...")
+@click.option("-o", "--output", required=True, metavar="FILE.png", help="The picture to write.")
+@click.option("--filters", "filters_checkpoint", metavar="CHECKPOINT",
+              help="Draw the first layer's learned kernels of CHECKPOINT instead of curves.")
+def plot(run_dirs, output, filters_checkpoint):
+    """Draw loss and accuracy curves of runs (overlaid), or a checkpoint's first-layer kernels.
+
+    Needs matplotlib: pip install 'cnntrain[plot]'.
+
+    \b
+    Examples:
+      cnntrain plot runs/lenet5 runs/lenet5-classic -o curves.png
+      cnntrain plot --filters runs/lenet5/checkpoints/best.npz -o filters.png
+    """
+    from cnntrain import plots
+    from cnntrain.errors import ConfigError
+
+    plots.require_matplotlib()
+    if filters_checkpoint:
+        if run_dirs:
+            raise ConfigError("give either run folders or --filters CHECKPOINT, not both")
+        plots.plot_filters(filters_checkpoint, output)
+    elif run_dirs:
+        plots.plot_curves(run_dirs, output)
+    else:
+        raise ConfigError("give one or more run folders, or --filters CHECKPOINT")
+    click.echo(f"wrote {output}")
 
 
 def main():

@@ -52,6 +52,18 @@ def prepare_data(cfg, data_rng, *, data_dir=None, mirrors=(), progress=True):
                            rng=data_rng, dtype=np.dtype(cfg.train.dtype), files=table)
 
 
+def build_augmenter(cfg):
+    """The config's [augment] as a callable (images, rng) -> images, or None when all are off."""
+    a = cfg.augment
+    if not (a.translate or a.rotate or a.scale or a.elastic_alpha):
+        return None
+    from cnntrain.augment import Augmenter
+    # Pixels moved in from outside the image are background: 0 before normalisation.
+    return Augmenter(translate=a.translate, rotate=a.rotate, scale=a.scale,
+                     elastic_alpha=a.elastic_alpha, elastic_sigma=a.elastic_sigma,
+                     fill=-cfg.data.mean / cfg.data.std)
+
+
 def build_model(cfg, init_rng=None):
     """The network the config describes (zero weights without a generator, to be loaded)."""
     return build_network(cfg.model.layers, rng=init_rng, dtype=np.dtype(cfg.train.dtype),
@@ -132,7 +144,7 @@ def fit(cfg, *, out_dir=None, resume=None, overwrite=False, quiet=False, progres
                     decay_biases=cfg.train.decay_biases)
     trainer = Trainer(network, optimizer, None, splits, epochs=cfg.train.epochs,
                       batch_size=cfg.train.batch_size, eval_batch_size=cfg.train.eval_batch_size,
-                      rng=train_rng, progress=progress, echo=say)
+                      rng=train_rng, progress=progress, augment=build_augmenter(cfg), echo=say)
     trainer.schedule = LRSchedule(cfg.train.lr, cfg.train.lr_schedule, epochs=cfg.train.epochs,
                                   steps_per_epoch=trainer.steps_per_epoch,
                                   warmup_epochs=cfg.train.warmup_epochs,
@@ -201,8 +213,12 @@ def fit(cfg, *, out_dir=None, resume=None, overwrite=False, quiet=False, progres
 
 
 def evaluate_checkpoint(path, *, split="test", batch_size=None, data_dir=None, mirrors=(),
-                        progress=True):
-    """Rebuild the network from a checkpoint alone and score it on a split."""
+                        progress=True, keep_errors=False):
+    """Rebuild the network from a checkpoint alone and score it on a split.
+
+    keep_errors adds "errors": the misclassified images (un-normalised to [0, 1], (M, 28, 28)),
+    their true labels and the predictions, in split order.
+    """
     ckpt = load_checkpoint(path)
     cfg = config_from_checkpoint(ckpt, path)
     network = build_model(cfg)
@@ -217,9 +233,15 @@ def evaluate_checkpoint(path, *, split="test", batch_size=None, data_dir=None, m
         raise ConfigError(f"the {split} split of {path} is empty (its config has "
                           f"{split}_size = 0); choose another with --split")
     result = evaluate(network, chosen.images, chosen.labels,
-                      batch_size or cfg.train.eval_batch_size)
+                      batch_size or cfg.train.eval_batch_size, keep_predictions=keep_errors)
     confusion = result["confusion"]
     per_class = confusion.diagonal() / np.maximum(confusion.sum(axis=1), 1)
-    return {"checkpoint": str(path), "split": split, "accuracy": result["accuracy"],
-            "loss": result["loss"], "n": result["n"], "per_class": per_class.tolist(),
-            "confusion": confusion.tolist(), "epoch": ckpt.meta["epoch"]}
+    report = {"checkpoint": str(path), "split": split, "accuracy": result["accuracy"],
+              "loss": result["loss"], "n": result["n"], "per_class": per_class.tolist(),
+              "confusion": confusion.tolist(), "epoch": ckpt.meta["epoch"]}
+    if keep_errors:
+        wrong = np.flatnonzero(result["predictions"] != chosen.labels)
+        images = chosen.images[wrong, 0] * cfg.data.std + cfg.data.mean
+        report["errors"] = {"images": np.clip(images, 0, 1), "labels": chosen.labels[wrong],
+                            "predictions": result["predictions"][wrong]}
+    return report

@@ -76,21 +76,29 @@ def stop_on_sigint():
         signal.signal(signal.SIGINT, previous)
 
 
-def evaluate(network, images, labels, batch_size=1000, n_classes=10):
-    """Mean loss, accuracy (a fraction) and confusion matrix (rows: true labels) of a split."""
+def evaluate(network, images, labels, batch_size=1000, n_classes=10, keep_predictions=False):
+    """Mean loss, accuracy (a fraction) and confusion matrix (rows: true labels) of a split;
+    with keep_predictions, also every predicted class in order."""
     loss_fn = SoftmaxCrossEntropy()
     confusion = np.zeros((n_classes, n_classes), dtype=np.int64)
+    predictions = np.empty(len(labels), dtype=np.int64) if keep_predictions else None
     loss_sum = 0.0
     for start in range(0, len(labels), batch_size):
         x, y = images[start:start + batch_size], labels[start:start + batch_size]
         logits = network.forward(x, train=False)
         loss_sum += loss_fn.forward(logits, y, train=False) * len(y)
-        confusion += np.bincount(y * n_classes + logits.argmax(axis=1),
+        guess = logits.argmax(axis=1)
+        confusion += np.bincount(y * n_classes + guess,
                                  minlength=n_classes * n_classes).reshape(n_classes, n_classes)
+        if keep_predictions:
+            predictions[start:start + len(y)] = guess
     n = int(confusion.sum())
-    return {"loss": loss_sum / n if n else float("nan"),
-            "accuracy": float(np.trace(confusion) / n) if n else float("nan"),
-            "n": n, "confusion": confusion}
+    result = {"loss": loss_sum / n if n else float("nan"),
+              "accuracy": float(np.trace(confusion) / n) if n else float("nan"),
+              "n": n, "confusion": confusion}
+    if keep_predictions:
+        result["predictions"] = predictions
+    return result
 
 
 class Trainer:
