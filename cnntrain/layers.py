@@ -92,10 +92,14 @@ class Conv2D(Layer):
         self.params = {"W": init_weights(shape, fan_in, fan_out, rng=rng, dtype=dtype, scheme=init),
                        "b": np.zeros(out_channels, dtype=dtype)}
         self.grads = {k: np.zeros_like(v) for k, v in self.params.items()}
+        self._work = {True: {}, False: {}}  # scratch arrays kept between calls (see functional)
 
     def forward(self, x, train=True):
         self._check_dtype(x)
-        y, cols = fn.correlate2d(x, self.params["W"], self.params["b"], self.stride, self.padding)
+        # Training and inference keep separate scratch arrays, so that evaluation batches and
+        # training batches, of different sizes, do not reallocate them each time they alternate.
+        y, cols = fn.correlate2d(x, self.params["W"], self.params["b"], self.stride, self.padding,
+                                 work=self._work[train])
         self._keep(train, cols, x.shape)
         return y
 
@@ -106,7 +110,7 @@ class Conv2D(Layer):
         self.grads["b"][...] = fn.bias_gradient(dout)
         if not input_grad:
             return None
-        return fn.convolve2d_full(dout, W, x_shape, self.stride, self.padding)
+        return fn.convolve2d_full(dout, W, x_shape, self.stride, self.padding, work=self._work[True])
 
     def output_shape(self, input_shape):
         C, H, W = input_shape

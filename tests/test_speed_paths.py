@@ -1,0 +1,137 @@
+"""The speed paths compute the same maths as the general ones.
+
+Each shortcut taken for speed (the 2x2 max-pooling path, direct writes for non-overlapping
+pooling windows, the batch-innermost layout, scratch arrays reused between calls, matrix
+products cut into pieces) is checked here against the general code or a loop oracle.
+"""
+
+import numpy as np
+import pytest
+
+from cnntrain import functional as fn
+from cnntrain import layers as L
+from tests import oracle
+
+
+def batch_innermost(a):
+    """The same logical (N, C, H, W) array, stored as (C, H, W, N) like the layers' outputs."""
+    out = fn._batch_innermost(a.shape, a.dtype)
+    out[...] = a
+    return out
+
+
+def with_ties(rng, shape, dtype):
+    """Small integers: many windows hold their maximum more than once."""
+    return rng.integers(-3, 4, size=shape).astype(dtype)
+
+
+LAYOUTS = [lambda a: a, batch_innermost, lambda a: np.asfortranarray(a)]
+
+
+@pytest.mark.parametrize("shape", [(3, 2, 8, 6), (2, 3, 7, 9), (1, 1, 2, 2), (4, 2, 5, 4)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_2x2_max_pooling_path_equals_the_general_loop(shape, dtype, layout):
+    rng = np.random.default_rng(0)
+    for x in (with_ties(rng, shape, dtype), rng.standard_normal(shape).astype(dtype)):
+        x = layout(x)
+        out_h, out_w = shape[2] // 2, shape[3] // 2
+        y, argmax = fn.maxpool2d(x, 2, 2)
+        y_ref, argmax_ref = fn._maxpool_any(x, 2, 2, out_h, out_w)
+        assert y.dtype == dtype and argmax.dtype == argmax_ref.dtype
+        np.testing.assert_array_equal(y, y_ref)
+        np.testing.assert_array_equal(argmax, argmax_ref)
+        np.testing.assert_array_equal(y, oracle.pool_forward(np.asarray(x), 2, 2, "max"))
+
+
+@pytest.mark.parametrize("kernel,stride", [(2, 2), (3, 3), (2, 3), (3, 2)])
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_pooling_backward_routes_like_the_oracle_with_ties_and_any_layout(kernel, stride, layout):
+    rng = np.random.default_rng(1)
+    x = layout(with_ties(rng, (2, 3, 9, 8), np.float64))
+    layer = L.MaxPool2D(kernel, stride)
+    y = layer.forward(x)
+    dout = layout(rng.standard_normal(y.shape))
+    dx = layer.backward(dout)
+    # Overlapping windows add up their routed values, possibly in another order than the oracle.
+    np.testing.assert_allclose(dx, oracle.pool_backward(np.asarray(x), np.asarray(dout), kernel, stride, "max"),
+                               rtol=1e-12, atol=1e-15)
+    mean = L.MeanPool2D(kernel, stride)
+    mean.forward(x)
+    np.testing.assert_allclose(mean.backward(dout), oracle.pool_backward(np.asarray(x), np.asarray(dout), kernel, stride, "mean"),
+                               rtol=1e-12, atol=1e-15)
+
+
+def test_pooling_backward_leaves_no_stale_values_where_no_window_reaches():
+    # Floor mode leaves the last row and column out of every window: their gradient is zero,
+    # even though dx is allocated uninitialised when windows cover the input exactly.
+    rng = np.random.default_rng(2)
+    for _ in range(3):
+        x = rng.standard_normal((2, 2, 7, 5))
+        layer = L.MaxPool2D(2)
+        y = layer.forward(x)
+        dx = layer.backward(np.full(y.shape, np.nan))
+        assert np.all(dx[:, :, 6, :] == 0) and np.all(dx[:, :, :, 4] == 0)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_convolution_is_the_same_for_any_input_layout(layout):
+    rng = np.random.default_rng(3)
+    W = rng.standard_normal((4, 3, 3, 3))
+    b = rng.standard_normal(4)
+    x = rng.standard_normal((5, 3, 9, 8))
+    y, _ = fn.correlate2d(layout(x), W, b, stride=2, pad=1)
+    np.testing.assert_allclose(y, oracle.conv_forward(x, W, b, 2, 1), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("m,k,p", [(6, 25, 100_000), (16, 150, 1001), (3, 4, 7), (1, 1, 1)])
+def test_matrix_products_in_pieces_equal_the_whole_products(m, k, p):
+    rng = np.random.default_rng(4)
+    a = rng.standard_normal((m, k))
+    b = rng.standard_normal((k, p))
+    out = np.empty((m, p))
+    np.testing.assert_allclose(fn._matmul_pieces(a, b, out), a @ b, rtol=1e-12, atol=1e-10)
+    c = rng.standard_normal((m, p))
+    np.testing.assert_allclose(fn._matmul_nt_pieces(c, b), c @ b.T, rtol=1e-12, atol=1e-10)
+
+
+def conv_step(layer, x, dout):
+    y = layer.forward(x)
+    dx = layer.backward(dout)
+    return y.copy(), dx.copy(), {k: v.copy() for k, v in layer.grads.items()}
+
+
+@pytest.mark.parametrize("pad", [0, 2])
+def test_reused_scratch_arrays_across_steps_with_different_batch_sizes(pad):
+    """One layer, called step after step as in training (the last batch of an epoch is
+    smaller) with inference passes in between, matches a fresh layer per step."""
+    rng = np.random.default_rng(5)
+    reused = L.Conv2D(2, 3, 5, padding=pad, rng=np.random.default_rng(6), dtype=np.float64)
+    for n in (4, 4, 3, 4, 1, 4):
+        x = rng.standard_normal((n, 2, 9, 9))
+        out = reused.output_shape((2, 9, 9))
+        dout = rng.standard_normal((n,) + out)
+        fresh = L.Conv2D(2, 3, 5, padding=pad, dtype=np.float64)
+        fresh.params["W"][...] = reused.params["W"]
+        y_ref, dx_ref, grads_ref = conv_step(fresh, x, dout)
+
+        y = reused.forward(x)
+        dx = reused.backward(dout)
+        reused.forward(rng.standard_normal((7, 2, 9, 9)), train=False)
+        np.testing.assert_array_equal(y, y_ref)
+        np.testing.assert_array_equal(dx, dx_ref)
+        for key in grads_ref:
+            np.testing.assert_array_equal(reused.grads[key], grads_ref[key])
+
+
+def test_outputs_are_not_overwritten_by_later_calls():
+    rng = np.random.default_rng(7)
+    layer = L.Conv2D(1, 2, 3, padding=1, rng=rng, dtype=np.float64)
+    x1, x2 = rng.standard_normal((2, 2, 1, 6, 6))
+    y1 = layer.forward(x1)
+    dx1 = layer.backward(np.ones_like(y1))
+    kept_y, kept_dx = y1.copy(), dx1.copy()
+    layer.forward(x2)
+    layer.backward(np.full_like(y1, 2.0))
+    np.testing.assert_array_equal(y1, kept_y)
+    np.testing.assert_array_equal(dx1, kept_dx)
