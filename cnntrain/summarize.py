@@ -1,0 +1,354 @@
+"""`cnntrain summarize`: one row per run folder, read from the files runs and sweeps leave.
+
+A path is a run folder, or a sweep folder whose subfolders are run folders (as
+scripts/sweep.sh and scripts/sweep_slurm.sh make them). What a row says comes from:
+
+  summary.json          a finished run: best and final metrics, epochs, wall time
+  metrics.jsonl         an unfinished run: the epochs so far
+  config.ini            the number of epochs planned ([train] epochs)
+  overrides.txt         the sweep's --set overrides for this run, one per line
+  sweep-status.json     the sweep's record of the last attempt: exit code and error line
+  train.log             the last line, when a failed attempt left no error line
+
+Standard library only: this runs on a login node over many folders and should answer at once.
+"""
+
+import csv
+import dataclasses
+import difflib
+import io
+import json
+from pathlib import Path
+from typing import Dict, List, Optional
+
+from cnntrain.errors import ConfigError
+from cnntrain.fileio import atomic_write_text
+from cnntrain.logs import read_metrics
+
+# The files `cnntrain fit` writes: cnntrain.run.RUN_FILES, repeated here because importing
+# cnntrain.run pulls in numpy.
+FIT_FILES = ("config.ini", "metrics.jsonl", "train.log", "summary.json", "checkpoints")
+# What marks a folder as a run: a fit's files, or the sweep's record of a run not yet started.
+RUN_MARKERS = FIT_FILES + ("overrides.txt",)
+
+ACCURACY_KEYS = ("best_val_acc", "best_test_acc", "final_val_acc", "final_test_acc")
+SORT_KEYS = ("run", "status", "overrides") + ACCURACY_KEYS + ("epochs", "wall_s")
+
+DONE, INCOMPLETE, FAILED, NOT_STARTED = "done", "incomplete", "failed", "not started"
+# Finished runs first, then the ones that may still finish, then the ones that will not.
+_STATUS_RANK = {DONE: 0, INCOMPLETE: 1, FAILED: 2, NOT_STARTED: 3}
+# An interrupted run kept its position and is resumed by the next attempt: not a failure.
+_INTERRUPTED = 130
+
+
+@dataclasses.dataclass
+class RunRow:
+    """What summarize knows about one run folder. Accuracies are fractions; None = unknown."""
+
+    run: str
+    path: str
+    status: str
+    overrides: Optional[Dict[str, str]] = None  # None: not made by a sweep
+    best_val_acc: Optional[float] = None
+    best_test_acc: Optional[float] = None
+    final_val_acc: Optional[float] = None
+    final_test_acc: Optional[float] = None
+    epochs: Optional[int] = None
+    planned_epochs: Optional[int] = None
+    wall_s: Optional[float] = None
+    exit_code: Optional[int] = None
+    reason: str = ""
+
+    @property
+    def status_text(self) -> str:
+        if self.status == INCOMPLETE:
+            planned = self.planned_epochs if self.planned_epochs is not None else "?"
+            return f"incomplete (epoch {self.epochs or 0}/{planned})"
+        if self.status == FAILED and self.exit_code is not None:
+            return f"failed (exit {self.exit_code})"
+        return self.status
+
+    @property
+    def overrides_text(self) -> str:
+        if self.overrides is None:
+            return "-"
+        return " ".join(f"{key}={value}" for key, value in self.overrides.items()) or "-"
+
+
+# --- reading ------------------------------------------------------------------------------
+
+
+def _one_line(text) -> str:
+    return str(text).replace("\r", "\\r").replace("\n", "\\n")
+
+
+def _is_run(folder: Path) -> bool:
+    return any((folder / name).exists() for name in RUN_MARKERS)
+
+
+def _read_json(path: Path):
+    """The JSON object in `path`, or None when it is missing or unreadable."""
+    try:
+        value = json.loads(path.read_text(encoding="utf-8", errors="replace"))
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _last_line(path: Path) -> str:
+    try:
+        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return ""
+    return next((line.strip() for line in reversed(lines) if line.strip()), "")
+
+
+def _planned_epochs(folder: Path) -> Optional[int]:
+    """[train] epochs of the run's resolved config.ini (written by config_to_ini, so one
+    'key = value' per line)."""
+    try:
+        lines = (folder / "config.ini").read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return None
+    section = None
+    for line in lines:
+        text = line.strip()
+        if text.startswith("[") and text.endswith("]"):
+            section = text[1:-1].strip()
+        elif section == "train" and not line[:1].isspace():
+            key, eq, value = text.partition("=")
+            if eq and key.strip() == "epochs":
+                try:
+                    return int(value.split(";")[0].split("#")[0].strip())
+                except ValueError:
+                    return None
+    return None
+
+
+def _read_overrides(folder: Path) -> Optional[Dict[str, str]]:
+    try:
+        text = (folder / "overrides.txt").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
+    pairs = {}
+    for line in text.splitlines():
+        key, eq, value = line.partition("=")
+        if eq:
+            pairs[key.strip()] = value.strip()
+    return pairs
+
+
+def _best(history):
+    """The epoch with the highest validation accuracy, the first of equals (as the trainer
+    picks best.npz); without validation, the last epoch."""
+    scored = [m for m in history if m.get("val_acc") is not None]
+    if not scored:
+        return history[-1] if history else None
+    return max(scored, key=lambda m: (m["val_acc"], -m.get("epoch", 0)))
+
+
+def _fill_metrics(row: RunRow, best, final) -> None:
+    best, final = best or {}, final or {}
+    row.best_val_acc, row.best_test_acc = best.get("val_acc"), best.get("test_acc")
+    row.final_val_acc, row.final_test_acc = final.get("val_acc"), final.get("test_acc")
+
+
+def read_run(folder) -> RunRow:
+    """The row of one run folder."""
+    folder = Path(folder)
+    row = RunRow(run=folder.name or str(folder), path=str(folder), status=NOT_STARTED,
+                 overrides=_read_overrides(folder), planned_epochs=_planned_epochs(folder))
+    summary = _read_json(folder / "summary.json")
+    if summary is not None:
+        row.status = DONE
+        _fill_metrics(row, summary.get("best"), summary.get("final"))
+        row.epochs = summary.get("epochs")
+        row.wall_s = summary.get("wall_seconds")
+        return row
+
+    history = read_metrics(folder)
+    if history:
+        _fill_metrics(row, _best(history), history[-1])
+        row.epochs = history[-1].get("epoch", len(history))
+    record = _read_json(folder / "sweep-status.json")
+    code = record.get("exit_code") if record else None
+    if isinstance(code, int) and code not in (0, _INTERRUPTED):
+        row.status, row.exit_code = FAILED, code
+        row.reason = _one_line(record.get("error") or _last_line(folder / "train.log")
+                               or f"exit code {code}")
+    elif record is not None or any((folder / name).exists() for name in FIT_FILES):
+        row.status = INCOMPLETE
+    return row
+
+
+def collect_runs(paths) -> List[RunRow]:
+    """One row per run folder among `paths`, each a run folder or a sweep folder holding run
+    folders one level down; a run reached twice is listed once."""
+    rows, seen = [], set()
+    for given in paths:
+        path = Path(given)
+        if not path.is_dir():
+            raise ConfigError(_one_line(f"{given}: no such folder; give run folders or sweep "
+                                        "folders (made by scripts/sweep.sh)"))
+        if _is_run(path):
+            folders = [path]
+        else:
+            folders = sorted((child for child in path.iterdir()
+                              if child.is_dir() and _is_run(child)), key=lambda p: p.name)
+            if not folders:
+                raise ConfigError(_one_line(
+                    f"{given}: neither a run folder (no summary.json, metrics.jsonl, train.log, "
+                    "checkpoints/ or overrides.txt) nor a sweep folder holding run folders"))
+        for folder in folders:
+            key = folder.resolve()
+            if key not in seen:
+                seen.add(key)
+                rows.append(read_run(folder))
+    return rows
+
+
+# --- sorting ------------------------------------------------------------------------------
+
+
+def _override_keys(rows) -> List[str]:
+    keys = {}
+    for row in rows:
+        keys.update(dict.fromkeys(row.overrides or {}))
+    return list(keys)
+
+
+def _as_number(text):
+    try:
+        return float(text)
+    except (TypeError, ValueError):
+        return None
+
+
+def sort_rows(rows, key="best_val_acc") -> List[RunRow]:
+    """Rows ordered by `key`: a column (accuracies from best to worst, everything else
+    ascending) or an override key such as train.lr (numerically when every value is a
+    number). Finished runs come first; runs without the value come last in their group."""
+    rows = list(rows)
+    override_keys = _override_keys(rows)
+    shorts = {}
+    for full in override_keys:
+        shorts.setdefault(full.partition(".")[2], []).append(full)
+    if key not in SORT_KEYS and key not in override_keys:
+        if len(shorts.get(key, ())) == 1:
+            key = shorts[key][0]
+        else:
+            valid = list(SORT_KEYS) + override_keys
+            close = difflib.get_close_matches(key, valid, n=1, cutoff=0.6)
+            hint = f"; did you mean '{close[0]}'? " if close else "; "
+            raise ConfigError(_one_line(f"--sort {key}: unknown column{hint}valid keys: "
+                                        + ", ".join(valid)))
+
+    if key in SORT_KEYS:
+        def value(row):
+            if key == "status":
+                return None  # the status group is the whole order
+            if key == "overrides":
+                return row.overrides_text if row.overrides else None
+            return getattr(row, key)
+        numeric = key in ACCURACY_KEYS or key in ("epochs", "wall_s")
+    else:
+        def value(row):
+            return (row.overrides or {}).get(key)
+        present = [value(row) for row in rows if value(row) is not None]
+        numeric = bool(present) and all(_as_number(v) is not None for v in present)
+    descending = key in ACCURACY_KEYS
+
+    def order(row):
+        v = value(row)
+        if v is None:
+            v_key = (1, 0)
+        elif numeric:
+            number = float(v) if not isinstance(v, str) else _as_number(v)
+            v_key = (0, -number if descending else number)
+        else:
+            v_key = (0, str(v))
+        return (_STATUS_RANK[row.status], v_key, row.run, row.path)
+
+    return sorted(rows, key=order)
+
+
+# --- output -------------------------------------------------------------------------------
+
+
+def _percent(value) -> str:
+    return "-" if value is None else f"{100 * value:.2f}%"
+
+
+def _common_overrides(rows) -> Dict[str, str]:
+    """The overrides every recorded run shares (with two or more such runs): said once under
+    the table instead of in every row."""
+    recorded = [row.overrides for row in rows if row.overrides]
+    if len(recorded) < 2:
+        return {}
+    common = dict(recorded[0])
+    for pairs in recorded[1:]:
+        common = {k: v for k, v in common.items() if pairs.get(k) == v}
+    return common
+
+
+def format_table(rows) -> str:
+    """The rows as an aligned text table, accuracies in percent; overrides shared by every
+    run and the reasons of failed runs follow the table."""
+    rows = list(rows)
+    if not rows:
+        return "no runs"
+    common = _common_overrides(rows)
+    header = ("run", "status", "overrides") + ACCURACY_KEYS + ("epochs", "wall_s")
+    lines = []
+    for row in rows:
+        if row.overrides is None:
+            shown = "-"
+        else:
+            own = {k: v for k, v in row.overrides.items() if k not in common}
+            shown = " ".join(f"{k}={v}" for k, v in (own or row.overrides).items()) or "-"
+        lines.append((row.run, row.status_text, shown)
+                     + tuple(_percent(getattr(row, k)) for k in ACCURACY_KEYS)
+                     + ("-" if row.epochs is None else str(row.epochs),
+                        "-" if row.wall_s is None else f"{row.wall_s:.1f}"))
+    widths = [max(len(str(cells[i])) for cells in [header] + lines) for i in range(len(header))]
+    left = 3  # run, status, overrides read left to right; numbers line up on the right
+
+    def render(cells):
+        text = "  ".join(cell.ljust(w) if i < left else cell.rjust(w)
+                         for i, (cell, w) in enumerate(zip(cells, widths)))
+        return text.rstrip()
+
+    out = [render(header)] + [render(cells) for cells in lines]
+    if common:
+        out.append("every run: " + " ".join(f"{k}={v}" for k, v in common.items()))
+    for row in rows:
+        if row.status == FAILED:
+            out.append(f"{row.run} failed: {row.reason}")
+    return "\n".join(out)
+
+
+def csv_columns(rows) -> List[str]:
+    return (["run", "path", "status", "reason", "overrides"] + list(ACCURACY_KEYS)
+            + ["epochs", "planned_epochs", "wall_s"] + _override_keys(rows))
+
+
+def write_csv(rows, path) -> None:
+    """The rows as CSV, accuracies as fractions, one more column per override key so a
+    spreadsheet can pivot on it; written atomically."""
+    rows = list(rows)
+    columns = csv_columns(rows)
+    override_keys = _override_keys(rows)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(columns)
+    for row in rows:
+        record = {
+            "run": row.run, "path": row.path, "status": row.status_text, "reason": row.reason,
+            "overrides": "" if row.overrides is None else row.overrides_text,
+            "epochs": row.epochs, "planned_epochs": row.planned_epochs, "wall_s": row.wall_s,
+            **{k: getattr(row, k) for k in ACCURACY_KEYS},
+        }
+        for key in override_keys:
+            record[key] = (row.overrides or {}).get(key)
+        writer.writerow(["" if record.get(c) is None else record.get(c) for c in columns])
+    atomic_write_text(path, buffer.getvalue())
