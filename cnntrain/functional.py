@@ -25,12 +25,15 @@ until the matching backward.
 import numpy as np
 
 # OpenBLAS (0.3.x, x86-64) computes a product with M*N*K <= 1e6 by kernels that read the
-# operands where they lie; bigger products are first copied into packed panels. For the
-# convolutions' short, wide products (6 or 16 rows, thousands of columns) that copy costs
-# more than the arithmetic: on the bench machine 6x25x6656 took 17 us, 6x25x6700 took 48 us.
-# So the long dimension is cut into pieces below that size (_matmul_pieces). The pieces
-# depend on the shapes only, so a result never depends on anything but the inputs.
+# operands where they lie; bigger products are first copied into packed panels. When the
+# other operand is tiny (conv1's 6 x 25 kernels) each packed number takes part in only a
+# few multiply-adds, and the copy costs more than the arithmetic: on the bench machine
+# 6x25x50176 took 490-700 us whole and 245 us in pieces of 6656 columns. So such products
+# are cut along their long side into pieces below that size (_matmul_pieces); products with
+# a bigger small operand (conv2's 16 x 150) are left whole, where OpenBLAS can also use
+# several threads. The pieces depend on the shapes only, never on the data or the machine.
 GEMM_PIECE = 1_000_000
+GEMM_PIECE_MAX_SMALL = 1000  # cut into pieces only if the small operand has fewer entries
 
 
 def conv_output_size(size, kernel, stride=1, pad=0):
@@ -44,16 +47,24 @@ def _window(a, i, j, stride, out_h, out_w):
 
 
 def _buffer(work, name, shape, dtype, zeros=False):
-    """A scratch array kept in the caller's `work` dict (or a new one when work is None),
-    reallocated only when the shape or dtype changes, so a training step does not allocate,
-    zero and fault in the same large arrays again. With zeros=True the array starts zeroed
-    and the caller relies on the parts it never writes staying zero."""
-    shape = tuple(shape)
-    buf = None if work is None else work.get(name)
-    if buf is None or buf.shape != shape or buf.dtype != dtype:
-        buf = (np.zeros if zeros else np.empty)(shape, dtype=dtype)
-        if work is not None:
-            work[name] = buf
+    """A scratch array kept in the caller's `work` dict (a new one when work is None).
+
+    Reused from call to call, so a training step does not allocate, zero and fault in the
+    same large arrays again; its memory only grows, so a smaller batch (the last of an epoch)
+    reuses it too. With zeros=True the array starts zeroed, and the caller relies on the
+    parts it never writes staying zero (they are zeroed again whenever the shape changes).
+    """
+    shape, size = tuple(shape), int(np.prod(shape))
+    if work is None:
+        return (np.zeros if zeros else np.empty)(shape, dtype=dtype)
+    memory, last_shape = work.get(name, (None, None))
+    if memory is None or memory.dtype != dtype or memory.size < size:
+        memory = (np.zeros if zeros else np.empty)(size, dtype=dtype)
+        last_shape = shape
+    buf = memory[:size].reshape(shape)
+    if last_shape != shape and zeros:
+        buf[...] = 0
+    work[name] = (memory, shape)
     return buf
 
 
@@ -125,23 +136,27 @@ def _as_filter_rows(dout):
 
 
 def _matmul_pieces(a, b, out):
-    """out = a @ b for a short, wide b, computed over pieces of b's columns (see GEMM_PIECE).
+    """out = a @ b for a short, wide b, over pieces of b's columns when a is tiny (see GEMM_PIECE).
 
     a: (M, K), b: (K, P) -> out: (M, P)
     """
-    step = max(1, GEMM_PIECE // (a.shape[0] * a.shape[1]))
+    small = a.shape[0] * a.shape[1]
+    step = GEMM_PIECE // small if small < GEMM_PIECE_MAX_SMALL else max(1, b.shape[1])
     for start in range(0, b.shape[1], step):
         np.matmul(a, b[:, start:start + step], out=out[:, start:start + step])
     return out
 
 
 def _matmul_nt_pieces(a, b):
-    """a @ b.T for two short, wide matrices: the sum over their long shared axis is taken
-    over pieces of it (see GEMM_PIECE), added up in order.
+    """a @ b.T for two short, wide matrices; when the result is tiny (see GEMM_PIECE), the sum
+    over their long shared axis is taken over pieces of it, added up in order.
 
     a: (M, P), b: (K, P) -> (M, K)
     """
-    step = max(1, GEMM_PIECE // (a.shape[0] * b.shape[0]))
+    small = a.shape[0] * b.shape[0]
+    if small >= GEMM_PIECE_MAX_SMALL:
+        return a @ b.T
+    step = GEMM_PIECE // small
     out = a[:, :step] @ b[:, :step].T
     part = np.empty_like(out)
     for start in range(step, a.shape[1], step):
@@ -391,7 +406,14 @@ def dense_backward(dout, x, W):
     dout: (N, out_features) -> dx: (N, in_features) = dout @ W.T,
     dW: (in_features, out_features) = x.T @ dout, db: (out_features,) = dout summed over N.
     """
-    return dout @ W.T, x.T @ dout, dout.sum(axis=0)
+    if x.flags.f_contiguous and not x.flags.c_contiguous:
+        # x is a flattened batch-innermost map (see the layout note): make dx in that same
+        # memory order, as the transpose of W @ dout.T, so the pooling layer below gets its
+        # delta in the layout of its own arrays instead of a transposed one.
+        dx = (W @ dout.T).T
+    else:
+        dx = dout @ W.T
+    return dx, x.T @ dout, dout.sum(axis=0)
 
 
 def log_softmax(z):

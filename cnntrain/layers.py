@@ -255,7 +255,12 @@ class Sigmoid(Layer):
 
 
 class Flatten(Layer):
-    """(N, C, H, W) -> (N, C*H*W) in C, H, W order; backward reshapes the delta back."""
+    """(N, C, H, W) -> (N, C*H*W) in C, H, W order; backward reshapes the delta back.
+
+    Both are views, no copies, for the maps the layers here produce: stored as (C, H, W, N),
+    a batch flattens into an (N, C*H*W) matrix in column-major order, which the next
+    matrix product takes as it is.
+    """
 
     def forward(self, x, train=True):
         self._keep(train, x.shape)

@@ -185,7 +185,17 @@ class Network:
 
     forward(x: (N, *input_shape)) -> logits; backward(dout) runs the layers in reverse.
     params / grads: dicts "layer.key" -> the layers' own arrays (not copies).
+
+    Two things are done for speed, neither changes a result:
+    - A ReLU directly followed by a max pooling runs after it instead (_execution_order):
+      the numbers are the same, and the ReLU touches a quarter as many of them.
+    - Inference (train=False) runs the batch in even chunks of at most EVAL_CHUNK images,
+      one after the other, and concatenates the outputs: every image is computed on its own
+      in every layer, and a chunk's scratch arrays stay small enough for the CPU cache,
+      where a whole evaluation batch of 1000 images (75 MB of conv1 columns) would not.
     """
+
+    EVAL_CHUNK = 128  # measured: 1000-image batches ran fastest in chunks of 125-250
 
     def __init__(self, named_layers, input_shape=MNIST_SHAPE, spec=()):
         self.layers = list(named_layers)
@@ -193,15 +203,36 @@ class Network:
         self.spec = tuple(spec)
         self.params = {f"{name}.{k}": v for name, layer in self.layers for k, v in layer.params.items()}
         self.grads = {f"{name}.{k}": v for name, layer in self.layers for k, v in layer.grads.items()}
+        self._order = self._execution_order()
 
     @property
     def dtype(self):
         return next(iter(self.params.values())).dtype
 
+    def _execution_order(self):
+        """The layers in the order forward runs them: as listed, except that a ReLU directly
+        before a max pooling is run after it.
+
+        Exact in both directions. Forward: max pooling and ReLU both pick values without
+        changing them, and max(relu(a), relu(b)) = relu(max(a, b)). Backward: where a
+        window's maximum is positive, both orders send the delta to the same first maximum
+        with a ReLU slope of 1; where it is not, both send zero to the whole window.
+        """
+        layers = [layer for _, layer in self.layers]
+        for i in range(len(layers) - 1):
+            if type(layers[i]) is L.ReLU and type(layers[i + 1]) is L.MaxPool2D:
+                layers[i], layers[i + 1] = layers[i + 1], layers[i]
+        return layers
+
     def forward(self, x, train=True):
-        for _, layer in self.layers:
-            x = layer.forward(x, train)
-        return x
+        if train or len(x) <= self.EVAL_CHUNK:
+            for layer in self._order:
+                x = layer.forward(x, train)
+            return x
+        chunks = -(-len(x) // self.EVAL_CHUNK)
+        bounds = [len(x) * k // chunks for k in range(chunks + 1)]  # as even as possible
+        return np.concatenate([self.forward(x[start:stop], train=False)
+                               for start, stop in zip(bounds, bounds[1:])])
 
     def backward(self, dout, input_grad=False):
         """Backpropagate dout through every layer, filling every grads array.
@@ -209,8 +240,8 @@ class Network:
         The gradient with respect to the network's input is only computed when asked for
         (input_grad=True, e.g. by gradient checks); training never needs it.
         """
-        last = len(self.layers) - 1
-        for index, (_, layer) in enumerate(reversed(self.layers)):
+        last = len(self._order) - 1
+        for index, layer in enumerate(reversed(self._order)):
             dout = layer.backward(dout, input_grad=input_grad or index != last)
         return dout
 

@@ -135,3 +135,79 @@ def test_outputs_are_not_overwritten_by_later_calls():
     layer.backward(np.full_like(y1, 2.0))
     np.testing.assert_array_equal(y1, kept_y)
     np.testing.assert_array_equal(dx1, kept_dx)
+
+
+# --- the network's shortcuts -------------------------------------------------------------
+
+from cnntrain.losses import SoftmaxCrossEntropy  # noqa: E402
+from cnntrain.model import build_network  # noqa: E402
+
+LENET5 = ("conv 6 5 pad=2 / relu / maxpool 2 / conv 16 5 / relu / maxpool 2 / flatten / "
+          "dense 120 / relu / dense 84 / relu / dense 10")
+
+
+def listed_order_step(net, x, labels):
+    """Forward and backward through net.layers in the order they are listed, no shortcut."""
+    h = x
+    for _, layer in net.layers:
+        h = layer.forward(h)
+    loss = SoftmaxCrossEntropy()
+    loss.forward(h, labels)
+    d = loss.backward()
+    for _, layer in reversed(net.layers):
+        d = layer.backward(d)
+    return h, d, {k: v.copy() for k, v in net.grads.items()}
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_relu_run_after_max_pooling_gives_identical_numbers(dtype):
+    rng = np.random.default_rng(8)
+    net = build_network(LENET5, rng=np.random.default_rng(9), dtype=dtype)
+    for name, p in net.params.items():
+        if name.endswith(".b"):
+            p[...] = rng.standard_normal(p.shape)  # some windows entirely negative, some not
+    x = rng.standard_normal((6, 1, 28, 28)).astype(dtype)
+    labels = rng.integers(0, 10, 6)
+    logits_ref, dx_ref, grads_ref = listed_order_step(net, x, labels)
+
+    loss = SoftmaxCrossEntropy()
+    logits = net.forward(x)
+    loss.forward(logits, labels)
+    dx = net.backward(loss.backward(), input_grad=True)
+    np.testing.assert_array_equal(logits, logits_ref)
+    np.testing.assert_array_equal(dx, dx_ref)
+    for name in grads_ref:
+        np.testing.assert_array_equal(net.grads[name], grads_ref[name])
+
+
+def test_evaluation_in_chunks_equals_image_by_image():
+    rng = np.random.default_rng(10)
+    net = build_network(LENET5, rng=np.random.default_rng(11), dtype=np.float64)
+    x = rng.standard_normal((net.EVAL_CHUNK * 2 + 3, 1, 28, 28))
+    together = net.forward(x, train=False)
+    alone = np.concatenate([net.forward(x[i:i + 1], train=False) for i in range(len(x))])
+    np.testing.assert_allclose(together, alone, rtol=1e-12, atol=1e-12)
+
+
+def test_consecutive_network_steps_with_changing_batch_sizes_match_fresh_networks():
+    """A network reused step after step, with evaluation in between and a short last batch,
+    gives the same results as a freshly built network at every step."""
+    rng = np.random.default_rng(12)
+    net = build_network(LENET5, rng=np.random.default_rng(13), dtype=np.float32)
+    for n in (64, 64, 24, 64, 1):
+        x = rng.standard_normal((n, 1, 28, 28)).astype(np.float32)
+        labels = rng.integers(0, 10, n)
+        fresh = build_network(LENET5, dtype=np.float32)
+        fresh.load_params(net.params)
+        results = []
+        for model in (fresh, net):
+            loss = SoftmaxCrossEntropy()
+            logits = model.forward(x)
+            loss.forward(logits, labels)
+            model.backward(loss.backward())
+            results.append((logits, {k: v.copy() for k, v in model.grads.items()}))
+        (logits_ref, grads_ref), (logits, grads) = results
+        np.testing.assert_array_equal(logits, logits_ref)
+        for name in grads_ref:
+            np.testing.assert_array_equal(grads[name], grads_ref[name])
+        net.forward(rng.standard_normal((300, 1, 28, 28)).astype(np.float32), train=False)
