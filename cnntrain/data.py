@@ -17,7 +17,6 @@ import math
 import os
 import re
 import sys
-import tempfile
 import time
 import urllib.parse
 import urllib.request
@@ -33,6 +32,7 @@ from tqdm import tqdm
 
 from cnntrain import __version__
 from cnntrain.errors import DataError
+from cnntrain.fileio import atomic_writer, fsync_dir
 
 try:
     import fcntl
@@ -177,19 +177,6 @@ def _sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass  # some file systems cannot fsync a directory; the rename is still atomic
-    finally:
-        os.close(fd)
-
-
 def _read_manifest(data_dir: Path) -> dict:
     try:
         with open(data_dir / _MANIFEST, encoding="utf-8") as f:
@@ -201,26 +188,11 @@ def _read_manifest(data_dir: Path) -> dict:
 
 def _write_manifest(data_dir: Path, entries: dict) -> None:
     """Atomically replace the manifest; a folder we cannot write to just means re-hashing later."""
-    tmp = None
     try:
-        fd, tmp = tempfile.mkstemp(prefix=_MANIFEST + ".", suffix=".tmp", dir=data_dir)
-        if hasattr(os, "fchmod"):
-            os.fchmod(fd, 0o644)  # mkstemp's 0600 would hide it from others sharing the cache
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
+        with atomic_writer(data_dir / _MANIFEST, "w") as f:
             json.dump({"version": 1, "files": entries}, f, indent=1, sort_keys=True)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, data_dir / _MANIFEST)
-        tmp = None
-        _fsync_dir(data_dir)
     except OSError:
         pass
-    finally:
-        if tmp is not None:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
 
 
 def _manifest_entry(path: Path, sha256: str) -> dict:
@@ -535,7 +507,7 @@ def _place(part: Path, final: Path) -> None:
         os.replace(part, final)
     except OSError as e:
         raise _Fatal(f"cannot move {part} into place: {e.strerror or e}") from e
-    _fsync_dir(final.parent)
+    fsync_dir(final.parent)
 
 
 def _remove(path: Path) -> None:

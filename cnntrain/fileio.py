@@ -12,15 +12,25 @@ from pathlib import Path
 
 
 def fsync_dir(folder):
-    """Persist a rename in `folder` (a no-op where directories cannot be opened)."""
+    """Persist a rename in `folder`; a no-op where a directory cannot be opened or fsynced
+    (the rename itself is still atomic)."""
     try:
         fd = os.open(folder, os.O_RDONLY)
     except OSError:
         return
     try:
         os.fsync(fd)
+    except OSError:
+        pass
     finally:
         os.close(fd)
+
+
+def _umask():
+    # Reading the umask means setting it; a command-line program has no other thread to race.
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 @contextmanager
@@ -31,6 +41,9 @@ def atomic_writer(path, mode="wb"):
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        # mkstemp makes the file private (0600); the result should get the permissions any
+        # new file would, so runs, checkpoints and pictures can be shared as usual.
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
             yield f
             f.flush()

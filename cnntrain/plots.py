@@ -14,7 +14,6 @@ a pixel size that depends only on what is drawn:
 """
 
 import math
-import os
 from pathlib import Path
 
 from cnntrain.errors import CnnTrainError, ConfigError
@@ -90,17 +89,6 @@ def _save(figure, output):
     # No bbox_inches="tight": it would crop to the content and break the fixed pixel size.
     with atomic_writer(output, "wb") as f:
         figure.savefig(f, format="png", dpi=DPI)
-        # The temporary file is created private (0600); a picture is made to be shared, so it
-        # gets the permissions any new file would (0644 under the usual umask).
-        os.fchmod(f.fileno(), 0o666 & ~_umask())
-
-
-def _umask():
-    # Reading the umask means setting it; a command-line program has no other thread to
-    # race with.
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
 
 
 # --- curves ------------------------------------------------------------------------------
