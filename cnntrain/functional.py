@@ -41,9 +41,15 @@ def conv_output_size(size, kernel, stride=1, pad=0):
     return (size + 2 * pad - kernel) // stride + 1
 
 
+def _offset_slices(i, j, stride, out_h, out_w):
+    """The slices that pick rows i + stride*y (y < out_h) and columns j + stride*x (x < out_w)."""
+    return (slice(i, i + stride * (out_h - 1) + 1, stride),
+            slice(j, j + stride * (out_w - 1) + 1, stride))
+
+
 def _window(a, i, j, stride, out_h, out_w):
     """The strided view a[..., i + stride*y, j + stride*x] for y < out_h, x < out_w."""
-    return a[..., i:i + stride * (out_h - 1) + 1:stride, j:j + stride * (out_w - 1) + 1:stride]
+    return a[(Ellipsis,) + _offset_slices(i, j, stride, out_h, out_w)]
 
 
 def _buffer(work, name, shape, dtype, zeros=False):
@@ -100,12 +106,12 @@ def im2col(x, kh, kw, stride=1, pad=0, work=None):
     N, C, H, W = x.shape
     out_h = conv_output_size(H, kh, stride, pad)
     out_w = conv_output_size(W, kw, stride, pad)
-    xp = pad2d(x, pad, work)
+    xp = pad2d(x, pad, work).transpose(1, 2, 3, 0)  # (C, H + 2*pad, W + 2*pad, N) view
     cols = _buffer(work, "cols", (C, kh, kw, out_h, out_w, N), x.dtype)
     for i in range(kh):
         for j in range(kw):
-            # (N, C, out_h, out_w) window, copied in (C, out_h, out_w, N) order
-            cols[:, i, j] = _window(xp, i, j, stride, out_h, out_w).transpose(1, 2, 3, 0)
+            rows, columns = _offset_slices(i, j, stride, out_h, out_w)
+            cols[:, i, j] = xp[:, rows, columns]
     return cols.reshape(C * kh * kw, out_h * out_w * N)
 
 
@@ -120,11 +126,12 @@ def col2im(dcols, x_shape, kh, kw, stride=1, pad=0):
     out_h = conv_output_size(H, kh, stride, pad)
     out_w = conv_output_size(W, kw, stride, pad)
     dcols = dcols.reshape(C, kh, kw, out_h, out_w, N)
-    dxp = _batch_innermost((N, C, H + 2 * pad, W + 2 * pad), dcols.dtype, zeros=True)
+    dxp = np.zeros((C, H + 2 * pad, W + 2 * pad, N), dtype=dcols.dtype)
     for i in range(kh):
         for j in range(kw):
-            _window(dxp, i, j, stride, out_h, out_w)[...] += dcols[:, i, j].transpose(3, 0, 1, 2)
-    dx = dxp[:, :, pad:pad + H, pad:pad + W]
+            rows, columns = _offset_slices(i, j, stride, out_h, out_w)
+            dxp[:, rows, columns] += dcols[:, i, j]
+    dx = dxp[:, pad:pad + H, pad:pad + W].transpose(3, 0, 1, 2)  # (N, C, H, W) view
     assert dx.shape == tuple(x_shape)
     return dx
 
@@ -226,7 +233,10 @@ def bias_gradient(dout):
 
     dout: (N, F, out_h, out_w) -> db: (F,)
     """
-    return _as_filter_rows(dout).sum(axis=1)
+    rows = _as_filter_rows(dout)
+    # The row sums as a product with a vector of ones: BLAS sums these long rows about 3x
+    # faster than ndarray.sum (measured) and about as accurately.
+    return rows @ np.ones(rows.shape[1], dtype=rows.dtype)
 
 
 def _empty_like_layout(shape, like, dtype):

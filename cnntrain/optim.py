@@ -54,17 +54,27 @@ class SGD:
 
     def step(self, grads):
         """One update of every parameter from grads (dict name -> ndarray, left untouched)."""
+        # Each product and sum is written into a scratch array kept per parameter instead of
+        # a new temporary: the same operations on the same operands in the same order (so the
+        # same numbers), without allocating and touching fresh memory at every step.
+        scratch = self.__dict__.setdefault("_scratch", {})
         for name, W in self.params.items():
             g = grads[name]
             wd = self.decay[name]
+            buf = scratch.get(name)
+            if buf is None or buf.shape != W.shape or buf.dtype != W.dtype:
+                buf = scratch[name] = np.empty_like(W)
             if wd:
-                g = g + W.dtype.type(wd) * W
+                np.multiply(W, W.dtype.type(wd), out=buf)
+                buf += g                    # g + weight_decay * W
+                g = buf
             if self.momentum:
                 v = self.velocity[name]
                 v *= v.dtype.type(self.momentum)
                 v += g
                 g = g + v.dtype.type(self.momentum) * v if self.nesterov else v
-            W -= W.dtype.type(self.lr) * g
+            np.multiply(g, W.dtype.type(self.lr), out=buf)
+            W -= buf                        # W - lr * g
 
     def state_dict(self):
         """Velocities keyed 'NAME.v' (copies)."""
