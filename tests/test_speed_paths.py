@@ -1,8 +1,9 @@
 """The speed paths compute the same maths as the general ones.
 
-Each shortcut taken for speed (the 2x2 max-pooling path, direct writes for non-overlapping
-pooling windows, the batch-innermost layout, scratch arrays reused between calls, matrix
-products cut into pieces) is checked here against the general code or a loop oracle.
+Each shortcut taken for speed (the max-pooling argmax update, direct writes for
+non-overlapping pooling windows, the batch-innermost layout, scratch arrays reused between
+calls, matrix products cut into pieces, ReLU run after max pooling, evaluation in chunks) is
+checked here against the general code or a loop oracle.
 """
 
 import numpy as np
@@ -28,20 +29,30 @@ def with_ties(rng, shape, dtype):
 LAYOUTS = [lambda a: a, batch_innermost, lambda a: np.asfortranarray(a)]
 
 
-@pytest.mark.parametrize("shape", [(3, 2, 8, 6), (2, 3, 7, 9), (1, 1, 2, 2), (4, 2, 5, 4)])
+def first_maximum_offsets(x, kernel, stride):
+    """argmax by definition: the row-major offset of each window's first maximum (loops)."""
+    N, C, H, W = x.shape
+    out_h, out_w = (H - kernel) // stride + 1, (W - kernel) // stride + 1
+    offsets = np.zeros((N, C, out_h, out_w), dtype=int)
+    for n, c, p, q in np.ndindex(offsets.shape):
+        window = x[n, c, stride * p:stride * p + kernel, stride * q:stride * q + kernel]
+        offsets[n, c, p, q] = int(np.argmax(window))  # np.argmax returns the first maximum
+    return offsets
+
+
+@pytest.mark.parametrize("kernel,stride", [(2, 2), (3, 3), (3, 2), (2, 1), (17, 1)])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("layout", LAYOUTS)
-def test_2x2_max_pooling_path_equals_the_general_loop(shape, dtype, layout):
+@pytest.mark.parametrize("layout", [lambda a: a, lambda a: batch_innermost(a)])
+def test_max_pooling_records_the_first_maximum_with_ties_and_any_layout(kernel, stride, dtype, layout):
+    # The argmax update is max(argmax, larger * offset) rather than a masked assignment; with
+    # many tied windows (small integers) it must still name the first maximum.
     rng = np.random.default_rng(0)
-    for x in (with_ties(rng, shape, dtype), rng.standard_normal(shape).astype(dtype)):
+    for x in (with_ties(rng, (3, 2, 19, 18), dtype), rng.standard_normal((3, 2, 19, 18)).astype(dtype)):
         x = layout(x)
-        out_h, out_w = shape[2] // 2, shape[3] // 2
-        y, argmax = fn.maxpool2d(x, 2, 2)
-        y_ref, argmax_ref = fn._maxpool_any(x, 2, 2, out_h, out_w)
-        assert y.dtype == dtype and argmax.dtype == argmax_ref.dtype
-        np.testing.assert_array_equal(y, y_ref)
-        np.testing.assert_array_equal(argmax, argmax_ref)
-        np.testing.assert_array_equal(y, oracle.pool_forward(np.asarray(x), 2, 2, "max"))
+        y, argmax = fn.maxpool2d(x, kernel, stride)
+        assert y.dtype == dtype and argmax.dtype == (np.uint8 if kernel * kernel <= 256 else np.uint16)
+        np.testing.assert_array_equal(argmax, first_maximum_offsets(np.asarray(x), kernel, stride))
+        np.testing.assert_array_equal(y, oracle.pool_forward(np.asarray(x), kernel, stride, "max"))
 
 
 @pytest.mark.parametrize("kernel,stride", [(2, 2), (3, 3), (2, 3), (3, 2)])
