@@ -222,3 +222,27 @@ def test_consecutive_network_steps_with_changing_batch_sizes_match_fresh_network
         for name in grads_ref:
             np.testing.assert_array_equal(grads[name], grads_ref[name])
         net.forward(rng.standard_normal((300, 1, 28, 28)).astype(np.float32), train=False)
+
+
+def test_float32_training_step_tracks_float64_at_full_batch_size():
+    """A whole batch of 64 exercises every shortcut at its real size (conv1's products in
+    several pieces, the BLAS row sums): float32 must stay within float32 rounding of float64."""
+    rng = np.random.default_rng(14)
+    net64 = build_network(LENET5, rng=np.random.default_rng(15), dtype=np.float64)
+    net32 = build_network(LENET5, dtype=np.float32)
+    net32.load_params({k: v.astype(np.float32) for k, v in net64.params.items()})
+    x = rng.standard_normal((64, 1, 28, 28))
+    labels = rng.integers(0, 10, 64)
+    results = []
+    for net, dtype in ((net64, np.float64), (net32, np.float32)):
+        loss = SoftmaxCrossEntropy()
+        logits = net.forward(x.astype(dtype))
+        loss.forward(logits, labels)
+        net.backward(loss.backward())
+        results.append((logits, net.grads))
+    (z64, g64), (z32, g32) = results
+    assert z32.dtype == np.float32 and all(g.dtype == np.float32 for g in g32.values())
+    np.testing.assert_allclose(z32, z64, rtol=1e-4, atol=1e-5)
+    for name in g64:
+        scale = np.abs(g64[name]).max()
+        np.testing.assert_allclose(g32[name], g64[name], rtol=1e-3, atol=1e-4 * scale, err_msg=name)
