@@ -22,6 +22,8 @@ returns to its caller is always a fresh array, except `cols`, which the caller k
 until the matching backward.
 """
 
+import math
+
 import numpy as np
 
 # OpenBLAS (0.3.x, x86-64) computes a product with M*N*K <= 1e6 by kernels that read the
@@ -60,7 +62,7 @@ def _buffer(work, name, shape, dtype, zeros=False):
     reuses it too. With zeros=True the array starts zeroed, and the caller relies on the
     parts it never writes staying zero (they are zeroed again whenever the shape changes).
     """
-    shape, size = tuple(shape), int(np.prod(shape))
+    shape, size = tuple(shape), math.prod(shape)
     if work is None:
         return (np.zeros if zeros else np.empty)(shape, dtype=dtype)
     memory, last_shape = work.get(name, (None, None))
@@ -245,7 +247,7 @@ def _empty_like_layout(shape, like, dtype):
     reading it next finds the layout it expects and need not make a transposed copy."""
     order = sorted(range(len(shape)), key=lambda axis: -like.strides[axis])
     base = np.empty([shape[axis] for axis in order], dtype=dtype)
-    return base.transpose(np.argsort(order))
+    return base.transpose([order.index(axis) for axis in range(len(shape))])
 
 
 def maxpool2d(x, kernel, stride):
