@@ -96,8 +96,8 @@ def test_lenet5_is_the_reference_recipe():
     t = cfg.train
     assert (t.epochs, t.batch_size, t.lr, t.momentum, t.nesterov) == (15, 64, 0.05, 0.9, False)
     assert (t.weight_decay, t.decay_biases, t.lr_schedule) == (5e-4, True, "cosine")
-    assert (t.warmup_epochs, t.seed, t.dtype) == (0, 0, "float32")
-    assert (cfg.data.dir, cfg.data.mirrors, cfg.data.val_size) == ("", (), 5000)
+    assert (t.warmup_epochs, t.seed, t.dtype) == (1, 0, "float32")
+    assert (cfg.data.dir, cfg.data.mirrors, cfg.data.val_size) == ("", (), 1000)
     assert (cfg.data.train_size, cfg.data.test_size) == (0, 0)
     assert cfg.augment == C.AugmentConfig()  # all augmentation off
     assert cfg.run.dir == "runs/lenet5"
