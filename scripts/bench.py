@@ -11,7 +11,10 @@ What it measures, in one process, on the same data:
    same number of steps right after each of our rounds, and the ratio ours / torch.
 
 The machines this runs on are shared and noisy, so only ratios measured side by side mean
-much; each round runs ours then torch back to back and the ratio is taken per round.
+much; each round runs ours then torch back to back and the ratio is taken per round. When
+another process takes a core, every multithreaded BLAS product (and torch's parallel
+regions) waits for its descheduled worker thread, so both sides slow down several times
+over and unevenly: trust quiet runs, where the rounds agree.
 
 Data are random normal images with random labels unless --data-dir holds the four MNIST
 *-ubyte.gz files; speed does not depend on the pixel values. Nothing is downloaded.
@@ -360,6 +363,10 @@ def main():
         print(f"ratio cnntrain/torch: train {train_rate / ref_rate:.2f} over all steps, median of rounds "
               f"{statistics.median(ratios):.2f} (min {min(ratios):.2f}, max {max(ratios):.2f}); "
               f"eval {eval_rate / ref_eval_rate:.2f}")
+        if max(ratios) > 1.3 * min(ratios):
+            print("warning: the rounds disagree, so other processes were using the CPUs; threaded "
+                  "BLAS and torch both slow down badly then (a worker thread waits for a core). "
+                  "Rerun on a quiet machine, or compare with --threads 1.")
 
     settle()
     train, evaluation, (loss_f, loss_b, opt_ms), step_ms, eval_ms = breakdown(ours, ARGS.profile_steps)
