@@ -357,7 +357,11 @@ def relu_backward(dout, y):
 
 def tanh_backward(dout, y):
     """Multiply the delta by tanh's derivative written with its output: 1 - y**2."""
-    return dout * (1 - y * y)
+    # dout * (1 - y*y), evaluated in one array instead of three temporaries (same operations).
+    dx = np.multiply(y, y)
+    np.subtract(1, dx, out=dx)
+    dx *= dout
+    return dx
 
 
 def sigmoid(x):
@@ -368,7 +372,11 @@ def sigmoid(x):
 
 def sigmoid_backward(dout, y):
     """Multiply the delta by the sigmoid's derivative written with its output: y * (1 - y)."""
-    return dout * (y * (1 - y))
+    # dout * (y * (1 - y)), evaluated in one array instead of three temporaries.
+    dx = np.subtract(1, y)
+    dx *= y
+    dx *= dout
+    return dx
 
 
 def dense(x, W, b):
