@@ -2,7 +2,7 @@
 """Whole processes, side by side: `cnntrain fit` for one epoch against the PyTorch reference.
 
 Both do the same work: start up, read MNIST, train one epoch on all 60,000 training images
-(cnntrain with `data.val_size=0`) at batch 64, score the 10,000 test images. Runs alternate
+(cnntrain with `data.val_size=0`, and no warm-up, as the reference) at batch 64, score the 10,000 test images. Runs alternate
 (ours, reference, ours, ...) so both see the same machine load, and the medians are compared as
 a ratio. Peak memory is each process's own maximum resident set (os.wait4). Also times
 `cnntrain --help` against a bare `python -c pass`.
@@ -53,7 +53,7 @@ def main():
     try:
         fit = [*cnntrain, "fit", "--config", args.config, "--quiet", "--overwrite",
                "--out", str(work / "run"), "--data-dir", str(work / "data"), "--mirror", args.mnist,
-               "--set", "train.epochs=1", "--set", "data.val_size=0"]
+               "--set", "train.epochs=1", "--set", "data.val_size=0", "--set", "train.warmup_epochs=0"]
         ref = [args.torch_python, args.reference, args.mnist, "--epochs", "1"]
 
         cold = timed(fit, env)
