@@ -1,17 +1,15 @@
 """Augmentation: exact identities, conventions checked against NumPy's own shifts and rotations,
 the elastic field's statistics, determinism, and a tiny augmented fit through the CLI."""
 
-import textwrap
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
-from cnntrain import augment, data
+from cnntrain import augment
 from cnntrain.augment import (Augmenter, elastic_field, elastic_modes, field_from_modes,
                                gaussian_matrix, smooth, warp)
 from cnntrain.checkpoint import load_checkpoint
-from cnntrain.cli import cli
+from tests.clitools import invoke, small_config, use_synthetic_mnist
 
 FILL = -0.4242
 
@@ -350,41 +348,20 @@ def test_bad_settings_are_refused(kwargs):
 # --- through the CLI -----------------------------------------------------------------------
 
 
-CONFIG = textwrap.dedent("""\
-    [data]
-    val_size = 100
-    [augment]
-    {augment}
-    [model]
-    layers =
-        conv 4 5 pad=2
-        relu
-        maxpool 2
-        flatten
-        dense 10
-    [train]
-    epochs = 2
-    batch_size = 32
-    lr = 0.05
-    seed = 3
-    """)
-
-AUGMENT = "translate = 2\nrotate = 10\nscale = 0.1\nelastic_alpha = 30\nelastic_sigma = 5"
+AUGMENT = {"translate": 2, "rotate": 10, "scale": 0.1, "elastic_alpha": 30, "elastic_sigma": 5}
 
 
 @pytest.fixture
 def fit(tmp_path, monkeypatch, synthetic_mnist, synthetic_mnist_dir):
-    """fit(name, augment_text) -> the run's final parameters, trained on synthetic MNIST."""
-    monkeypatch.setattr(data, "MNIST_FILES", synthetic_mnist.table)
-    monkeypatch.setenv("CNNTRAIN_DATA_DIR", str(synthetic_mnist_dir))
-    monkeypatch.delenv("CNNTRAIN_MNIST_MIRRORS", raising=False)
+    """fit(name, augment settings) -> the run's final parameters, trained on synthetic MNIST."""
+    use_synthetic_mnist(monkeypatch, synthetic_mnist, synthetic_mnist_dir)
 
-    def run(name, augment_text):
+    def run(name, augment):
         config = tmp_path / f"{name}.ini"
-        config.write_text(CONFIG.format(augment=augment_text))
+        config.write_text(small_config(layers=["conv 4 5 pad=2", "relu", "maxpool 2", "flatten",
+                                               "dense 10"], augment=augment))
         out = tmp_path / "runs" / name
-        result = CliRunner().invoke(cli, ["fit", "--config", str(config), "--out", str(out), "-q"],
-                                    catch_exceptions=False)
+        result = invoke("fit", "--config", config, "--out", out, "-q")
         assert result.exit_code == 0, result.output
         return load_checkpoint(out / "checkpoints" / "last.npz").params
 
@@ -392,7 +369,7 @@ def fit(tmp_path, monkeypatch, synthetic_mnist, synthetic_mnist_dir):
 
 
 def test_an_augmented_fit_is_reproducible_and_differs_from_a_plain_one(fit):
-    plain = fit("plain", "")
+    plain = fit("plain", {})
     augmented = fit("augmented", AUGMENT)
     again = fit("again", AUGMENT)
     assert set(plain) == set(augmented) == set(again)

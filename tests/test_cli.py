@@ -10,65 +10,24 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
-from cnntrain import __version__, data
+from cnntrain import __version__
 from cnntrain.checkpoint import FORMAT_VERSION, load_checkpoint
-from cnntrain.cli import cli
+from tests.clitools import SMALL_LAYERS, assert_one_line_error, invoke, small_config, use_synthetic_mnist
 
 REPO = Path(__file__).resolve().parents[1]
 EPOCH_LINE = re.compile(r"^epoch (\d+)/(\d+) train_loss \d+\.\d{4} train_acc \d+\.\d\d% "
                         r"val_acc \d+\.\d\d% test_acc \d+\.\d\d% lr \S+ \d+\.\ds$", re.M)
 
-CONFIG = textwrap.dedent("""\
-    [data]
-    val_size = 100
-    [model]
-    layers =
-        conv 4 5 pad=2
-        relu
-        maxpool 2
-        conv 8 5
-        relu
-        maxpool 2
-        flatten
-        dense 32
-        relu
-        dense 10
-    [train]
-    epochs = 2
-    batch_size = 32
-    lr = 0.05
-    seed = 3
-    [run]
-    dir = {run_dir}
-    """)
-
-
 @pytest.fixture
 def env(tmp_path, monkeypatch, synthetic_mnist, synthetic_mnist_dir):
     """Synthetic MNIST in place of the real files, and a small config in tmp_path."""
-    monkeypatch.setattr(data, "MNIST_FILES", synthetic_mnist.table)
-    monkeypatch.setenv("CNNTRAIN_DATA_DIR", str(synthetic_mnist_dir))
-    monkeypatch.delenv("CNNTRAIN_MNIST_MIRRORS", raising=False)
+    use_synthetic_mnist(monkeypatch, synthetic_mnist, synthetic_mnist_dir)
     monkeypatch.chdir(tmp_path)
     config = tmp_path / "small.ini"
-    config.write_text(CONFIG.format(run_dir=tmp_path / "runs" / "small"))
+    config.write_text(small_config(run={"dir": tmp_path / "runs" / "small"}))
     return {"config": str(config), "run": tmp_path / "runs" / "small", "tmp": tmp_path,
             "data_dir": synthetic_mnist_dir, "table": synthetic_mnist.table}
-
-
-def invoke(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
-
-
-def assert_one_line_error(result, code, *fragments):
-    assert result.exit_code == code, result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    assert "Traceback" not in result.output
-    for fragment in fragments:
-        assert fragment in lines[0], (fragment, lines[0])
 
 
 def test_fit_writes_a_complete_run_folder(env):
@@ -180,7 +139,7 @@ def test_config_errors_are_one_line_with_exit_code_2(env, args, fragments):
 
 
 def test_unknown_key_in_the_file(env):
-    Path(env["config"]).write_text(CONFIG.format(run_dir=env["run"]).replace("seed = 3", "sed = 3"))
+    Path(env["config"]).write_text(small_config(train={"sed": 3}, run={"dir": env["run"]}))
     assert_one_line_error(invoke("fit", "--config", env["config"]), 2, "small.ini", "[train]",
                           "unknown key 'sed'", "did you mean 'seed'")
 
@@ -188,7 +147,8 @@ def test_unknown_key_in_the_file(env):
 def test_resume_with_a_different_network_is_refused(env):
     invoke("fit", "--config", env["config"], "-q", "--set", "train.epochs=1")
     other = env["tmp"] / "other.ini"
-    other.write_text(CONFIG.format(run_dir=env["run"]).replace("dense 32", "dense 64"))
+    other.write_text(small_config(layers=[line.replace("dense 32", "dense 64") for line in SMALL_LAYERS],
+                                  run={"dir": env["run"]}))
     result = invoke("fit", "--config", other, "--resume", env["run"] / "checkpoints" / "last.npz")
     assert_one_line_error(result, 2, "different network")
 

@@ -6,41 +6,14 @@ import math
 import os
 import struct
 import sys
-import textwrap
 import zlib
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
-from cnntrain import data, plots
-from cnntrain.cli import cli
+from cnntrain import plots
 from cnntrain.errors import CnnTrainError
-
-CONFIG = textwrap.dedent("""\
-    [data]
-    val_size = 100
-    [augment]
-    translate = {translate}
-    [model]
-    layers =
-        conv 4 5 pad=2
-        relu
-        maxpool 2
-        conv 8 5
-        relu
-        maxpool 2
-        flatten
-        dense 32
-        relu
-        dense 10
-    [train]
-    epochs = {epochs}
-    batch_size = 32
-    lr = {lr}
-    seed = 3
-    """)
-
+from tests.clitools import assert_one_line_error, invoke, small_config, use_synthetic_mnist
 
 def png_size(path):
     """(width, height) of a PNG, after checking it is whole: signature, IHDR first, every
@@ -70,18 +43,6 @@ def not_blank(path):
     return image[..., :3].std() > 0.05
 
 
-def invoke(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
-
-
-def assert_one_line_error(result, code, *fragments):
-    assert result.exit_code == code, result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], (fragment, lines[0])
-
-
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, synthetic_mnist):
     """Tiny runs on synthetic MNIST: plain (2 epochs), shifted (augmented, 3 epochs) and weak
@@ -90,14 +51,13 @@ def runs(tmp_path_factory, synthetic_mnist):
     tmp = tmp_path_factory.mktemp("plots")
     data_dir = synthetic_mnist.write(tmp / "mnist")
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(data, "MNIST_FILES", synthetic_mnist.table)
-        mp.setenv("CNNTRAIN_DATA_DIR", str(data_dir))
-        mp.delenv("CNNTRAIN_MNIST_MIRRORS", raising=False)
+        use_synthetic_mnist(mp, synthetic_mnist, data_dir)
         folders = {}
         for name, translate, epochs, lr in (("plain", 0, 2, 0.05), ("shifted", 2, 3, 0.05),
                                             ("weak", 0, 1, 1e-5)):
             config = tmp / f"{name}.ini"
-            config.write_text(CONFIG.format(translate=translate, epochs=epochs, lr=lr))
+            config.write_text(small_config(augment={"translate": translate},
+                                           train={"epochs": epochs, "lr": lr}))
             folders[name] = tmp / "runs" / name
             result = invoke("fit", "--config", config, "--out", folders[name], "-q")
             assert result.exit_code == 0, result.output
@@ -197,8 +157,8 @@ def test_only_png_output(runs, tmp_path):
 
 def test_a_network_without_convolutions_has_no_kernels_to_draw(runs, tmp_path):
     config = runs["tmp"] / "dense.ini"
-    config.write_text(CONFIG.format(translate=0, epochs=1, lr=0.05).replace(
-        "    conv 4 5 pad=2\n    relu\n    maxpool 2\n    conv 8 5\n    relu\n    maxpool 2\n", ""))
+    config.write_text(small_config(layers=["flatten", "dense 32", "relu", "dense 10"],
+                                   train={"epochs": 1}))
     folder = tmp_path / "dense"
     assert invoke("fit", "--config", config, "--out", folder, "-q").exit_code == 0
     assert_one_line_error(invoke("plot", "--filters", folder / "checkpoints" / "last.npz",

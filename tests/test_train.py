@@ -13,9 +13,8 @@ from cnntrain.model import build_network
 from cnntrain.optim import SGD, LRSchedule
 from cnntrain.run import _snapshot, random_streams
 from cnntrain.train import Interrupted, Trainer, TrainState, evaluate
+from tests.clitools import SMALL_LAYERS
 
-LAYERS = ["conv 4 5 pad=2", "relu", "maxpool 2", "conv 8 5", "relu", "maxpool 2", "flatten",
-          "dense 32", "relu", "dense 10"]
 EPOCHS, BATCH = 3, 32
 
 
@@ -27,7 +26,7 @@ def splits(synthetic_mnist, synthetic_mnist_dir):
 
 def make_trainer(splits, seed=0, lr=0.05, augment=None):
     init_rng, _, train_rng = random_streams(seed)
-    net = build_network(LAYERS, rng=init_rng)
+    net = build_network(SMALL_LAYERS, rng=init_rng)
     opt = SGD(net.params, lr, momentum=0.9, weight_decay=5e-4)
     trainer = Trainer(net, opt, None, splits, epochs=EPOCHS, batch_size=BATCH,
                       eval_batch_size=64, rng=train_rng, augment=augment)
