@@ -23,12 +23,10 @@ from cnntrain.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from cnntrain.config import config_to_ini, parse_config
 from cnntrain.errors import CnnTrainError, ConfigError, DivergedError
 from cnntrain.fileio import atomic_write_text
-from cnntrain.logs import RunLog, epoch_line
+from cnntrain.logs import RUN_FILES, RunLog, best_epoch, epoch_line
 from cnntrain.model import build_network
 from cnntrain.optim import SGD, LRSchedule
 from cnntrain.train import Interrupted, Trainer, TrainState, evaluate
-
-RUN_FILES = ("config.ini", "metrics.jsonl", "train.log", "summary.json", "checkpoints")
 
 
 def random_streams(seed):
@@ -68,6 +66,13 @@ def build_model(cfg, init_rng=None):
     """The network the config describes (zero weights without a generator, to be loaded)."""
     return build_network(cfg.model.layers, rng=init_rng, dtype=np.dtype(cfg.train.dtype),
                          init=cfg.model.init)
+
+
+def build_optimizer(cfg, network):
+    """SGD over the network's parameters with the config's momentum and weight decay."""
+    t = cfg.train
+    return SGD(network.params, t.lr, momentum=t.momentum, weight_decay=t.weight_decay,
+               nesterov=t.nesterov, decay_biases=t.decay_biases)
 
 
 def holds_run(folder):
@@ -115,15 +120,6 @@ def _snapshot(network, optimizer, state, rng, config_text):
                       meta=dict(state.to_meta(), config=config_text, rng=rng.bit_generator.state))
 
 
-def _best_epoch(history):
-    """The epoch with the highest validation accuracy (the first of equals); without a
-    validation split, the last epoch."""
-    scored = [m for m in history if m.get("val_acc") is not None]
-    if not scored:
-        return history[-1] if history else None
-    return max(scored, key=lambda m: (m["val_acc"], -m["epoch"]))
-
-
 def fit(cfg, *, out_dir=None, resume=None, overwrite=False, quiet=False, progress=None,
         data_dir=None, mirrors=(), echo=print):
     """Train as `cfg` says. resume: a loaded Checkpoint to continue from. Returns the summary.
@@ -139,9 +135,7 @@ def fit(cfg, *, out_dir=None, resume=None, overwrite=False, quiet=False, progres
     init_rng, data_rng, train_rng = random_streams(cfg.train.seed)
     splits = prepare_data(cfg, data_rng, data_dir=data_dir, mirrors=mirrors, progress=progress)
     network = build_model(cfg, init_rng)
-    optimizer = SGD(network.params, cfg.train.lr, momentum=cfg.train.momentum,
-                    weight_decay=cfg.train.weight_decay, nesterov=cfg.train.nesterov,
-                    decay_biases=cfg.train.decay_biases)
+    optimizer = build_optimizer(cfg, network)
     trainer = Trainer(network, optimizer, None, splits, epochs=cfg.train.epochs,
                       batch_size=cfg.train.batch_size, eval_batch_size=cfg.train.eval_batch_size,
                       rng=train_rng, progress=progress, augment=build_augmenter(cfg), echo=say)
@@ -178,7 +172,7 @@ def fit(cfg, *, out_dir=None, resume=None, overwrite=False, quiet=False, progres
         echo(line)  # the one line per epoch, shown even with --quiet
         snapshot = _snapshot(network, optimizer, state, train_rng, config_text)
         save_checkpoint(folder.last, snapshot)
-        if _best_epoch(state.history) is metrics:
+        if best_epoch(state.history) is metrics:
             save_checkpoint(folder.best, snapshot)
 
     try:
@@ -199,7 +193,7 @@ def fit(cfg, *, out_dir=None, resume=None, overwrite=False, quiet=False, progres
         "run_dir": str(folder.path),
         "epochs": state.epoch,
         "final": state.history[-1],
-        "best": _best_epoch(state.history),
+        "best": best_epoch(state.history),
         "wall_seconds": time.perf_counter() - wall_start,
         "checkpoints": {"last": str(folder.last), "best": str(folder.best)},
     }

@@ -22,7 +22,6 @@ Data are random normal images with random labels unless --data-dir holds the fou
 
 import argparse
 import os
-import sys
 
 
 def parse_args(argv=None):
@@ -45,15 +44,10 @@ def parse_args(argv=None):
 
 
 ARGS = parse_args()
-THREADS = ARGS.threads or len(os.sched_getaffinity(0))
-# BLAS and OpenMP read these once, when they load: they must be set before numpy (or torch)
-# is imported, which is why this script parses its arguments first.
-if "numpy" in sys.modules:
-    sys.exit("bench.py must set the thread counts before numpy is imported; run it as a script")
-for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ[var] = str(THREADS)
+# Before numpy (or torch) is imported, which is why this script parses its arguments first.
+from benchlib import Batches, TrainStep, pin_threads  # noqa: E402
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+THREADS = pin_threads(ARGS.threads, "bench.py")
 
 import ctypes  # noqa: E402
 import gzip  # noqa: E402
@@ -63,9 +57,7 @@ import time  # noqa: E402
 import numpy as np  # noqa: E402
 
 from cnntrain.config import load_config  # noqa: E402
-from cnntrain.losses import SoftmaxCrossEntropy  # noqa: E402
-from cnntrain.model import build_network, parse_layers  # noqa: E402
-from cnntrain.optim import SGD  # noqa: E402
+from cnntrain.model import parse_layers  # noqa: E402
 
 
 # --- BLAS ----------------------------------------------------------------------------------
@@ -133,41 +125,18 @@ def load_data(cfg, dtype, rng):
     return tx, ty, ex, ey, f"random N(0, 1) images, {n_train} for training (shape is all that matters)"
 
 
-class Batches:
-    """Shuffled minibatches drawn as the trainer draws them: a permutation per pass, then a gather."""
-
-    def __init__(self, n, batch, seed):
-        self.n, self.batch, self.rng = n, batch, np.random.default_rng(seed)
-        self.order, self.pos = self.rng.permutation(n), 0
-
-    def next(self):
-        if self.pos + self.batch > self.n:
-            self.order, self.pos = self.rng.permutation(self.n), 0
-        index = self.order[self.pos:self.pos + self.batch]
-        self.pos += self.batch
-        return index
-
-
 # --- cnntrain ------------------------------------------------------------------------------
 
 class Ours:
     def __init__(self, cfg, batch, dtype, data):
-        self.net = build_network(cfg.model.layers, rng=np.random.default_rng(ARGS.seed), dtype=dtype,
-                                 init=cfg.model.init)
-        t = cfg.train
-        self.opt = SGD(self.net.params, t.lr, momentum=t.momentum, weight_decay=t.weight_decay,
-                       nesterov=t.nesterov, decay_biases=t.decay_biases)
-        self.loss = SoftmaxCrossEntropy()
+        self.train_step = TrainStep(cfg, dtype, ARGS.seed)
+        self.net, self.opt, self.loss = self.train_step.net, self.train_step.opt, self.train_step.loss
         self.tx, self.ty, self.ex, self.ey = data
-        self.batches = Batches(len(self.ty), batch, ARGS.seed)
+        self.batches = Batches(len(self.ty), batch, np.random.default_rng(ARGS.seed))
 
     def step(self):
         index = self.batches.next()
-        x, y = self.tx[index], self.ty[index]
-        loss = self.loss.forward(self.net.forward(x), y)
-        self.net.backward(self.loss.backward())
-        self.opt.step(self.net.grads)
-        return loss
+        return self.train_step(self.tx[index], self.ty[index])
 
     def train(self, steps):
         start = time.perf_counter()
@@ -264,7 +233,7 @@ class Torch:
         t = cfg.train
         self.opt = torch.optim.SGD(self.model.parameters(), lr=t.lr, momentum=t.momentum,
                                    weight_decay=t.weight_decay, nesterov=t.nesterov)
-        self.batches = Batches(len(ty), batch, ARGS.seed)
+        self.batches = Batches(len(ty), batch, np.random.default_rng(ARGS.seed))
         self.description = f"torch {torch.__version__}, {torch.get_num_threads()} threads"
 
     def train(self, steps):

@@ -45,16 +45,10 @@ def parse_args(argv=None):
 
 
 ARGS = parse_args()
-THREADS = ARGS.threads or len(os.sched_getaffinity(0))
-# BLAS reads these once, when numpy loads it, so they are set before the import.
-if "numpy" in sys.modules:
-    sys.exit("bench_augment.py must set the thread counts before numpy is imported; "
-             "run it as a script")
-for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ[var] = str(THREADS)
-os.environ["CNNTRAIN_THREADS"] = str(THREADS)
+# Before numpy is imported: BLAS reads its thread count once, when it loads.
+from benchlib import Batches, TrainStep, pin_threads  # noqa: E402
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+THREADS = pin_threads(ARGS.threads, "bench_augment.py")
 
 import gzip  # noqa: E402
 import statistics  # noqa: E402
@@ -64,9 +58,6 @@ import numpy as np  # noqa: E402
 
 from cnntrain import augment  # noqa: E402
 from cnntrain.config import load_config  # noqa: E402
-from cnntrain.losses import SoftmaxCrossEntropy  # noqa: E402
-from cnntrain.model import build_network  # noqa: E402
-from cnntrain.optim import SGD  # noqa: E402
 from cnntrain.run import build_augmenter  # noqa: E402
 
 
@@ -80,39 +71,6 @@ def load_images(cfg, dtype, rng):
         return lut[raw[:pool]][:, None], f"MNIST from {path} (first {pool})"
     return (rng.standard_normal((pool, 1, 28, 28)).astype(dtype),
             f"{pool} random N(0, 1) images (the cost does not depend on pixel values)")
-
-
-class Batches:
-    """Index batches as the trainer draws them: a shuffled order per pass over the pool."""
-
-    def __init__(self, n, batch, rng):
-        self.n, self.batch, self.rng = n, batch, rng
-        self.order, self.pos = rng.permutation(n), 0
-
-    def next(self):
-        if self.pos + self.batch > self.n:
-            self.order, self.pos = self.rng.permutation(self.n), 0
-        index = self.order[self.pos:self.pos + self.batch]
-        self.pos += self.batch
-        return index
-
-
-class Step:
-    """One training step of the config's network and optimizer."""
-
-    def __init__(self, cfg, dtype):
-        self.net = build_network(cfg.model.layers, rng=np.random.default_rng(ARGS.seed),
-                                 dtype=dtype, init=cfg.model.init)
-        t = cfg.train
-        self.opt = SGD(self.net.params, t.lr, momentum=t.momentum, weight_decay=t.weight_decay,
-                       nesterov=t.nesterov, decay_biases=t.decay_biases)
-        self.loss = SoftmaxCrossEntropy()
-
-    def __call__(self, x, y):
-        loss = self.loss.forward(self.net.forward(x), y)
-        self.net.backward(self.loss.backward())
-        self.opt.step(self.net.grads)
-        return loss
 
 
 def settle():
@@ -172,7 +130,7 @@ def main():
     print(f"training step: {ARGS.config}, batch {batch}, {dtype}; data: {note}")
     print(f"numpy {np.__version__}, {THREADS} BLAS thread(s)")
 
-    step = Step(cfg, dtype)
+    step = TrainStep(cfg, dtype, ARGS.seed)
     for _ in range(20):  # warm-up: caches, BLAS threads, the augmenter's cached matrices
         x = aug(images[batches.next()], rng)
         step(x, labels[:batch])
