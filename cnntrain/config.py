@@ -453,6 +453,16 @@ def _parse_ini(text: str, source: str) -> configparser.ConfigParser:
     return parser
 
 
+def peek_value(path: Any, section: str, key: str) -> Optional[str]:
+    """One key's text as the file has it, unchecked; None if the file or key is missing or
+    unreadable. For tools that only look, such as `cnntrain summarize` over many runs."""
+    try:
+        parser = _parse_ini(_read_file(str(path)), str(path))
+    except ConfigError:
+        return None
+    return parser.get(section, key, fallback=None)
+
+
 def parse_override(text: str) -> Tuple[str, str, str]:
     """'train.lr=0.1' -> ('train', 'lr', '0.1'); the section and key must exist."""
     head, eq, value = text.partition("=")

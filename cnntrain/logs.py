@@ -5,6 +5,9 @@ from pathlib import Path
 
 from cnntrain.fileio import append_line, atomic_write_text
 
+# What a run folder holds (see cnntrain.run); `cnntrain summarize` recognises runs by them.
+RUN_FILES = ("config.ini", "metrics.jsonl", "train.log", "summary.json", "checkpoints")
+
 METRIC_KEYS = ("epoch", "step", "lr", "train_loss", "train_acc", "val_loss", "val_acc",
                "test_loss", "test_acc", "seconds", "images_per_s")
 
@@ -55,3 +58,12 @@ def read_metrics(run_dir):
         except json.JSONDecodeError:
             continue
     return rows
+
+
+def best_epoch(history):
+    """The epoch with the highest validation accuracy (the first of equals), which is the one
+    kept as best.npz; without a validation split, the last epoch."""
+    scored = [m for m in history if m.get("val_acc") is not None]
+    if not scored:
+        return history[-1] if history else None
+    return max(scored, key=lambda m: (m["val_acc"], -m["epoch"]))

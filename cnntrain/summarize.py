@@ -21,15 +21,13 @@ import json
 from pathlib import Path
 from typing import Dict, List, Optional
 
+from cnntrain.config import peek_value
 from cnntrain.errors import ConfigError
 from cnntrain.fileio import atomic_write_text
-from cnntrain.logs import read_metrics
+from cnntrain.logs import RUN_FILES, best_epoch, read_metrics
 
-# The files `cnntrain fit` writes: cnntrain.run.RUN_FILES, repeated here because importing
-# cnntrain.run pulls in numpy.
-FIT_FILES = ("config.ini", "metrics.jsonl", "train.log", "summary.json", "checkpoints")
 # What marks a folder as a run: a fit's files, or the sweep's record of a run not yet started.
-RUN_MARKERS = FIT_FILES + ("overrides.txt",)
+RUN_MARKERS = RUN_FILES + ("overrides.txt",)
 
 ACCURACY_KEYS = ("best_val_acc", "best_test_acc", "final_val_acc", "final_test_acc")
 SORT_KEYS = ("run", "status", "overrides") + ACCURACY_KEYS + ("epochs", "wall_s")
@@ -104,25 +102,9 @@ def _last_line(path: Path) -> str:
 
 
 def _planned_epochs(folder: Path) -> Optional[int]:
-    """[train] epochs of the run's resolved config.ini (written by config_to_ini, so one
-    'key = value' per line)."""
-    try:
-        lines = (folder / "config.ini").read_text(encoding="utf-8", errors="replace").splitlines()
-    except OSError:
-        return None
-    section = None
-    for line in lines:
-        text = line.strip()
-        if text.startswith("[") and text.endswith("]"):
-            section = text[1:-1].strip()
-        elif section == "train" and not line[:1].isspace():
-            key, eq, value = text.partition("=")
-            if eq and key.strip() == "epochs":
-                try:
-                    return int(value.split(";")[0].split("#")[0].strip())
-                except ValueError:
-                    return None
-    return None
+    """[train] epochs of the run's resolved config.ini, None when unknown."""
+    value = peek_value(folder / "config.ini", "train", "epochs")
+    return int(value) if value is not None and value.strip().isdigit() else None
 
 
 def _read_overrides(folder: Path) -> Optional[Dict[str, str]]:
@@ -136,15 +118,6 @@ def _read_overrides(folder: Path) -> Optional[Dict[str, str]]:
         if eq:
             pairs[key.strip()] = value.strip()
     return pairs
-
-
-def _best(history):
-    """The epoch with the highest validation accuracy, the first of equals (as the trainer
-    picks best.npz); without validation, the last epoch."""
-    scored = [m for m in history if m.get("val_acc") is not None]
-    if not scored:
-        return history[-1] if history else None
-    return max(scored, key=lambda m: (m["val_acc"], -m.get("epoch", 0)))
 
 
 def _fill_metrics(row: RunRow, best, final) -> None:
@@ -168,7 +141,7 @@ def read_run(folder) -> RunRow:
 
     history = read_metrics(folder)
     if history:
-        _fill_metrics(row, _best(history), history[-1])
+        _fill_metrics(row, best_epoch(history), history[-1])
         row.epochs = history[-1].get("epoch", len(history))
     record = _read_json(folder / "sweep-status.json")
     code = record.get("exit_code") if record else None
@@ -176,7 +149,7 @@ def read_run(folder) -> RunRow:
         row.status, row.exit_code = FAILED, code
         row.reason = _one_line(record.get("error") or _last_line(folder / "train.log")
                                or f"exit code {code}")
-    elif record is not None or any((folder / name).exists() for name in FIT_FILES):
+    elif record is not None or any((folder / name).exists() for name in RUN_FILES):
         row.status = INCOMPLETE
     return row
 
@@ -204,6 +177,11 @@ def collect_runs(paths) -> List[RunRow]:
             if key not in seen:
                 seen.add(key)
                 rows.append(read_run(folder))
+    # Sweeps name their runs alike (seed-0, seed-1, ...): when names clash, say whose they are.
+    names = [row.run for row in rows]
+    for row in rows:
+        if names.count(row.run) > 1:
+            row.run = f"{Path(row.path).parent.name}/{row.run}"
     return rows
 
 

@@ -235,3 +235,11 @@ def test_summarize_imports_no_numpy():
                          capture_output=True, text=True, check=True)
     imported = {line.split("|")[-1].strip() for line in out.stderr.splitlines() if "|" in line}
     assert "cnntrain.summarize" in imported and "numpy" not in imported
+
+
+def test_runs_of_several_sweeps_with_the_same_names_say_whose_they_are(tmp_path):
+    for sweep in ("plain", "augmented"):
+        make_done(tmp_path / sweep / "seed-0", [0.9], [0.9], overrides=["train.seed=0"])
+    make_done(tmp_path / "plain" / "seed-1", [0.8], [0.8], overrides=["train.seed=1"])
+    names = sorted(row.run for row in summarize.collect_runs([tmp_path / "plain", tmp_path / "augmented"]))
+    assert names == ["augmented/seed-0", "plain/seed-0", "seed-1"]
