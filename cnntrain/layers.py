@@ -215,43 +215,38 @@ class Dense(Layer):
         return f"Dense({self.in_features}, {self.out_features})"
 
 
-class ReLU(Layer):
-    """max(x, 0). Keeps its output: the derivative is 1 exactly where the output is positive."""
+class _Activation(Layer):
+    """An element-wise activation y = f(x). It keeps its output, from which each derivative
+    here follows, and backward multiplies the delta by f' (the maths is in functional)."""
+
+    function = derivative = None  # set by each subclass
 
     def forward(self, x, train=True):
-        y = fn.relu(x)
+        y = self.function(x)
         self._keep(train, y)
         return y
 
     def backward(self, dout, input_grad=True):
         (y,) = self._kept()
-        return fn.relu_backward(dout, y)
+        return self.derivative(dout, y)
 
 
-class Tanh(Layer):
-    """tanh(x). Keeps its output, from which the derivative 1 - y**2 follows."""
+class ReLU(_Activation):
+    """max(x, 0); the derivative is 1 exactly where the output is positive."""
 
-    def forward(self, x, train=True):
-        y = np.tanh(x)
-        self._keep(train, y)
-        return y
-
-    def backward(self, dout, input_grad=True):
-        (y,) = self._kept()
-        return fn.tanh_backward(dout, y)
+    function, derivative = staticmethod(fn.relu), staticmethod(fn.relu_backward)
 
 
-class Sigmoid(Layer):
-    """The logistic function. Keeps its output, from which the derivative y * (1 - y) follows."""
+class Tanh(_Activation):
+    """tanh(x); the derivative is 1 - y**2."""
 
-    def forward(self, x, train=True):
-        y = fn.sigmoid(x)
-        self._keep(train, y)
-        return y
+    function, derivative = staticmethod(np.tanh), staticmethod(fn.tanh_backward)
 
-    def backward(self, dout, input_grad=True):
-        (y,) = self._kept()
-        return fn.sigmoid_backward(dout, y)
+
+class Sigmoid(_Activation):
+    """The logistic function 1 / (1 + exp(-x)); the derivative is y * (1 - y)."""
+
+    function, derivative = staticmethod(fn.sigmoid), staticmethod(fn.sigmoid_backward)
 
 
 class Flatten(Layer):
