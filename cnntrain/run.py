@@ -26,7 +26,7 @@ from cnntrain.fileio import atomic_write_text
 from cnntrain.logs import RUN_FILES, RunLog, best_epoch, epoch_line
 from cnntrain.model import build_network
 from cnntrain.optim import SGD, LRSchedule
-from cnntrain.train import Interrupted, Trainer, TrainState, evaluate
+from cnntrain.train import Interrupted, Trainer, TrainState, evaluate, steps_per_epoch
 
 
 def random_streams(seed):
@@ -136,13 +136,13 @@ def fit(cfg, *, out_dir=None, resume=None, overwrite=False, quiet=False, progres
     splits = prepare_data(cfg, data_rng, data_dir=data_dir, mirrors=mirrors, progress=progress)
     network = build_model(cfg, init_rng)
     optimizer = build_optimizer(cfg, network)
-    trainer = Trainer(network, optimizer, None, splits, epochs=cfg.train.epochs,
+    schedule = LRSchedule(cfg.train.lr, cfg.train.lr_schedule, epochs=cfg.train.epochs,
+                          steps_per_epoch=steps_per_epoch(len(splits.train), cfg.train.batch_size),
+                          warmup_epochs=cfg.train.warmup_epochs,
+                          step_epochs=cfg.train.lr_step_epochs, gamma=cfg.train.lr_gamma)
+    trainer = Trainer(network, optimizer, schedule, splits, epochs=cfg.train.epochs,
                       batch_size=cfg.train.batch_size, eval_batch_size=cfg.train.eval_batch_size,
-                      rng=train_rng, progress=progress, augment=build_augmenter(cfg), echo=say)
-    trainer.schedule = LRSchedule(cfg.train.lr, cfg.train.lr_schedule, epochs=cfg.train.epochs,
-                                  steps_per_epoch=trainer.steps_per_epoch,
-                                  warmup_epochs=cfg.train.warmup_epochs,
-                                  step_epochs=cfg.train.lr_step_epochs, gamma=cfg.train.lr_gamma)
+                      rng=train_rng, progress=progress, augment=build_augmenter(cfg))
     config_text = config_to_ini(cfg)
 
     if resume is not None:

@@ -76,6 +76,11 @@ def stop_on_sigint():
         signal.signal(signal.SIGINT, previous)
 
 
+def steps_per_epoch(n_examples, batch_size):
+    """Minibatches in one pass over the data; the last one may be smaller."""
+    return math.ceil(n_examples / batch_size)
+
+
 def evaluate(network, images, labels, batch_size=1000, n_classes=10, keep_predictions=False):
     """Mean loss, accuracy (a fraction) and confusion matrix (rows: true labels) of a split;
     with keep_predictions, also every predicted class in order."""
@@ -104,18 +109,19 @@ def evaluate(network, images, labels, batch_size=1000, n_classes=10, keep_predic
 class Trainer:
     """Minibatch SGD over `splits.train`, evaluating `splits.val` and `splits.test` each epoch.
 
+    schedule(step) -> the learning rate of each global step (0-based).
     on_epoch_end(metrics, state) is called after every epoch (state already points at the next
     one); `augment(images, rng) -> images` optionally transforms each training batch.
     """
 
     def __init__(self, network, optimizer, schedule, splits, *, epochs, batch_size,
-                 eval_batch_size, rng, progress=False, augment=None, echo=print):
+                 eval_batch_size, rng, progress=False, augment=None):
         self.network, self.optimizer, self.schedule = network, optimizer, schedule
         self.splits, self.epochs, self.batch_size = splits, epochs, batch_size
         self.eval_batch_size, self.rng, self.augment = eval_batch_size, rng, augment
-        self.progress, self.echo = progress, echo
+        self.progress = progress
         self.loss = SoftmaxCrossEntropy()
-        self.steps_per_epoch = math.ceil(len(splits.train.labels) / batch_size)
+        self.steps_per_epoch = steps_per_epoch(len(splits.train.labels), batch_size)
 
     def fit(self, state, on_epoch_end):
         # A diverging run overflows before its loss turns non-finite; the check below reports

@@ -12,7 +12,7 @@ from cnntrain.errors import DivergedError
 from cnntrain.model import build_network
 from cnntrain.optim import SGD, LRSchedule
 from cnntrain.run import _snapshot, random_streams
-from cnntrain.train import Interrupted, Trainer, TrainState, evaluate
+from cnntrain.train import Interrupted, Trainer, TrainState, evaluate, steps_per_epoch
 from tests.clitools import SMALL_LAYERS
 
 EPOCHS, BATCH = 3, 32
@@ -28,10 +28,10 @@ def make_trainer(splits, seed=0, lr=0.05, augment=None):
     init_rng, _, train_rng = random_streams(seed)
     net = build_network(SMALL_LAYERS, rng=init_rng)
     opt = SGD(net.params, lr, momentum=0.9, weight_decay=5e-4)
-    trainer = Trainer(net, opt, None, splits, epochs=EPOCHS, batch_size=BATCH,
-                      eval_batch_size=64, rng=train_rng, augment=augment)
-    trainer.schedule = LRSchedule(lr, "cosine", epochs=EPOCHS, steps_per_epoch=trainer.steps_per_epoch)
-    return trainer
+    schedule = LRSchedule(lr, "cosine", epochs=EPOCHS,
+                          steps_per_epoch=steps_per_epoch(len(splits.train), BATCH))
+    return Trainer(net, opt, schedule, splits, epochs=EPOCHS, batch_size=BATCH,
+                   eval_batch_size=64, rng=train_rng, augment=augment)
 
 
 def interrupt_at(step):
