@@ -75,9 +75,12 @@ def build_optimizer(cfg, network):
                nesterov=t.nesterov, decay_biases=t.decay_biases)
 
 
-def holds_run(folder):
+def holds_results(folder):
+    """True when a folder holds a run's results: a checkpoint, epochs logged or a summary.
+    A fit that stopped before its first epoch left only config.ini and train.log."""
     folder = Path(folder)
-    return any((folder / name).exists() for name in RUN_FILES)
+    return any((folder / name).exists()
+               for name in ("checkpoints/last.npz", "metrics.jsonl", "summary.json"))
 
 
 def run_dir_of_checkpoint(path):
@@ -99,18 +102,26 @@ class RunFolder:
         self.last = self.path / "checkpoints" / "last.npz"
         self.best = self.path / "checkpoints" / "best.npz"
 
+    def check(self, *, resume, overwrite):
+        """Refuse, before any work, to start a new run over one that has results."""
+        if resume or overwrite or not holds_results(self.path):
+            return
+        hint = (f"continue it with --resume {self.last}, " if self.last.exists() else "")
+        raise ConfigError(f"{self.path} already holds a run; {hint}choose another folder with "
+                          "--out DIR, or replace it with --overwrite")
+
     def prepare(self, *, resume, overwrite):
-        if holds_run(self.path) and not resume:
-            if not overwrite:
-                raise ConfigError(
-                    f"{self.path} already holds a run; continue it with --resume {self.last}, "
-                    "choose another folder with --out DIR, or replace it with --overwrite")
+        """Clear a replaced run (--overwrite) or a finished run's summary (--resume, which may
+        add epochs to it), then make the folder."""
+        if overwrite and not resume:
             for name in RUN_FILES:
                 target = self.path / name
                 if target.is_dir():
                     shutil.rmtree(target)
                 elif target.exists():
                     target.unlink()
+        elif resume:
+            (self.path / "summary.json").unlink(missing_ok=True)
         (self.path / "checkpoints").mkdir(parents=True, exist_ok=True)
 
 
@@ -128,7 +139,7 @@ def fit(cfg, *, out_dir=None, resume=None, overwrite=False, quiet=False, progres
     """
     wall_start = time.perf_counter()
     folder = RunFolder(out_dir or cfg.run.dir)
-    folder.prepare(resume=resume is not None, overwrite=overwrite)
+    folder.check(resume=resume is not None, overwrite=overwrite)
     progress = (not quiet) if progress is None else progress
     say = (lambda text: None) if quiet else echo
 
@@ -145,6 +156,9 @@ def fit(cfg, *, out_dir=None, resume=None, overwrite=False, quiet=False, progres
                       rng=train_rng, progress=progress, augment=build_augmenter(cfg))
     config_text = config_to_ini(cfg)
 
+    # Only now, with data and network ready, is the folder touched: a failed download
+    # leaves nothing behind that would block the next attempt.
+    folder.prepare(resume=resume is not None, overwrite=overwrite)
     if resume is not None:
         try:
             network.load_params(resume.params)

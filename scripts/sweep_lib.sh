@@ -26,7 +26,7 @@ SWEEP_RUN_NAME=""
 SWEEP_RUN_OVERRIDES=()
 
 # The files `cnntrain fit` may leave in a run folder before summary.json; mirrors
-# cnntrain.run.RUN_FILES. Any of them without a checkpoint means a fit died before its first
+# cnntrain.logs.RUN_FILES. Any of them without a checkpoint means a fit died before its first
 # epoch, and fit refuses such a folder unless given --overwrite.
 SWEEP_RUN_FILES=(config.ini metrics.jsonl train.log checkpoints)
 

@@ -281,3 +281,34 @@ def test_download_failure_is_reported_with_exit_1(env, mnist_server, tmp_path):
     assert result.exit_code == 1
     assert "Traceback" not in result.output and "error: " in result.stderr
     assert not list((tmp_path / "fresh").glob("*.part"))
+
+
+def test_a_failed_download_leaves_nothing_that_blocks_the_next_attempt(env, mnist_server, tmp_path, monkeypatch):
+    monkeypatch.setenv("CNNTRAIN_DATA_DIR", str(tmp_path / "empty-cache"))
+    mnist_server.add_fault("/dead/*", "status", code=404)
+    dead = mnist_server.mirror("dead")
+    first = invoke("fit", "--config", env["config"], "-q", "--mirror", dead)
+    assert first.exit_code == 1 and "error: " in first.stderr
+    assert not env["run"].exists()
+    again = invoke("fit", "--config", env["config"], "-q", "--mirror", mnist_server.mirror("alive"))
+    assert again.exit_code == 0, again.output
+
+
+def test_a_fit_that_died_before_its_first_epoch_does_not_block_a_new_one(env):
+    env["run"].mkdir(parents=True)
+    (env["run"] / "config.ini").write_text("[train]\n")
+    (env["run"] / "train.log").write_text("fit small.ini: ...\n")
+    result = invoke("fit", "--config", env["config"], "-q")
+    assert result.exit_code == 0, result.output
+    assert (env["run"] / "train.log").read_text().startswith("fit small.ini: ...\n")  # appended to
+
+
+def test_resuming_a_finished_run_for_more_epochs_drops_its_summary_until_done(env):
+    assert invoke("fit", "--config", env["config"], "-q", "--set", "train.epochs=1").exit_code == 0
+    summary = env["run"] / "summary.json"
+    assert json.loads(summary.read_text())["epochs"] == 1
+    last = env["run"] / "checkpoints" / "last.npz"
+    stopped = invoke("fit", "--resume", last, "-q", "--set", "train.epochs=3", "--set", "train.lr=1e9")
+    assert stopped.exit_code == 1 and not summary.exists()  # diverged: the run is not done
+    assert invoke("fit", "--resume", last, "-q", "--set", "train.epochs=2").exit_code == 0
+    assert json.loads(summary.read_text())["epochs"] == 2
