@@ -184,8 +184,7 @@ def download(data_dir, mirrors, config_path, quiet):
     cfg = _load_config(config_path, ()) if config_path else None
     folder = data.resolve_data_dir(data_dir, cfg.data.dir or None if cfg else None)
     urls = data.resolve_mirrors(mirrors, cfg.data.mirrors if cfg else ())
-    paths = data.ensure_mnist(folder, urls, progress=not quiet and sys.stderr.isatty(),
-                              files=data.MNIST_FILES)
+    paths = data.ensure_mnist(folder, urls, progress=not quiet and sys.stderr.isatty())
     click.echo(f"MNIST verified in {folder} ({len(paths)} files)")
 
 

@@ -588,11 +588,12 @@ def _normalise_timeout(timeout):
     return tuple(float(v) for v in values)
 
 
-def ensure_mnist(data_dir, mirrors, *, progress=True, files=MNIST_FILES, timeout=(10, 30),
+def ensure_mnist(data_dir, mirrors, *, progress=True, files=None, timeout=(10, 30),
                  retries=3, backoff=1.0) -> dict[str, Path]:
     """Make sure every file of `files` is in `data_dir`, decompressed and verified.
 
-    `files` maps a decompressed file name to (size, sha256); each is fetched as `<name>.gz`
+    `files` maps a decompressed file name to (size, sha256), MNIST_FILES when None (looked up
+    at each call, so tests can put a table of small synthetic files in its place); each is fetched as `<name>.gz`
     from the `mirrors` in order (http(s) base URLs, file:// URLs or folders holding the .gz or
     decompressed files; a `<name>.gz` already in `data_dir` is used first). Transient failures
     (5xx, connection errors, timeouts, truncated bodies) are retried `retries` times, waiting
@@ -604,6 +605,7 @@ def ensure_mnist(data_dir, mirrors, *, progress=True, files=MNIST_FILES, timeout
     Returns {name: path}. Raises DataError, naming every mirror and why it failed and how to
     place the files by hand, when a file cannot be obtained.
     """
+    files = MNIST_FILES if files is None else files
     data_dir = Path(os.path.expanduser(str(data_dir)))
     if isinstance(mirrors, (str, os.PathLike)):
         mirrors = [mirrors]
@@ -798,15 +800,16 @@ def _make_split(images: np.ndarray, labels: np.ndarray, index, lut: np.ndarray) 
 
 
 def load_mnist(data_dir, *, val_size=5000, train_size=0, test_size=0, mean=0.1307, std=0.3081,
-               rng, dtype=np.float32, files=MNIST_FILES) -> MnistSplits:
+               rng, dtype=np.float32, files=None) -> MnistSplits:
     """Load MNIST from `data_dir` (already ensured: no network here) into normalised arrays.
 
     Pixels p (uint8) become (p / 255 - mean) / std in `dtype` (float32 or float64); images are
     (N, 1, 28, 28) C-contiguous, labels (N,) int64. `val_size` training samples, chosen with
     `rng` (a numpy.random.Generator), are held out as the validation set; `train_size` (0 = all
     the rest) and `test_size` (0 = the whole test set) draw subsets with the same `rng`, so a
-    seed fixes every split. Each subset keeps the files' order.
+    seed fixes every split. Each subset keeps the files' order. `files`: as for ensure_mnist.
     """
+    files = MNIST_FILES if files is None else files
     if not isinstance(rng, np.random.Generator):
         raise TypeError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
     dtype = np.dtype(dtype)

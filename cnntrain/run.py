@@ -41,13 +41,10 @@ def random_streams(seed):
 def prepare_data(cfg, data_rng, *, data_dir=None, mirrors=(), progress=True):
     """Download (if needed), verify and load MNIST as the config asks."""
     folder = data.resolve_data_dir(data_dir, cfg.data.dir or None)
-    # The checksum table is looked up now, not bound at import, so a test can swap in its own.
-    table = data.MNIST_FILES
-    data.ensure_mnist(folder, data.resolve_mirrors(mirrors, cfg.data.mirrors), progress=progress,
-                      files=table)
+    data.ensure_mnist(folder, data.resolve_mirrors(mirrors, cfg.data.mirrors), progress=progress)
     return data.load_mnist(folder, val_size=cfg.data.val_size, train_size=cfg.data.train_size,
                            test_size=cfg.data.test_size, mean=cfg.data.mean, std=cfg.data.std,
-                           rng=data_rng, dtype=np.dtype(cfg.train.dtype), files=table)
+                           rng=data_rng, dtype=np.dtype(cfg.train.dtype))
 
 
 def build_augmenter(cfg):
