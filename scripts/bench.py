@@ -16,8 +16,9 @@ another process takes a core, every multithreaded BLAS product (and torch's para
 regions) waits for its descheduled worker thread, so both sides slow down several times
 over and unevenly: trust quiet runs, where the rounds agree.
 
-Data are random normal images with random labels unless --data-dir holds the four MNIST
-*-ubyte.gz files; speed does not depend on the pixel values. Nothing is downloaded.
+Data are random normal images with random labels unless --data-dir names a folder (or URL)
+holding the four MNIST files, which then reach cnntrain's data folder through its own
+download, verification and loading code; speed does not depend on the pixel values.
 """
 
 import argparse
@@ -37,7 +38,7 @@ def parse_args(argv=None):
     ap.add_argument("--eval-batch", type=int, default=1000, help="evaluation batch")
     ap.add_argument("--eval-images", type=int, default=10000, help="images per evaluation pass")
     ap.add_argument("--profile-steps", type=int, default=100, help="steps for the per-layer breakdown")
-    ap.add_argument("--data-dir", default=None, help="folder with MNIST *-ubyte.gz (default: random data)")
+    ap.add_argument("--data-dir", default=None, help="a folder or URL holding the MNIST files, fetched like --mirror (default: random data)")
     ap.add_argument("--no-torch", action="store_true", help="skip the PyTorch reference")
     ap.add_argument("--seed", type=int, default=0)
     return ap.parse_args(argv)
@@ -45,12 +46,11 @@ def parse_args(argv=None):
 
 ARGS = parse_args()
 # Before numpy (or torch) is imported, which is why this script parses its arguments first.
-from benchlib import Batches, TrainStep, pin_threads  # noqa: E402
+from benchlib import Batches, TrainStep, pin_threads, real_mnist  # noqa: E402
 
 THREADS = pin_threads(ARGS.threads, "bench.py")
 
 import ctypes  # noqa: E402
-import gzip  # noqa: E402
 import statistics  # noqa: E402
 import time  # noqa: E402
 
@@ -97,26 +97,15 @@ def blas_info():
 
 # --- data ----------------------------------------------------------------------------------
 
-def read_idx_gz(path):
-    with gzip.open(path, "rb") as f:
-        raw = f.read()
-    ndim = raw[3]
-    dims = [int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim)]
-    return np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim).reshape(dims)
-
-
 def load_data(cfg, dtype, rng):
     """(train_x, train_y, eval_x, eval_y, description)."""
     if ARGS.data_dir:
-        d = ARGS.data_dir
-        lut = ((np.arange(256) / 255.0 - cfg.data.mean) / cfg.data.std).astype(dtype)
-        tx = lut[read_idx_gz(f"{d}/train-images-idx3-ubyte.gz")][:, None]
-        ty = read_idx_gz(f"{d}/train-labels-idx1-ubyte.gz").astype(np.int64)
-        ex = lut[read_idx_gz(f"{d}/t10k-images-idx3-ubyte.gz")][:, None]
-        ey = read_idx_gz(f"{d}/t10k-labels-idx1-ubyte.gz").astype(np.int64)
-        reps = -(-ARGS.eval_images // len(ey))
-        ex, ey = np.concatenate([ex] * reps)[:ARGS.eval_images], np.concatenate([ey] * reps)[:ARGS.eval_images]
-        return tx, ty, ex, ey, f"real MNIST from {d}"
+        splits, folder = real_mnist(ARGS.data_dir, cfg, dtype)
+        tx, ty = splits.train.images, splits.train.labels
+        reps = -(-ARGS.eval_images // len(splits.test))
+        ex = np.concatenate([splits.test.images] * reps)[:ARGS.eval_images]
+        ey = np.concatenate([splits.test.labels] * reps)[:ARGS.eval_images]
+        return tx, ty, ex, ey, f"real MNIST from {ARGS.data_dir} (cached in {folder})"
     n_train = 16384
     tx = rng.standard_normal((n_train, 1, 28, 28)).astype(dtype)
     ty = rng.integers(0, 10, n_train)

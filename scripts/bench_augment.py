@@ -17,12 +17,11 @@ What it measures, in one process:
 The ratio printed last, augmentation time / step time, is the share of an epoch the
 augmentation adds; the aim is under 10-15%.
 
-Images are random normal, or MNIST when --data-dir holds train-images-idx3-ubyte.gz: the
-cost does not depend on pixel values. Nothing is downloaded.
+Images are random normal, or MNIST when --data-dir names a folder (or URL) holding the files,
+loaded through cnntrain's own data code: the cost does not depend on pixel values.
 """
 
 import argparse
-import os
 import sys
 
 
@@ -39,18 +38,17 @@ def parse_args(argv=None):
                     help="plain and augmented steps per round in part 3")
     ap.add_argument("--threads", type=int, default=None,
                     help="BLAS threads (default: the CPUs this process may use)")
-    ap.add_argument("--data-dir", default=None, help="folder with train-images-idx3-ubyte.gz")
+    ap.add_argument("--data-dir", default=None, help="a folder or URL holding the MNIST files, fetched like --mirror")
     ap.add_argument("--seed", type=int, default=0)
     return ap.parse_args(argv)
 
 
 ARGS = parse_args()
 # Before numpy is imported: BLAS reads its thread count once, when it loads.
-from benchlib import Batches, TrainStep, pin_threads  # noqa: E402
+from benchlib import Batches, TrainStep, pin_threads, real_mnist  # noqa: E402
 
 THREADS = pin_threads(ARGS.threads, "bench_augment.py")
 
-import gzip  # noqa: E402
 import statistics  # noqa: E402
 import time  # noqa: E402
 
@@ -64,11 +62,8 @@ from cnntrain.run import build_augmenter  # noqa: E402
 def load_images(cfg, dtype, rng):
     pool = 16384
     if ARGS.data_dir:
-        path = os.path.join(ARGS.data_dir, "train-images-idx3-ubyte.gz")
-        with gzip.open(path, "rb") as f:
-            raw = np.frombuffer(f.read(), np.uint8, offset=16).reshape(-1, 28, 28)
-        lut = ((np.arange(256) / 255.0 - cfg.data.mean) / cfg.data.std).astype(dtype)
-        return lut[raw[:pool]][:, None], f"MNIST from {path} (first {pool})"
+        splits, folder = real_mnist(ARGS.data_dir, cfg, dtype)
+        return splits.train.images[:pool], f"MNIST from {ARGS.data_dir} (first {pool}, cached in {folder})"
     return (rng.standard_normal((pool, 1, 28, 28)).astype(dtype),
             f"{pool} random N(0, 1) images (the cost does not depend on pixel values)")
 

@@ -56,3 +56,18 @@ class TrainStep:
         self.net.backward(self.loss.backward())
         self.opt.step(self.net.grads)
         return loss
+
+
+def real_mnist(mirror, cfg, dtype):
+    """MNIST the way `cnntrain fit` gets it: fetched once from `mirror` (a folder or base URL
+    holding the four files) into the usual data folder, verified, loaded and normalised with
+    the config's mean and std; no validation hold-out. Returns (splits, data folder)."""
+    import numpy as np
+
+    from cnntrain import data
+
+    folder = data.resolve_data_dir(None, cfg.data.dir or None)
+    data.ensure_mnist(folder, [mirror], progress=False)
+    splits = data.load_mnist(folder, val_size=0, mean=cfg.data.mean, std=cfg.data.std,
+                             rng=np.random.default_rng(0), dtype=dtype)
+    return splits, folder
