@@ -171,12 +171,16 @@ def eval_command(checkpoint, split, as_json, batch_size, errors_png, data_dir, m
 @click.option("--config", "config_path", metavar="FILE",
               help="Take [data] dir and mirrors from this config.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
-def download(data_dir, mirrors, config_path, quiet):
+@click.option("--verify", is_flag=True,
+              help="Hash every cached file again instead of trusting the record of the last "
+                   "check; a corrupt one is reported and downloaded again.")
+def download(data_dir, mirrors, config_path, quiet, verify):
     """Download and verify the four MNIST files (fit and eval do this when needed).
 
     \b
     Examples:
       cnntrain download
+      cnntrain download --verify
       cnntrain download --data-dir /data/mnist --mirror http://127.0.0.1:8000/
     """
     from cnntrain import data
@@ -184,8 +188,10 @@ def download(data_dir, mirrors, config_path, quiet):
     cfg = _load_config(config_path, ()) if config_path else None
     folder = data.resolve_data_dir(data_dir, cfg.data.dir or None if cfg else None)
     urls = data.resolve_mirrors(mirrors, cfg.data.mirrors if cfg else ())
-    paths = data.ensure_mnist(folder, urls, progress=not quiet and sys.stderr.isatty())
-    click.echo(f"MNIST verified in {folder} ({len(paths)} files)")
+    paths = data.ensure_mnist(folder, urls, progress=not quiet and sys.stderr.isatty(),
+                              verify=verify)
+    how = ", each hashed again" if verify else ""
+    click.echo(f"MNIST verified in {folder} ({len(paths)} files{how})")
 
 
 @cli.command(context_settings=CONTEXT_SETTINGS)

@@ -17,6 +17,7 @@ import math
 import os
 import re
 import sys
+import threading
 import time
 import urllib.parse
 import urllib.request
@@ -99,8 +100,16 @@ _GATHER_BLOCK = 512  # images normalised at a time: bounds the temporaries to ~5
 # Statuses worth asking again for; every other 4xx means this mirror will not have the file.
 _TRANSIENT_STATUS = frozenset({408, 429})
 
-# The backoff's wait, looked up at call time so tests can record it instead of waiting.
+#: How long one mirror may keep a download waiting without sending anything, summed over
+#: all its attempts, the pauses between them and all files, before it is given up.
+MIRROR_PATIENCE = 30.0
+# After this long without a byte, say which mirror is being waited on (once per mirror).
+_WAIT_NOTICE = 5.0
+
+# The backoff's wait and the clock that measures silence, looked up at call time so tests can
+# record them instead of waiting.
 _sleep = time.sleep
+_clock = time.monotonic
 
 
 # --------------------------------------------------------------------------- where and from where
@@ -190,14 +199,43 @@ def _write_manifest(data_dir: Path, entries: dict) -> None:
     """Atomically replace the manifest; a folder we cannot write to just means re-hashing later."""
     try:
         with atomic_writer(data_dir / _MANIFEST, "w") as f:
-            json.dump({"version": 1, "files": entries}, f, indent=1, sort_keys=True)
+            json.dump({"version": 2, "files": entries}, f, indent=1, sort_keys=True)
     except OSError:
         pass
 
 
-def _manifest_entry(path: Path, sha256: str) -> dict:
+# The fast check compares everything `stat` says changes when a file's content changes. A
+# user can set the mtime back (`touch -r`), but not the ctime: the kernel stamps it at every
+# write, rename or utime. The inode and device catch a file replaced by another.
+_STAT_KEYS = ("size", "mtime_ns", "ctime_ns", "inode", "device")
+# ctime comes from a coarse clock, one timer tick (at most 10 ms) behind the real time; a file
+# changed within the tick in which it was recorded would keep the recorded ctime.
+_CTIME_TICK_NS = 20_000_000
+
+
+def _stat_key(st: os.stat_result) -> dict:
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns,
+            "inode": st.st_ino, "device": st.st_dev}
+
+
+def _settled_stat(path: Path) -> os.stat_result:
+    """stat(path), returned only once a later change of the file must show in its ctime.
+
+    A freshly written file's ctime is within a clock tick of now; waiting out that tick makes
+    any later write get a newer ctime. A ctime further in the future (a file server whose
+    clock runs ahead) is not waited for: such a file is simply hashed again next time.
+    """
     st = path.stat()
-    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": sha256}
+    wait_ns = st.st_ctime_ns + _CTIME_TICK_NS - time.time_ns()
+    if 0 < wait_ns <= _CTIME_TICK_NS:
+        time.sleep(wait_ns / 1e9)
+    return st
+
+
+def _manifest_entry(st: os.stat_result, sha256: str) -> dict:
+    """What the manifest records of a file whose content hashed to `sha256` when it had the
+    stat `st` (taken before hashing: a change during or after it shows as another stat)."""
+    return {**_stat_key(st), "sha256": sha256}
 
 
 def _trusted(path: Path, entry, size: int, sha256: str) -> bool:
@@ -205,10 +243,10 @@ def _trusted(path: Path, entry, size: int, sha256: str) -> bool:
     if not isinstance(entry, dict) or entry.get("sha256") != sha256 or entry.get("size") != size:
         return False
     try:
-        st = path.stat()
+        now = _stat_key(path.stat())
     except OSError:
         return False
-    return st.st_size == size and st.st_mtime_ns == entry.get("mtime_ns")
+    return all(entry.get(key) == now[key] for key in _STAT_KEYS)
 
 
 class _DirLock:
@@ -269,6 +307,25 @@ class _Permanent(Exception):
 
 class _Fatal(Exception):
     """A local problem (disk full, folder not writable) that no mirror can fix."""
+
+    def __init__(self, what: str, path: Path, error: OSError):
+        super().__init__(f"cannot {what} {path}: {error.strerror or error}")
+        self.path, self.error = path, error
+
+
+_ELSEWHERE = f"--data-dir DIR, --set data.dir=DIR or {ENV_DATA_DIR}"
+
+
+def _local_failure(exc: _Fatal) -> str:
+    """One line for a write into the data folder that failed: the cause and the way out."""
+    folder = exc.path.parent
+    code = exc.error.errno
+    if code in (errno.ENOSPC, errno.EDQUOT):
+        return f"{exc}; make room in {folder} or choose another folder with {_ELSEWHERE}"
+    if code in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return (f"the data folder {folder} is not writable ({exc.error.strerror or exc.error}); "
+                f"fix its permissions or choose another folder with {_ELSEWHERE}")
+    return f"{exc}; choose another folder with {_ELSEWHERE}"
 
 
 class _Verifier:
@@ -342,7 +399,7 @@ class _Verifier:
         try:
             self.out.write(data)
         except OSError as e:
-            raise _Fatal(f"cannot write {self.out.name}: {e.strerror or e}") from e
+            raise _Fatal("write", Path(self.out.name), e) from e
         self.bar.update(len(data))
 
     def finish(self) -> None:
@@ -474,25 +531,93 @@ def _open_source(source, name: str, session, timeout):
     raise _Permanent(f"neither {name} nor {name}.gz is in {folder}")
 
 
+class _MirrorWaits:
+    """How long each mirror has kept us waiting, within one ensure_mnist call.
+
+    An attempt's silence is the time from its start, or from the last data it received, to
+    its end; the pause before a retry is waited too. Each request's connect and read timeouts
+    are cut to what is left of the mirror's `patience`, so a mirror that accepts connections
+    and never answers costs at most `patience` seconds in all, then is not asked again.
+    """
+
+    def __init__(self, patience: float):
+        self.patience = patience
+        self.spent: dict[str, float] = {}
+        self.announced: set[str] = set()
+
+    def left(self, source: str) -> float:
+        return self.patience - self.spent.get(source, 0.0)
+
+    def spend(self, source: str, seconds: float) -> None:
+        self.spent[source] = self.spent.get(source, 0.0) + max(seconds, 0.0)
+
+    def timeout(self, source: str, timeout: tuple) -> tuple:
+        left = max(self.left(source), 0.001)
+        return min(timeout[0], left), min(timeout[1], left)
+
+    def given_up(self, source: str, reason: str) -> str:
+        return (f"{reason}; no data for {self.spent.get(source, 0.0):.0f} s in all, "
+                f"gave up on this mirror")
+
+
+class _Watch:
+    """One attempt at a mirror: `data()` marks progress; after _WAIT_NOTICE seconds without
+    any, one line on stderr says which mirror is being waited on (once per mirror)."""
+
+    def __init__(self, waits: _MirrorWaits, source: str, name: str):
+        self.waits, self.source, self.name = waits, source, name
+        self.last = _clock()
+        self._done = threading.Event()
+        self._thread = None
+
+    def __enter__(self):
+        if self.source not in self.waits.announced:
+            self._thread = threading.Thread(target=self._notice, daemon=True,
+                                            name="cnntrain-mirror-wait")
+            self._thread.start()
+        return self
+
+    def data(self) -> None:
+        self.last = _clock()
+
+    def _notice(self) -> None:
+        while not self._done.wait(max(self.last + _WAIT_NOTICE - _clock(), 0.05)):
+            if _clock() - self.last >= _WAIT_NOTICE:
+                self.waits.announced.add(self.source)
+                print(f"waiting for {self.source} to send {self.name}.gz (no data for "
+                      f"{_WAIT_NOTICE:g} s; giving up on this mirror after "
+                      f"{self.waits.patience:g} s without data) ...", file=sys.stderr, flush=True)
+                return
+
+    def __exit__(self, *exc):
+        self._done.set()
+        if self._thread is not None:
+            self._thread.join()
+        self.waits.spend(self.source, _clock() - self.last)
+
+
 def _fetch_once(source, name: str, size: int, sha256: str, part: Path, session, timeout,
-                progress: bool) -> None:
-    """One attempt: stream `source`'s copy of `name` into `part`, verified and fsynced."""
+                progress: bool, on_data=lambda: None) -> None:
+    """One attempt: stream `source`'s copy of `name` into `part`, verified and fsynced.
+    `on_data` is called when the response starts and at every chunk received."""
     with _open_source(source, name, session, timeout) as (content_type, body):
+        on_data()
         try:
             out = open(part, "wb")
         except OSError as e:
-            raise _Fatal(f"cannot write {part}: {e.strerror or e}") from e
+            raise _Fatal("write", part, e) from e
         with out, tqdm(total=size, unit="B", unit_scale=True, unit_divisor=1024, desc=name,
                        disable=not progress, leave=False) as bar:
             verifier = _Verifier(out, size, sha256, content_type, bar)
             for chunk in body:
+                on_data()
                 verifier.feed(chunk)
             verifier.finish()
             try:
                 out.flush()
                 os.fsync(out.fileno())
             except OSError as e:
-                raise _Fatal(f"cannot write {part}: {e.strerror or e}") from e
+                raise _Fatal("write", part, e) from e
 
 
 def _place(part: Path, final: Path) -> None:
@@ -506,7 +631,7 @@ def _place(part: Path, final: Path) -> None:
         os.utime(part, ns=(st.st_atime_ns, st.st_mtime_ns - 1_000_000_000))
         os.replace(part, final)
     except OSError as e:
-        raise _Fatal(f"cannot move {part} into place: {e.strerror or e}") from e
+        raise _Fatal("move into place", part, e) from e
     fsync_dir(final.parent)
 
 
@@ -518,11 +643,12 @@ def _remove(path: Path) -> None:
 
 
 def _fetch(name, size, sha256, data_dir: Path, sources, session, timeout, retries, backoff,
-           progress, unreachable: dict) -> list[str] | None:
+           progress, unreachable: dict, waits: _MirrorWaits) -> list[str] | None:
     """Put a verified `name` into `data_dir` from the first source that has it.
 
     Returns None on success, else one "source: why" line per source. `unreachable` carries
-    mirrors that could not be connected to at all from one file to the next.
+    mirrors that could not be connected to at all, or that kept us waiting too long (`waits`),
+    from one file to the next.
     """
     part = data_dir / (name + _PART)
     failures = []
@@ -535,17 +661,27 @@ def _fetch(name, size, sha256, data_dir: Path, sources, session, timeout, retrie
         attempt = 0
         while True:
             try:
-                _fetch_once(source, name, size, sha256, part, session, timeout, progress)
+                if _is_http(source):
+                    with _Watch(waits, source, name) as watch:
+                        _fetch_once(source, name, size, sha256, part, session,
+                                    waits.timeout(source, timeout), progress, watch.data)
+                else:
+                    _fetch_once(source, name, size, sha256, part, session, timeout, progress)
                 _place(part, data_dir / name)
                 return None
             except _Transient as e:
-                if attempt < tries_left:
-                    _sleep(backoff * 2 ** attempt)
+                pause = backoff * 2 ** attempt
+                patient = not _is_http(source) or pause < waits.left(source)
+                if attempt < tries_left and patient:
+                    _sleep(pause)
+                    waits.spend(source, pause)
                     attempt += 1
                     continue
                 why = f"{e} (after {attempt + 1} attempts)" if attempt else str(e)
+                if not patient:
+                    why = waits.given_up(source, why)
                 failures.append(f"{source}: {why}")
-                if e.unreachable:
+                if e.unreachable or not patient:
                     unreachable[source] = why
                 break
             except _Permanent as e:
@@ -554,30 +690,33 @@ def _fetch(name, size, sha256, data_dir: Path, sources, session, timeout, retrie
                     unreachable[source] = str(e)
                 break
             except _Fatal as e:
-                raise DataError(f"{e}; make room there or choose a writable folder with "
-                                f"--data-dir or {ENV_DATA_DIR}") from e
+                raise DataError(_local_failure(e)) from e
             finally:
                 _remove(part)  # a no-op after success: the rename consumed it
     return failures
 
 
-def _check_cached(path: Path, size: int, sha256: str) -> str | None:
-    """None if the file on disk is the right one, else why not (hashing only when sizes agree)."""
+_NOT_DOWNLOADED = "not downloaded yet"
+
+
+def _check_cached(path: Path, size: int, sha256: str):
+    """(None, its stat) if the file on disk is the right one, else (why not, None); hashing
+    only when sizes agree. The stat is taken before hashing, for the manifest."""
     try:
-        actual = path.stat().st_size
+        st = _settled_stat(path)
     except FileNotFoundError:
-        return "not downloaded yet"
+        return _NOT_DOWNLOADED, None
     except OSError as e:
-        return f"unreadable ({e.strerror or e})"
-    if actual != size:
-        return f"cached copy is corrupt: {actual} bytes, expected {size}"
+        return f"unreadable ({e.strerror or e})", None
+    if st.st_size != size:
+        return f"cached copy is corrupt: {st.st_size} bytes, expected {size}", None
     try:
         got = _sha256_file(path)
     except OSError as e:
-        return f"unreadable ({e.strerror or e})"
+        return f"unreadable ({e.strerror or e})", None
     if got != sha256:
-        return f"cached copy is corrupt: SHA-256 {got[:16]}..., expected {sha256[:16]}..."
-    return None
+        return f"cached copy is corrupt: SHA-256 {got[:16]}..., expected {sha256[:16]}...", None
+    return None, st
 
 
 def _normalise_timeout(timeout):
@@ -588,8 +727,23 @@ def _normalise_timeout(timeout):
     return tuple(float(v) for v in values)
 
 
+def _data_folder_problem(data_dir: Path, error: OSError) -> str:
+    """One line for a data folder that cannot be made: what is in the way and the way out."""
+    blocker = next((p for p in [data_dir, *data_dir.parents] if p.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        return (f"cannot use {data_dir} as the data folder: {blocker} is a file, not a folder; "
+                f"move it away or choose another folder with {_ELSEWHERE}")
+    if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return (f"cannot create the data folder {data_dir}: {blocker or data_dir.parent} is not "
+                f"writable ({error.strerror or error}); fix its permissions or choose another "
+                f"folder with {_ELSEWHERE}")
+    return (f"cannot create the data folder {data_dir}: {error.strerror or error}; choose "
+            f"another folder with {_ELSEWHERE}")
+
+
 def ensure_mnist(data_dir, mirrors, *, progress=True, files=None, timeout=(10, 30),
-                 retries=3, backoff=1.0) -> dict[str, Path]:
+                 retries=3, backoff=1.0, patience=MIRROR_PATIENCE,
+                 verify=False) -> dict[str, Path]:
     """Make sure every file of `files` is in `data_dir`, decompressed and verified.
 
     `files` maps a decompressed file name to (size, sha256), MNIST_FILES when None (looked up
@@ -598,9 +752,14 @@ def ensure_mnist(data_dir, mirrors, *, progress=True, files=None, timeout=(10, 3
     decompressed files; a `<name>.gz` already in `data_dir` is used first). Transient failures
     (5xx, connection errors, timeouts, truncated bodies) are retried `retries` times, waiting
     `backoff`, 2*`backoff`, 4*`backoff`... seconds; a 4xx or wrong content moves to the next
-    mirror at once. `timeout` is (connect, read) seconds for every request. A file lands in
-    place only after its decompressed size and SHA-256 match; a lock file serialises processes
-    sharing the folder. What was verified is recorded, so a later call costs one stat per file.
+    mirror at once. `timeout` is (connect, read) seconds for every request; a mirror that keeps
+    us waiting without data for `patience` seconds in all (attempts and pauses summed) is
+    given up, and after 5 s of silence stderr says which mirror is being waited on. A file
+    lands in place only after its decompressed size and SHA-256 match; a lock file serialises
+    processes sharing the folder. What was verified is recorded, so a later call costs one
+    stat per file (a file changed since, even with its mtime set back, is hashed again);
+    `verify=True` hashes every file regardless. A cached file found corrupt is reported on
+    stderr, one line, and fetched again.
 
     Returns {name: path}. Raises DataError, naming every mirror and why it failed and how to
     place the files by hand, when a file cannot be obtained.
@@ -615,17 +774,19 @@ def ensure_mnist(data_dir, mirrors, *, progress=True, files=None, timeout=(10, 3
         raise ValueError(f"retries must be a non-negative integer, got {retries!r}")
     if not isinstance(backoff, (int, float)) or not backoff >= 0:
         raise ValueError(f"backoff must be a non-negative number, got {backoff!r}")
+    if not isinstance(patience, (int, float)) or not patience > 0:
+        raise ValueError(f"patience must be a positive number of seconds, got {patience!r}")
     paths = {name: data_dir / name for name in files}
 
     manifest = _read_manifest(data_dir)
-    if all(_trusted(paths[n], manifest.get(n), s, h) for n, (s, h) in files.items()):
+    if not verify and all(_trusted(paths[n], manifest.get(n), s, h)
+                          for n, (s, h) in files.items()):
         return paths
 
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise DataError(f"cannot create the data folder {data_dir}: {e.strerror or e}; choose "
-                        f"another with --data-dir or {ENV_DATA_DIR}") from e
+        raise DataError(_data_folder_problem(data_dir, e)) from e
 
     with _DirLock(data_dir, announce=progress):
         # Re-read under the lock: another process may have finished the work meanwhile.
@@ -633,20 +794,25 @@ def ensure_mnist(data_dir, mirrors, *, progress=True, files=None, timeout=(10, 3
         verified, todo = set(), {}
         for name, (size, sha256) in files.items():
             _remove(data_dir / (name + _PART))  # left by a process that died mid-download
-            if _trusted(paths[name], manifest.get(name), size, sha256):
+            if not verify and _trusted(paths[name], manifest.get(name), size, sha256):
                 verified.add(name)
                 continue
-            problem = _check_cached(paths[name], size, sha256)
+            problem, st = _check_cached(paths[name], size, sha256)
             if problem is None:
-                manifest[name] = _manifest_entry(paths[name], sha256)
+                manifest[name] = _manifest_entry(st, sha256)
                 verified.add(name)
-            else:
-                todo[name] = problem
+                continue
+            todo[name] = problem
+            manifest.pop(name, None)
+            if problem != _NOT_DOWNLOADED:
+                print(f"{paths[name]}: {problem}; fetching it again", file=sys.stderr,
+                      flush=True)
         if not todo:
             _write_manifest(data_dir, manifest)
             return paths
 
         unreachable: dict[str, str] = {}
+        waits = _MirrorWaits(float(patience))
         with requests.Session() as session:
             agent = session.headers["User-Agent"]
             session.headers["User-Agent"] = f"cnntrain/{__version__} {agent}"
@@ -657,11 +823,12 @@ def ensure_mnist(data_dir, mirrors, *, progress=True, files=None, timeout=(10, 3
                 local_gz = data_dir / (name + ".gz")
                 here = [local_gz] if local_gz.is_file() else []
                 failures = _fetch(name, size, sha256, data_dir, here + sources, session, timeout,
-                                  retries, backoff, progress, unreachable)
+                                  retries, backoff, progress, unreachable, waits)
                 if failures is not None:
+                    _write_manifest(data_dir, manifest)  # forget what was found corrupt
                     missing = [n for n in files if n not in verified]
                     raise DataError(_failure_message(name, problem, failures, data_dir, missing))
-                manifest[name] = _manifest_entry(paths[name], sha256)
+                manifest[name] = _manifest_entry(_settled_stat(paths[name]), sha256)
                 verified.add(name)
                 _write_manifest(data_dir, manifest)  # progress survives a later failure
     return paths

@@ -4,6 +4,8 @@ Downloads go to a loopback server (tests/mnist_server.py) serving small syntheti
 with the checksum table overridden for them; faults are injected per path and request count.
 """
 
+import contextlib
+import errno
 import json
 import os
 import subprocess
@@ -444,6 +446,243 @@ def test_session_keeps_tls_verification_on(monkeypatch, synthetic_mnist, tmp_pat
               timeout=(3, 7))
     assert seen["timeout"] == (3.0, 7.0) and seen["stream"] is True
     assert "verify" not in seen and seen["verify_attr"] is True
+
+
+# --------------------------------------------------------------------------- in-place changes
+
+
+def change_in_place(path):
+    """Flip one byte without changing the size, then set the mtime back as `touch -r` would:
+    only the ctime (which no user command can set back) and the content tell."""
+    before = path.stat()
+    with open(path, "r+b") as f:
+        f.seek(before.st_size // 2)
+        byte = f.read(1)
+        f.seek(before.st_size // 2)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    after = path.stat()
+    assert (after.st_size, after.st_mtime_ns, after.st_ino) == (
+        before.st_size, before.st_mtime_ns, before.st_ino)
+
+
+def test_in_place_change_with_mtime_restored_is_noticed(mnist_server, synthetic_mnist, tmp_path,
+                                                        capsys):
+    mirror = [mnist_server.mirror("a")]
+    fetch(tmp_path, mirror, synthetic_mnist)
+    change_in_place(tmp_path / TRAIN_LABELS)
+    capsys.readouterr()
+    fetch(tmp_path, mirror, synthetic_mnist)
+    assert_complete(tmp_path, synthetic_mnist)
+    assert mnist_server.hits(f"/a/{TRAIN_LABELS}.gz") == 2 and mnist_server.hits() == 5
+    told = capsys.readouterr().err.strip().splitlines()
+    assert len(told) == 1 and str(tmp_path / TRAIN_LABELS) in told[0], told
+    assert "corrupt" in told[0] and "fetching it again" in told[0]
+    # the repaired copy is trusted again: no more hashing, no more downloads
+    fetch(tmp_path, mirror, synthetic_mnist)
+    assert mnist_server.hits() == 5
+
+
+def test_training_refuses_a_cache_changed_in_place(monkeypatch, synthetic_mnist, tmp_path):
+    """`cnntrain download` records the files; one is then changed in place with its mtime
+    restored; `cnntrain fit` must not train on it (no mirror is reachable to repair it)."""
+    from tests.clitools import assert_one_line_error, invoke, small_config, use_synthetic_mnist
+
+    data_dir = synthetic_mnist.write(tmp_path / "mnist")
+    use_synthetic_mnist(monkeypatch, synthetic_mnist, data_dir)
+    assert invoke("download", "-q", "--mirror", dead_mirror()).exit_code == 0  # hashes, records
+    change_in_place(data_dir / TRAIN_IMAGES)
+    config = tmp_path / "small.ini"
+    config.write_text(small_config())
+    monkeypatch.setattr(data, "DEFAULT_MIRRORS", ())
+    result = invoke("fit", "--config", config, "--out", tmp_path / "run", "-q",
+                    "--mirror", dead_mirror())
+    assert result.exit_code == 1
+    assert "SHA-256" in result.stderr and f"{TRAIN_IMAGES} (cached copy is corrupt" in result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_download_verify_hashes_everything_and_repairs(mnist_server, synthetic_mnist, tmp_path,
+                                                       monkeypatch, hash_calls):
+    from tests.clitools import invoke, use_synthetic_mnist
+
+    use_synthetic_mnist(monkeypatch, synthetic_mnist, tmp_path)
+    mirror = mnist_server.mirror("a")
+    assert invoke("download", "-q", "--mirror", mirror).exit_code == 0
+    # A change the fast check cannot see (the manifest rewritten to match, as a restored
+    # backup or a file system without ctimes would leave it): only hashing finds it.
+    victim = tmp_path / TEST_IMAGES
+    change_in_place(victim)
+    manifest = json.loads((tmp_path / MANIFEST).read_text())
+    manifest["files"][TEST_IMAGES].update(data._stat_key(victim.stat()))
+    (tmp_path / MANIFEST).write_text(json.dumps(manifest))
+    hash_calls.clear()
+    trusting = invoke("download", "-q", "--mirror", mirror)
+    assert trusting.exit_code == 0 and hash_calls == [] and mnist_server.hits() == 4
+
+    checked = invoke("download", "-q", "--verify", "--mirror", mirror)
+    assert checked.exit_code == 0, checked.output
+    assert sorted(hash_calls) == sorted(synthetic_mnist.table)
+    assert "each hashed again" in checked.stdout
+    told = checked.stderr.strip().splitlines()
+    assert len(told) == 1 and TEST_IMAGES in told[0] and "corrupt" in told[0], told
+    assert mnist_server.hits(f"/a/{TEST_IMAGES}.gz") == 2 and mnist_server.hits() == 5
+    assert_complete(tmp_path, synthetic_mnist)
+    # everything sound: --verify hashes all again and downloads nothing
+    hash_calls.clear()
+    again = invoke("download", "-q", "--verify", "--mirror", mirror)
+    assert again.exit_code == 0 and again.stderr == ""
+    assert sorted(hash_calls) == sorted(synthetic_mnist.table) and mnist_server.hits() == 5
+
+
+def test_verify_reports_corruption_it_cannot_repair(synthetic_mnist, tmp_path, monkeypatch):
+    from tests.clitools import invoke, use_synthetic_mnist
+
+    use_synthetic_mnist(monkeypatch, synthetic_mnist, synthetic_mnist.write(tmp_path))
+    monkeypatch.setattr(data, "DEFAULT_MIRRORS", ())
+    assert invoke("download", "-q", "--mirror", dead_mirror()).exit_code == 0
+    (tmp_path / TRAIN_LABELS).write_bytes(b"\0" * len(synthetic_mnist.raw[TRAIN_LABELS]))
+    result = invoke("download", "-q", "--verify", "--mirror", dead_mirror())
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert f"{tmp_path / TRAIN_LABELS}: cached copy is corrupt" in result.stderr
+    assert "refused" in result.stderr
+
+
+# --------------------------------------------------------------------------- local failures
+
+
+@pytest.mark.parametrize("code", [errno.EACCES, errno.EROFS])
+def test_unwritable_data_folder_is_not_told_to_make_room(mnist_server, synthetic_mnist,
+                                                         tmp_path, monkeypatch, code):
+    def refuse(path, *args, **kwargs):
+        raise OSError(code, os.strerror(code), str(path))
+
+    monkeypatch.setattr(data, "open", refuse, raising=False)  # the .part file cannot be made
+    with pytest.raises(DataError) as info:
+        fetch(tmp_path, [mnist_server.mirror("a")], synthetic_mnist)
+    message = str(info.value)
+    assert "\n" not in message and "make room" not in message
+    assert f"the data folder {tmp_path} is not writable ({os.strerror(code)})" in message
+    assert "fix its permissions" in message and "--set data.dir=" in message
+
+
+def test_full_disk_is_told_to_make_room(mnist_server, synthetic_mnist, tmp_path, monkeypatch):
+    def full(path, *args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+    monkeypatch.setattr(data, "open", full, raising=False)
+    with pytest.raises(DataError, match=f"make room in {tmp_path} or choose another folder"):
+        fetch(tmp_path, [mnist_server.mirror("a")], synthetic_mnist)
+
+
+@contextlib.contextmanager
+def really_read_only(folder):
+    """`folder` made read-only for this process: a read-only tmpfs mounted on it when we are
+    root (root ignores permission bits), else mode 0555."""
+    folder.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() != 0:
+        folder.chmod(0o555)
+        try:
+            yield folder
+        finally:
+            folder.chmod(0o755)
+        return
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "none", str(folder)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"root cannot mount a read-only tmpfs here: {mounted.stderr.strip()} "
+                    "(test_unwritable_data_folder_is_not_told_to_make_room injects the error)")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)
+
+
+def test_a_real_read_only_data_folder_gets_a_one_line_error(mnist_server, synthetic_mnist,
+                                                            tmp_path, monkeypatch):
+    from tests.clitools import assert_one_line_error, invoke, use_synthetic_mnist
+
+    with really_read_only(tmp_path / "ro") as folder:
+        use_synthetic_mnist(monkeypatch, synthetic_mnist, folder)
+        result = invoke("download", "-q", "--mirror", mnist_server.mirror("a"))
+    assert_one_line_error(result, 1, f"the data folder {folder} is not writable",
+                          "fix its permissions", "--set data.dir=")
+    assert "make room" not in result.stderr
+
+
+@pytest.mark.parametrize("where", ["itself", "parent"])
+def test_a_file_where_the_data_folder_should_be(synthetic_mnist, tmp_path, monkeypatch, where):
+    from tests.clitools import assert_one_line_error, invoke, use_synthetic_mnist
+
+    blocker = tmp_path / "mnist"
+    blocker.write_text("not a folder\n")
+    folder = blocker if where == "itself" else blocker / "sub"
+    use_synthetic_mnist(monkeypatch, synthetic_mnist, folder)
+    result = invoke("download", "-q", "--mirror", dead_mirror())
+    assert_one_line_error(result, 1, f"{blocker} is a file, not a folder", "--set data.dir=")
+    assert "File exists" not in result.stderr and "Not a directory" not in result.stderr
+    assert blocker.read_text() == "not a folder\n"
+
+
+# --------------------------------------------------------------------------- silent mirrors
+
+
+def test_a_mirror_that_never_answers_is_named_once_and_given_up(mnist_server, synthetic_mnist,
+                                                                tmp_path, monkeypatch, capsys):
+    """A mirror that accepts the connection and then says nothing: stderr names it once,
+    the whole wait for it stays within `patience`, later files do not ask it again."""
+    monkeypatch.setattr(data, "_WAIT_NOTICE", 0.2)
+    mnist_server.add_fault("/silent/*", "stall", seconds=30, before_headers=True)
+    silent = mnist_server.mirror("silent")
+    started = time.monotonic()
+    fetch(tmp_path, [silent, mnist_server.mirror("b")], synthetic_mnist, timeout=(5, 10),
+          retries=3, backoff=0.1, patience=1.0)
+    elapsed = time.monotonic() - started
+    assert_complete(tmp_path, synthetic_mnist)
+    assert mnist_server.hits("/silent/*") == 1 and mnist_server.hits("/b/*") == 4
+    assert elapsed < 3, f"waited {elapsed:.1f} s for a mirror with 1 s of patience"
+    told = capsys.readouterr().err.strip().splitlines()
+    assert len(told) == 1 and told[0].startswith(f"waiting for {silent} to send"), told
+    assert "giving up on this mirror after 1 s" in told[0]
+
+
+def test_a_silent_mirror_is_reported_as_given_up(mnist_server, synthetic_mnist, tmp_path,
+                                                 monkeypatch):
+    monkeypatch.setattr(data, "_WAIT_NOTICE", 0.1)
+    mnist_server.add_fault("/silent/*", "stall", seconds=30)  # headers, 16 bytes, silence
+    with pytest.raises(DataError) as info:
+        fetch(tmp_path, [mnist_server.mirror("silent")], synthetic_mnist, timeout=(5, 10),
+              retries=3, patience=0.5)
+    line = next(l for l in str(info.value).splitlines() if "/silent/" in l)
+    assert "timed out" in line and "gave up on this mirror" in line
+    assert mnist_server.hits("/silent/*") == 1
+
+
+def test_the_default_wait_for_a_silent_mirror_is_about_30_s(mnist_server, synthetic_mnist,
+                                                           tmp_path, monkeypatch):
+    """With every default (timeouts, retries, backoff, patience): a mirror that never answers
+    costs about 30 s in all, counted on a fake clock that each timeout and pause advances."""
+    now = [0.0]
+    monkeypatch.setattr(data, "_clock", lambda: now[0])
+    monkeypatch.setattr(data, "_sleep", lambda seconds: now.__setitem__(0, now[0] + seconds))
+    silent = "http://silent.invalid/mnist/"
+    real_get = data.requests.Session.get
+    asked = []
+
+    def get(self, url, **kwargs):
+        if not url.startswith(silent):
+            return real_get(self, url, **kwargs)
+        asked.append(kwargs["timeout"])
+        now[0] += kwargs["timeout"][1]  # the read timeout runs out: no answer
+        raise data.requests.exceptions.ReadTimeout("Read timed out.")
+
+    monkeypatch.setattr(data.requests.Session, "get", get)
+    ensure_mnist(tmp_path, [silent, mnist_server.mirror("b")], files=synthetic_mnist.table,
+                 progress=False)
+    assert_complete(tmp_path, synthetic_mnist)
+    assert 25 <= now[0] <= 31, f"{now[0]} s spent on a silent mirror"
+    assert len(asked) >= 1 and all(read <= 30 for _, read in asked)
+    assert mnist_server.hits("/b/*") == 4
 
 
 # --------------------------------------------------------------------------- IDX
