@@ -453,12 +453,15 @@ def _parse_ini(text: str, source: str) -> configparser.ConfigParser:
     return parser
 
 
-def peek_value(path: Any, section: str, key: str) -> Optional[str]:
+def peek_value(path: Any, section: str, key: str, strict: bool = False) -> Optional[str]:
     """One key's text as the file has it, unchecked; None if the file or key is missing or
-    unreadable. For tools that only look, such as `cnntrain summarize` over many runs."""
+    unreadable (strict=True: a file that cannot be read or parsed raises its ConfigError).
+    For tools that only look, such as `cnntrain summarize` over many runs."""
     try:
         parser = _parse_ini(_read_file(str(path)), str(path))
     except ConfigError:
+        if strict:
+            raise
         return None
     return parser.get(section, key, fallback=None)
 

@@ -10,6 +10,11 @@ scripts/sweep.sh and scripts/sweep_slurm.sh make them). What a row says comes fr
   sweep-status.json     the sweep's record of the last attempt: exit code and error line
   train.log             the last line, when a failed attempt left no error line
 
+A file that is there but cannot be read or makes no sense (a malformed metrics line, a
+hand-edited summary.json) makes its run "unreadable", with the reason under the table; the
+other runs are listed as usual. Only the last line of metrics.jsonl may be cut short (a crash
+while it was written): it is skipped.
+
 Standard library only: this runs on a login node over many folders and should answer at once.
 """
 
@@ -18,13 +23,14 @@ import dataclasses
 import difflib
 import io
 import json
+import math
 from pathlib import Path
 from typing import Dict, List, Optional
 
 from cnntrain.config import peek_value
 from cnntrain.errors import ConfigError
 from cnntrain.fileio import atomic_write_text
-from cnntrain.logs import RUN_FILES, best_epoch, read_metrics
+from cnntrain.logs import RUN_FILES, best_epoch
 
 # What marks a folder as a run: a fit's files, or the sweep's record of a run not yet started.
 RUN_MARKERS = RUN_FILES + ("overrides.txt",)
@@ -33,8 +39,9 @@ ACCURACY_KEYS = ("best_val_acc", "best_test_acc", "final_val_acc", "final_test_a
 SORT_KEYS = ("run", "status", "overrides") + ACCURACY_KEYS + ("epochs", "wall_s")
 
 DONE, INCOMPLETE, FAILED, NOT_STARTED = "done", "incomplete", "failed", "not started"
+UNREADABLE = "unreadable"
 # Finished runs first, then the ones that may still finish, then the ones that will not.
-_STATUS_RANK = {DONE: 0, INCOMPLETE: 1, FAILED: 2, NOT_STARTED: 3}
+_STATUS_RANK = {DONE: 0, INCOMPLETE: 1, FAILED: 2, UNREADABLE: 3, NOT_STARTED: 4}
 # An interrupted run kept its position and is resumed by the next attempt: not a failure.
 _INTERRUPTED = 130
 
@@ -84,13 +91,94 @@ def _is_run(folder: Path) -> bool:
     return any((folder / name).exists() for name in RUN_MARKERS)
 
 
-def _read_json(path: Path):
-    """The JSON object in `path`, or None when it is missing or unreadable."""
+class _Unreadable(Exception):
+    """A run file is there but cannot be used; the message names the file and why."""
+
+
+def _read_text(path: Path) -> Optional[str]:
+    """The file's text, None when it does not exist; _Unreadable when it cannot be read."""
     try:
-        value = json.loads(path.read_text(encoding="utf-8", errors="replace"))
-    except (OSError, ValueError):
+        data = path.read_bytes()
+    except FileNotFoundError:
         return None
-    return value if isinstance(value, dict) else None
+    except OSError as exc:
+        raise _Unreadable(f"{path.name}: cannot read it ({exc.strerror or exc})") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise _Unreadable(f"{path.name}: not UTF-8 text (byte {exc.start})") from None
+
+
+def _parse_object(text: str, where: str) -> dict:
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise _Unreadable(f"{where}: not valid JSON ({exc})") from None
+    if not isinstance(value, dict):
+        raise _Unreadable(f"{where}: a JSON {type(value).__name__}, expected an object")
+    return value
+
+
+def _read_json(path: Path) -> Optional[dict]:
+    """The JSON object in `path`, None when the file does not exist."""
+    text = _read_text(path)
+    return None if text is None else _parse_object(text, path.name)
+
+
+def _check_field(record: dict, key: str, where: str, kind: str) -> None:
+    """record[key] must be absent, null, or of `kind`: "fraction" (a finite number, as the
+    accuracies are), "count" (a whole number >= 0), "seconds" (a finite number >= 0) or
+    "text"."""
+    value = record.get(key)
+    if value is None:
+        return
+    if kind == "text":
+        ok = isinstance(value, str)
+    elif kind == "count":
+        ok = isinstance(value, int) and not isinstance(value, bool) and value >= 0
+    else:
+        ok = (isinstance(value, (int, float)) and not isinstance(value, bool)
+              and math.isfinite(value) and (kind != "seconds" or value >= 0))
+    if not ok:
+        expected = {"fraction": "a number", "count": "a whole number >= 0",
+                    "seconds": "a number of seconds", "text": "a string"}[kind]
+        raise _Unreadable(f"{where}: {key} is {json.dumps(value)}, expected {expected}")
+
+
+def _check_epoch_record(record, where: str) -> dict:
+    """An epoch's metrics as summarize uses them: an object with accuracies and an epoch."""
+    if not isinstance(record, dict):
+        raise _Unreadable(f"{where}: a JSON {type(record).__name__}, expected an object")
+    for key in ("val_acc", "test_acc"):
+        _check_field(record, key, where, "fraction")
+    _check_field(record, "epoch", where, "count")
+    return record
+
+
+def _read_history(folder: Path) -> List[dict]:
+    """The epochs of metrics.jsonl ([] when there is none). A last line without its newline
+    that does not parse was cut short by a crash and is skipped; any other bad line makes the
+    run unreadable."""
+    text = _read_text(folder / "metrics.jsonl")
+    if text is None:
+        return []
+    lines = text.split("\n")
+    history = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        where = f"metrics.jsonl line {number}"
+        try:
+            record = _parse_object(line, where)
+        except _Unreadable:
+            if number == len(lines):  # no newline after it: torn by a crash
+                continue
+            raise
+        history.append(_check_epoch_record(record, where))
+    for record in history:
+        if record.get("val_acc") is not None and record.get("epoch") is None:
+            raise _Unreadable("metrics.jsonl: an epoch with val_acc but no epoch number")
+    return history
 
 
 def _last_line(path: Path) -> str:
@@ -102,9 +190,19 @@ def _last_line(path: Path) -> str:
 
 
 def _planned_epochs(folder: Path) -> Optional[int]:
-    """[train] epochs of the run's resolved config.ini, None when unknown."""
-    value = peek_value(folder / "config.ini", "train", "epochs")
-    return int(value) if value is not None and value.strip().isdigit() else None
+    """[train] epochs of the run's resolved config.ini, None when it has none."""
+    path = folder / "config.ini"
+    if not path.exists():
+        return None
+    try:
+        value = peek_value(path, "train", "epochs", strict=True)
+    except ConfigError as exc:
+        raise _Unreadable(_one_line(str(exc)).replace(str(path), path.name, 1)) from None
+    if value is None:
+        return None
+    if not value.strip().isdigit():
+        raise _Unreadable(f"config.ini: [train] epochs = {value.strip()!r} is not a whole number")
+    return int(value)
 
 
 def _read_overrides(folder: Path) -> Optional[Dict[str, str]]:
@@ -127,23 +225,43 @@ def _fill_metrics(row: RunRow, best, final) -> None:
 
 
 def read_run(folder) -> RunRow:
-    """The row of one run folder."""
+    """The row of one run folder; status "unreadable", with the reason, when one of its files
+    is there but cannot be used."""
     folder = Path(folder)
     row = RunRow(run=folder.name or str(folder), path=str(folder), status=NOT_STARTED,
-                 overrides=_read_overrides(folder), planned_epochs=_planned_epochs(folder))
+                 overrides=_read_overrides(folder))
+    try:
+        _read_files(folder, row)
+    except _Unreadable as exc:
+        unreadable = RunRow(run=row.run, path=row.path, status=UNREADABLE,
+                            overrides=row.overrides, reason=_one_line(exc))
+        return unreadable
+    return row
+
+
+def _read_files(folder: Path, row: RunRow) -> None:
+    row.planned_epochs = _planned_epochs(folder)
     summary = _read_json(folder / "summary.json")
     if summary is not None:
+        for key in ("best", "final"):
+            if summary.get(key) is not None:
+                _check_epoch_record(summary[key], f"summary.json {key}")
+        _check_field(summary, "epochs", "summary.json", "count")
+        _check_field(summary, "wall_seconds", "summary.json", "seconds")
         row.status = DONE
         _fill_metrics(row, summary.get("best"), summary.get("final"))
         row.epochs = summary.get("epochs")
         row.wall_s = summary.get("wall_seconds")
-        return row
+        return
 
-    history = read_metrics(folder)
+    history = _read_history(folder)
     if history:
         _fill_metrics(row, best_epoch(history), history[-1])
         row.epochs = history[-1].get("epoch", len(history))
     record = _read_json(folder / "sweep-status.json")
+    if record is not None:
+        _check_field(record, "exit_code", "sweep-status.json", "count")
+        _check_field(record, "error", "sweep-status.json", "text")
     code = record.get("exit_code") if record else None
     if isinstance(code, int) and code not in (0, _INTERRUPTED):
         row.status, row.exit_code = FAILED, code
@@ -151,7 +269,6 @@ def read_run(folder) -> RunRow:
                                or f"exit code {code}")
     elif record is not None or any((folder / name).exists() for name in RUN_FILES):
         row.status = INCOMPLETE
-    return row
 
 
 def collect_runs(paths) -> List[RunRow]:
@@ -302,6 +419,9 @@ def format_table(rows) -> str:
     for row in rows:
         if row.status == FAILED:
             out.append(f"{row.run} failed: {row.reason}")
+    for row in rows:
+        if row.status == UNREADABLE:
+            out.append(f"{row.run} unreadable: {row.reason}")
     return "\n".join(out)
 
 

@@ -243,3 +243,83 @@ def test_runs_of_several_sweeps_with_the_same_names_say_whose_they_are(tmp_path)
     make_done(tmp_path / "plain" / "seed-1", [0.8], [0.8], overrides=["train.seed=1"])
     names = sorted(row.run for row in summarize.collect_runs([tmp_path / "plain", tmp_path / "augmented"]))
     assert names == ["augmented/seed-0", "plain/seed-0", "seed-1"]
+
+
+# --- one broken run never breaks the summary of the others -------------------------------
+
+_GOOD = json.dumps(_metrics(1, 0.9, 0.9))
+
+
+def _break_metrics(folder, text):
+    (folder / "summary.json").unlink()
+    (folder / "metrics.jsonl").write_text(text)
+
+
+# Each: how a run's files are damaged, and what the reason under the table must say.
+DAMAGE = {
+    "metrics line not JSON": (
+        lambda f: _break_metrics(f, _GOOD + "\n{'epoch': 2}\n"),
+        "metrics.jsonl line 2: not valid JSON"),
+    "metrics line a list": (
+        lambda f: _break_metrics(f, "[1, 2]\n" + _GOOD + "\n"),
+        "metrics.jsonl line 1: a JSON list, expected an object"),
+    "metrics accuracy a string": (
+        lambda f: _break_metrics(f, json.dumps({**_metrics(1, 0.9, 0.9), "val_acc": "high"}) + "\n"),
+        'metrics.jsonl line 1: val_acc is "high", expected a number'),
+    "metrics epoch a string": (
+        lambda f: _break_metrics(f, json.dumps({**_metrics(1, 0.9, 0.9), "epoch": "one"}) + "\n"),
+        'metrics.jsonl line 1: epoch is "one", expected a whole number >= 0'),
+    "metrics not UTF-8": (
+        lambda f: _break_metrics(f, "") or (f / "metrics.jsonl").write_bytes(b"\xff\xfe{}\n"),
+        "metrics.jsonl: not UTF-8 text"),
+    "summary not JSON": (
+        lambda f: (f / "summary.json").write_text('{"best": '),
+        "summary.json: not valid JSON"),
+    "summary best a list": (
+        lambda f: (f / "summary.json").write_text('{"best": [0.9], "final": null}'),
+        "summary.json best: a JSON list, expected an object"),
+    "summary wall time a string": (
+        lambda f: (f / "summary.json").write_text('{"best": null, "wall_seconds": "long"}'),
+        'summary.json: wall_seconds is "long", expected a number of seconds'),
+    "summary a directory": (
+        lambda f: (f / "summary.json").unlink() or (f / "summary.json").mkdir(),
+        "summary.json: cannot read it (Is a directory)"),
+    "config not INI": (
+        lambda f: (f / "config.ini").write_text("epochs = 3\n"),
+        "config.ini: line 1: 'epochs = 3' comes before any [section] header"),
+    "config epochs not a number": (
+        lambda f: (f / "config.ini").write_text("[train]\nepochs = many\n"),
+        "config.ini: [train] epochs = 'many' is not a whole number"),
+    "sweep status exit code a string": (
+        lambda f: (f / "sweep-status.json").write_text('{"exit_code": "2"}'),
+        'sweep-status.json: exit_code is "2", expected a whole number >= 0'),
+}
+
+
+@pytest.mark.parametrize("damage", DAMAGE, ids=list(DAMAGE))
+def test_an_unreadable_run_is_reported_and_the_others_are_listed(sweep, tmp_path, damage):
+    spoil, reason = DAMAGE[damage]
+    victim = sweep / "lr-0.1"
+    if damage.startswith("sweep status"):
+        (victim / "summary.json").unlink()
+    spoil(victim)
+    result = CliRunner().invoke(cli, ["summarize", str(sweep), "--csv", str(tmp_path / "r.csv")])
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    # the others are all there, the best of them first
+    assert lines[1].split()[:2] == ["lr-0.05", "done"]
+    for run in ("lr-0.001", "lr-0.02", "lr-oops", "lr-0.5"):
+        assert any(line.startswith(run + " ") for line in lines[1:7]), run
+    row = next(line for line in lines[1:7] if line.startswith("lr-0.1 "))
+    assert row.split()[1] == "unreadable" and "%" not in row
+    under = [line for line in lines if line.startswith("lr-0.1 unreadable: ")]
+    assert len(under) == 1 and reason in under[0], (under, reason)
+    with open(tmp_path / "r.csv", newline="") as f:
+        record = next(r for r in csv.DictReader(f) if r["run"] == "lr-0.1")
+    assert record["status"] == "unreadable" and reason in record["reason"]
+
+
+def test_a_torn_last_metrics_line_is_still_just_skipped(tmp_path):
+    run = make_incomplete(tmp_path / "crashed", [0.8, 0.85], 5)  # ends in '{"epoch": 9, "val_'
+    row = summarize.read_run(run)
+    assert row.status_text == "incomplete (epoch 2/5)" and row.best_val_acc == 0.85
