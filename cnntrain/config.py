@@ -545,12 +545,18 @@ def _check_rules(cfg: Dict[str, Dict[str, Any]], values: _Values) -> None:
             "set momentum (e.g. 0.9) or nesterov = false")
 
 
-def _check_layers(layers: Tuple[str, ...], values: _Values) -> None:
+def _check_layers(layers: Tuple[str, ...], values: _Values, cfg: Dict[str, Dict[str, Any]]) -> None:
     # Imported here: the model module pulls in numpy, which `cnntrain --help` must not pay for.
     import cnntrain.model as model
 
+    data, train = cfg["data"], cfg["train"]
+    train_images = data["train_size"] or MNIST_TRAIN_IMAGES - data["val_size"]
     try:
-        model.check_layers(list(layers), input_shape=INPUT_SHAPE)
+        # The network must also fit in memory at the training batch size (no batch is larger
+        # than the training set) and dtype.
+        model.check_layers(list(layers), input_shape=INPUT_SHAPE,
+                           batch_size=min(train["batch_size"], train_images),
+                           eval_batch_size=train["eval_batch_size"], dtype=train["dtype"])
     except ConfigError as exc:  # LayerSpecError, or any other complaint about the list
         where = values.where("model", "layers")
         line_no = getattr(exc, "line_no", None)
@@ -589,7 +595,7 @@ def parse_config(text: Any, source: str = "<string>", overrides: Iterable[str] =
     resolved = {section: {key: _convert(values, section, key) for key in keys}
                 for section, keys in SCHEMA.items()}
     _check_rules(resolved, values)
-    _check_layers(resolved["model"]["layers"], values)
+    _check_layers(resolved["model"]["layers"], values, resolved)
     return Config(source=source, **{section: _SECTION_CLASSES[section](**fields)
                                     for section, fields in resolved.items()})
 

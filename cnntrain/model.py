@@ -15,12 +15,15 @@ are named "conv1.W", "dense3.b", and so on.
 """
 
 import difflib
+import math
 from dataclasses import dataclass
 
 import numpy as np
 
+from cnntrain import footprint
 from cnntrain import layers as L
 from cnntrain.errors import ConfigError
+from cnntrain.functional import conv_output_size
 
 MNIST_SHAPE = (1, 28, 28)
 
@@ -139,8 +142,10 @@ def parse_layers(text_or_lines):
     return [parse_layer_line(i, line) for i, line in enumerate(lines, 1)]
 
 
-def _make_layer(spec, input_shape, rng, dtype, init):
-    """One LayerSpec on a per-example input shape -> a layer, or LayerSpecError naming shapes."""
+def infer_layer(spec, input_shape):
+    """One LayerSpec on a per-example input shape -> (output shape, parameter count), without
+    building the layer (nothing is allocated, so any size can be checked); LayerSpecError
+    naming the shapes when the layer does not fit its input."""
     def fail(reason):
         raise LayerSpecError(spec.line_no, spec.line, reason)
 
@@ -153,6 +158,45 @@ def _make_layer(spec, input_shape, rng, dtype, init):
     if kind == "flatten" and len(input_shape) != 3:
         fail(f"flatten needs a (C, H, W) input but gets {input_shape}")
 
+    params, window = 0, None
+    if kind == "conv":
+        (filters, window), stride, pad = spec.args, spec.options.get("stride", 1), spec.options.get("pad", 0)
+        channels, height, width = input_shape
+        output_shape = (filters, conv_output_size(height, window[0], stride, pad),
+                        conv_output_size(width, window[1], stride, pad))
+        params = filters * channels * window[0] * window[1] + filters
+    elif kind in ("maxpool", "meanpool"):
+        window = spec.args[0]
+        stride = spec.options.get("stride") or window
+        channels, height, width = input_shape
+        output_shape = (channels, conv_output_size(height, window, stride),
+                        conv_output_size(width, window, stride))
+    elif kind == "dense":
+        output_shape = (spec.args[0],)
+        params = input_shape[0] * spec.args[0] + spec.args[0]
+    elif kind == "flatten":
+        output_shape = (math.prod(input_shape),)
+    else:
+        output_shape = tuple(input_shape)
+    if min(output_shape) < 1:
+        fail(f"the {window} window does not fit the input {input_shape} "
+             f"(output would be {output_shape})")
+    return output_shape, params
+
+
+def infer_layers(specs, input_shape=MNIST_SHAPE):
+    """[(output shape, parameter count)] of each LayerSpec in turn; see infer_layer."""
+    shapes, shape = [], tuple(input_shape)
+    for spec in specs:
+        shape, params = infer_layer(spec, shape)
+        shapes.append((shape, params))
+    return shapes
+
+
+def _make_layer(spec, input_shape, rng, dtype, init):
+    """One LayerSpec on a per-example input shape -> a layer, or LayerSpecError naming shapes."""
+    output_shape, _ = infer_layer(spec, input_shape)
+    kind = spec.kind
     if kind == "conv":
         filters, kernel = spec.args
         layer = L.Conv2D(input_shape[0], filters, kernel, stride=spec.options.get("stride", 1),
@@ -164,13 +208,18 @@ def _make_layer(spec, input_shape, rng, dtype, init):
         layer = L.Dense(input_shape[0], spec.args[0], rng=rng, dtype=dtype, init=init)
     else:
         layer = {"relu": L.ReLU, "tanh": L.Tanh, "sigmoid": L.Sigmoid, "flatten": L.Flatten}[kind]()
-
-    output_shape = layer.output_shape(input_shape)
-    if min(output_shape) < 1:
-        window = getattr(layer, "kernel_size", None)
-        fail(f"the {window} window does not fit the input {input_shape} "
-             f"(output would be {output_shape})")
     return layer, output_shape
+
+
+def execution_order(kinds):
+    """Layer kinds ('relu', 'maxpool', ...) as listed -> the indices in the order forward runs
+    them: as listed, except that a ReLU directly before a max pooling runs after it (see
+    Network._execution_order for why that is exact)."""
+    order = list(range(len(kinds)))
+    for i in range(len(order) - 1):
+        if kinds[order[i]] == "relu" and kinds[order[i + 1]] == "maxpool":
+            order[i], order[i + 1] = order[i + 1], order[i]
+    return order
 
 
 def resolve_init(init, specs):
@@ -219,10 +268,9 @@ class Network:
         with a ReLU slope of 1; where it is not, both send zero to the whole window.
         """
         layers = [layer for _, layer in self.layers]
-        for i in range(len(layers) - 1):
-            if type(layers[i]) is L.ReLU and type(layers[i + 1]) is L.MaxPool2D:
-                layers[i], layers[i + 1] = layers[i + 1], layers[i]
-        return layers
+        kinds = ["relu" if type(layer) is L.ReLU else "maxpool" if type(layer) is L.MaxPool2D
+                 else "" for layer in layers]
+        return [layers[i] for i in execution_order(kinds)]
 
     def forward(self, x, train=True):
         if train or len(x) <= self.EVAL_CHUNK:
@@ -286,11 +334,53 @@ def build_network(text_or_lines, input_shape=MNIST_SHAPE, *, rng=None, dtype=np.
     return Network(named, input_shape, spec=[s.line for s in specs])
 
 
-def check_layers(text_or_lines, input_shape=MNIST_SHAPE, n_classes=10):
+def check_memory(specs, input_shape=MNIST_SHAPE, *, batch_size, eval_batch_size,
+                 dtype="float32", available=None):
+    """Refuse, with numbers, a network whose training would not fit in memory.
+
+    specs: the LayerSpecs, already checked by infer_layers. batch_size and eval_batch_size:
+    images per step and per evaluation pass. available: bytes (default
+    footprint.available_memory(); None there: no check). Raises LayerSpecError naming the
+    layer with the largest share, the bytes needed and available.
+    """
+    available = footprint.available_memory() if available is None else available
+    itemsize = np.dtype(dtype).itemsize
+    # The estimate follows the layers in the order they run, with the shapes they run on.
+    order = execution_order([spec.kind for spec in specs])
+    running = infer_layers([specs[i] for i in order], input_shape)
+    estimate = footprint.estimate(input_shape, running, batch_size=batch_size,
+                                  eval_batch_size=min(eval_batch_size, Network.EVAL_CHUNK),
+                                  itemsize=itemsize)
+    if available is None or estimate.total <= available:
+        return estimate
+    i, size = estimate.largest, footprint.format_bytes
+    params, kept = estimate.layer_params[i], estimate.layer_kept[i]
+    parameter_bytes = footprint.PARAMETER_COPIES * params * itemsize
+    advice = ("make it smaller" if parameter_bytes * 2 >= estimate.layer_bytes[i]
+              else "make it smaller or lower [train] batch_size")
+    spec = specs[order[i]]
+    raise LayerSpecError(spec.line_no, spec.line, (
+        f"too large for memory: training needs about {size(estimate.total)} at batch "
+        f"{batch_size} in {np.dtype(dtype).name}, but this machine has {size(available)}; "
+        f"this layer takes {size(estimate.layer_bytes[i])} ({params:,} parameters, "
+        f"{kept:,} values per image kept for backward); {advice}"))
+
+
+def check_layers(text_or_lines, input_shape=MNIST_SHAPE, n_classes=10, *, batch_size=None,
+                 eval_batch_size=None, dtype="float32", available=None):
     """Validate a layer list without drawing weights -> [LayerSummary]; LayerSpecError if wrong.
 
     The last layer must produce one score per class (n_classes; None skips that check).
+    With a batch_size, training at that batch size (and evaluating at eval_batch_size, the
+    same by default) in `dtype` must also fit in memory (see check_memory), which is checked
+    before any array is made.
     """
+    specs = parse_layers(text_or_lines)
+    infer_layers(specs, input_shape)  # every shape checked before any size is estimated
+    if batch_size is not None:
+        check_memory(specs, input_shape, batch_size=batch_size,
+                     eval_batch_size=eval_batch_size or batch_size, dtype=dtype,
+                     available=available)
     network = build_network(text_or_lines, input_shape, rng=None, dtype=np.float32)
     rows = network.summary()
     if n_classes is not None and rows[-1].output_shape != (n_classes,):

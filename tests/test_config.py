@@ -57,7 +57,7 @@ def fake_model(monkeypatch):
     """A stand-in cnntrain.model whose check_layers rejects any line containing ' 0'."""
     calls = []
 
-    def check_layers(lines, input_shape=(1, 28, 28)):
+    def check_layers(lines, input_shape=(1, 28, 28), **memory_check):
         calls.append((list(lines), input_shape))
         if lines == ["whole"]:
             raise FakeLayerSpecError(0, "", "the list as a whole is wrong")
