@@ -269,7 +269,7 @@ class _DirLock:
         except OSError as e:
             if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
                 return self  # read-only folder: verifying still works, writing will say why not
-            raise DataError(f"cannot create the lock file {self.path}: {e.strerror}") from e
+            raise DataError(_local_failure(_Fatal("create the lock file", self.path, e))) from e
         try:
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
