@@ -160,7 +160,8 @@ def infer_layer(spec, input_shape):
 
     params, window = 0, None
     if kind == "conv":
-        (filters, window), stride, pad = spec.args, spec.options.get("stride", 1), spec.options.get("pad", 0)
+        filters, window = spec.args
+        stride, pad = spec.options.get("stride", 1), spec.options.get("pad", 0)
         channels, height, width = input_shape
         output_shape = (filters, conv_output_size(height, window[0], stride, pad),
                         conv_output_size(width, window[1], stride, pad))
@@ -340,8 +341,9 @@ def check_memory(specs, input_shape=MNIST_SHAPE, *, batch_size, eval_batch_size,
 
     specs: the LayerSpecs, already checked by infer_layers. batch_size and eval_batch_size:
     images per step and per evaluation pass. available: bytes (default
-    footprint.available_memory(); None there: no check). Raises LayerSpecError naming the
-    layer with the largest share, the bytes needed and available.
+    footprint.available_memory(); None there: no check). Returns the footprint.Footprint when
+    it fits; else raises LayerSpecError naming the layer with the largest share, the bytes
+    needed and the bytes available.
     """
     available = footprint.available_memory() if available is None else available
     itemsize = np.dtype(dtype).itemsize

@@ -17,6 +17,8 @@ from tests.clitools import assert_one_line_error, invoke
 REPO = Path(__file__).resolve().parents[1]
 QUICK = REPO / "configs" / "quick.ini"
 GiB = 1 << 30
+LENET = ("conv 6 5 pad=2 / relu / maxpool 2 / conv 16 5 / relu / maxpool 2 / flatten / "
+         "dense 120 / relu / dense 84 / relu / dense 10")
 
 
 def test_estimate_by_hand():
@@ -59,8 +61,7 @@ def _measured_peak(text, batch, eval_images=300):
 
 
 @pytest.mark.parametrize("text,batch", [
-    ("conv 6 5 pad=2 / relu / maxpool 2 / conv 16 5 / relu / maxpool 2 / flatten / "
-     "dense 120 / relu / dense 84 / relu / dense 10", 64),
+    (LENET, 64),
     ("conv 32 3 pad=1 / relu / maxpool 2 / flatten / dense 10", 128),
     ("flatten / dense 3000 / relu / dense 10", 32),
 ])
@@ -72,7 +73,8 @@ def test_estimate_is_close_to_the_measured_peak(text, batch):
 
 
 def test_shape_inference_allocates_nothing_and_agrees_with_the_built_network():
-    text = "conv 6 5 pad=2 stride=2 / tanh / meanpool 2 / conv 4 3x2 / maxpool 2 stride=1 / flatten / dense 10"
+    text = ("conv 6 5 pad=2 stride=2 / tanh / meanpool 2 / conv 4 3x2 / maxpool 2 stride=1 / "
+            "flatten / dense 10")
     built = build_network(text, rng=np.random.default_rng(0)).summary()
     assert infer_layers(parse_layers(text)) == [(r.output_shape, r.params) for r in built]
     tracemalloc.start()
@@ -85,7 +87,7 @@ def test_shape_inference_allocates_nothing_and_agrees_with_the_built_network():
 
 
 def test_the_limit_decides_and_the_error_names_layer_and_bytes():
-    lenet = "conv 6 5 pad=2 / relu / maxpool 2 / conv 16 5 / relu / maxpool 2 / flatten / dense 120 / relu / dense 84 / relu / dense 10"
+    lenet = LENET
     need = check_memory(parse_layers(lenet), batch_size=64, eval_batch_size=1000,
                         available=1 << 62).total
     check_layers(lenet, batch_size=64, eval_batch_size=1000, available=need)  # just fits
