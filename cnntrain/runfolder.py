@@ -68,6 +68,13 @@ def run_dir_of_checkpoint(path):
     return path.parent.parent if path.parent.name == CHECKPOINTS else path.parent
 
 
+def _same_settings(text_a, text_b):
+    """Two config texts that differ at most in comment lines (the header naming the source)."""
+    def settings(text):
+        return [line for line in text.splitlines() if not line.lstrip().startswith(("#", ";"))]
+    return settings(text_a) == settings(text_b)
+
+
 def _same_path(a, b):
     try:
         return os.path.samefile(a, b)
@@ -192,8 +199,8 @@ class RunFolder:
         config.ini and differs from the resolved config that would be written there."""
         if not config_path or not self.config.exists() or not _same_path(config_path, self.config):
             return
-        if self.config.read_text(encoding="utf-8", errors="replace") == config_text:
-            return
+        if _same_settings(self.config.read_text(encoding="utf-8", errors="replace"), config_text):
+            return  # cnntrain's own resolved config given back: nothing would change
         raise ConfigError(
             f"{config_path} is the config you gave and also where this run's resolved config "
             f"goes ({self.config}), which would overwrite it; copy it elsewhere (e.g. cp "
@@ -228,8 +235,8 @@ class RunFolder:
         with self._writing(self.log_path):
             repair_torn_tail(self.log_path)
         with self._writing(self.config):
-            if not (self.config.exists() and
-                    self.config.read_text(encoding="utf-8", errors="replace") == config_text):
+            if not (self.config.exists() and _same_settings(
+                    self.config.read_text(encoding="utf-8", errors="replace"), config_text)):
                 atomic_write_text(self.config, config_text)
 
     # ------------------------------------------------------------------ writing
