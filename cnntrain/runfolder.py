@@ -184,8 +184,19 @@ class RunFolder:
                           "--out DIR, or replace it with --overwrite")
 
     def check_resume(self, checkpoint_path, checkpoint_meta, *, overwrite):
-        """Refuse to continue a checkpoint into a folder that holds another run."""
-        if overwrite or self.is_run_of(checkpoint_path, checkpoint_meta):
+        """Refuse to continue a checkpoint into a folder that holds another run, or that holds
+        this run further on than the checkpoint (resuming best.npz would replace last.npz)."""
+        if overwrite:
+            return
+        if self.is_run_of(checkpoint_path, checkpoint_meta):
+            stored = self.stored() or {}
+            if (self.last.exists() and not _same_path(checkpoint_path, self.last)
+                    and stored.get("step", 0) > checkpoint_meta["step"]):
+                raise ConfigError(
+                    f"{self.path} holds this run further on ({self.describe()}) than "
+                    f"{checkpoint_path} ({describe_position(checkpoint_meta)}); continue from "
+                    f"--resume {self.last}, continue the older position elsewhere with --out "
+                    "DIR, or go back to it here with --overwrite")
             return
         what = self.describe()
         raise ConfigError(
@@ -221,9 +232,9 @@ class RunFolder:
                         shutil.rmtree(target)
                     elif target.exists():
                         target.unlink()
-            if not self.last.exists():
-                # Without last.npz there is no run: a best.npz or summary.json left from an
-                # interrupted replacement would claim results that are gone.
+            if not self.last.exists() or self._best_epoch() > len(history):
+                # Without last.npz there is no run, and a best.npz of an epoch beyond the
+                # starting history (a resume that went back) claims results that are gone.
                 self.best.unlink(missing_ok=True)
             self.summary.unlink(missing_ok=True)  # back only when the run is done again
             self.checkpoints.mkdir(parents=True, exist_ok=True)
@@ -269,6 +280,14 @@ class RunFolder:
     def save_position(self, snapshot):
         with self._writing(self.last):
             save_checkpoint(self.last, snapshot)
+
+    def _best_epoch(self):
+        if not self.best.exists():
+            return 0
+        try:
+            return load_checkpoint(self.best).meta["epoch"]
+        except CnnTrainError:
+            return float("inf")  # unreadable: not a best checkpoint of this history
 
     def repair_best(self, snapshot, best_epoch_number):
         """On resume at an epoch boundary: a process killed between writing last.npz and

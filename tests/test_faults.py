@@ -497,3 +497,24 @@ def test_numpy_warnings_never_reach_the_user(env):
 def test_an_empty_out_is_an_error(env):
     assert_one_line_error(fit(env, "--out", ""), 2, "--out ''")
     assert not env["run"].exists()
+
+
+def test_resuming_an_older_checkpoint_never_replaces_a_later_one_by_accident(env):
+    assert fit(env, "--set", "train.epochs=3", "--set", "train.lr_schedule=constant").exit_code == 0
+    last, best = env["run"] / "checkpoints" / "last.npz", env["run"] / "checkpoints" / "best.npz"
+    older = env["tmp"] / "epoch1.npz"
+    assert invoke("fit", "--config", env["config"], "-q", "--set", "train.epochs=1",
+                  "--out", env["tmp"] / "one").exit_code == 0
+    older.write_bytes((env["tmp"] / "one" / "checkpoints" / "last.npz").read_bytes())
+    # epoch1.npz is of another run (its own run id); an older position of *this* run:
+    ckpt = load_checkpoint(last)
+    meta = dict(ckpt.meta, epoch=1, step=16, history=ckpt.meta["history"][:1])
+    write_checkpoint(older, ckpt, meta, None)
+    before = last.read_bytes()
+    result = invoke("fit", "--resume", older, "--out", env["run"], "-q")
+    assert_one_line_error(result, 2, "further on (after epoch 3 of 3)", "--overwrite")
+    assert last.read_bytes() == before
+    result = invoke("fit", "--resume", older, "--out", env["run"], "-q", "--overwrite")
+    assert result.exit_code == 0, result.output
+    assert epochs_of(env["run"]) == [1, 2, 3]
+    assert load_checkpoint(best).meta["epoch"] <= 3
