@@ -258,7 +258,7 @@ def fit(cfg, *, out_dir=None, resume=None, resume_path=None, config_path=None, o
                 if state.history and state.step_in_epoch == 0 and \
                         best_epoch(state.history) is state.history[-1]:
                     folder.repair_best(snapshot(state), state.epoch)
-                folder.log(f"resumed from {resume_path} at epoch {state.epoch + 1}, step {state.step}")
+                folder.log(f"resumed at epoch {state.epoch + 1}, step {state.step} from {resume_path}")
                 say(f"resuming {folder.path} at epoch {state.epoch + 1}, step {state.step}")
             header = (f"fit {cfg.source}: {network.n_params:,} parameters, {len(splits.train)} train / "
                       f"{len(splits.val)} val / {len(splits.test)} test images, {cfg.train.epochs} "

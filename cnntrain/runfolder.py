@@ -32,7 +32,6 @@ import socket
 from contextlib import contextmanager
 from pathlib import Path
 
-from cnntrain.checkpoint import load_checkpoint, save_checkpoint
 from cnntrain.errors import CnnTrainError, ConfigError
 from cnntrain.fileio import (append_line, atomic_write_text, remove_temporaries,
                              repair_torn_tail)
@@ -66,6 +65,18 @@ def run_dir_of_checkpoint(path):
     """runs/x/checkpoints/last.npz -> runs/x."""
     path = Path(path)
     return path.parent.parent if path.parent.name == CHECKPOINTS else path.parent
+
+
+def load_checkpoint(path):
+    # numpy is imported only when a checkpoint is touched: `cnntrain summarize` reads this
+    # module's layout and must start without it.
+    from cnntrain.checkpoint import load_checkpoint as load
+    return load(path)
+
+
+def save_checkpoint(path, ckpt):
+    from cnntrain.checkpoint import save_checkpoint as save
+    save(path, ckpt)
 
 
 def _same_settings(text_a, text_b):
