@@ -3,7 +3,10 @@
 Heavy modules (numpy and everything built on it) are imported inside the commands, so
 `cnntrain --help` answers at once.
 
-Exit codes: 0 success, 2 usage or config error, 1 runtime failure, 130 interrupted.
+Exit codes: 0 success, 2 usage or config error, 1 runtime failure, 130 / 143 / 129 stopped by
+SIGINT / SIGTERM / SIGHUP (the shell's 128 + signal number).
+
+Console output is best effort (cnntrain.console): a closed or full stdout never fails a command.
 """
 
 import json

@@ -278,23 +278,11 @@ def fit(cfg, *, out_dir=None, resume=None, resume_path=None, config_path=None, o
                 except Interrupted as stopped:
                     with stop.shielded():
                         folder.save_position(snapshot(stopped.state))
-                        how = ("interrupted" if stopped.signum == signal.SIGINT
-                               else f"stopped by {signal_name(stopped.signum)}")
-                        message = (f"{how} at epoch {stopped.state.epoch + 1}, step "
-                                   f"{stopped.state.step}; saved {folder.last}; continue with: "
-                                   f"{continue_command(folder.last, data_dir)}")
+                        message = _stop_message(stopped, folder, data_dir)
                         folder.log(message)
                     raise Interrupted(stopped.state, message, stopped.signum) from None
 
-            summary = {
-                "config": cfg.source,
-                "run_dir": str(folder.path),
-                "epochs": state.epoch,
-                "final": state.history[-1],
-                "best": best_epoch(state.history),
-                "wall_seconds": time.perf_counter() - wall_start,
-                "checkpoints": {"last": str(folder.last), "best": str(folder.best)},
-            }
+            summary = _summary(cfg, folder, state, time.perf_counter() - wall_start)
             folder.write_summary(summary)
             done = (f"done: best val_acc {100 * (summary['best']['val_acc'] or 0):.2f}% at epoch "
                     f"{summary['best']['epoch']}, final test_acc "
@@ -313,6 +301,25 @@ def fit(cfg, *, out_dir=None, resume=None, resume_path=None, config_path=None, o
             raise RunWriteError(exc.path, exc.error, message) from None
     say(done)
     return summary
+
+
+def _stop_message(stopped, folder, data_dir):
+    how = ("interrupted" if stopped.signum == signal.SIGINT
+           else f"stopped by {signal_name(stopped.signum)}")
+    return (f"{how} at epoch {stopped.state.epoch + 1}, step {stopped.state.step}; saved "
+            f"{folder.last}; continue with: {continue_command(folder.last, data_dir)}")
+
+
+def _summary(cfg, folder, state, wall_seconds):
+    return {
+        "config": cfg.source,
+        "run_dir": str(folder.path),
+        "epochs": state.epoch,
+        "final": state.history[-1],
+        "best": best_epoch(state.history),
+        "wall_seconds": wall_seconds,
+        "checkpoints": {"last": str(folder.last), "best": str(folder.best)},
+    }
 
 
 def _fix_for(error):
