@@ -20,8 +20,8 @@ from cnntrain.errors import CnnTrainError, ConfigError, DivergedError
 from cnntrain.logs import best_epoch, epoch_line
 from cnntrain.model import build_network
 from cnntrain.optim import SGD, LRSchedule
-from cnntrain.runfolder import (RunFolder, RunWriteError, continue_command,  # noqa: F401
-                                describe_position, run_dir_of_checkpoint)
+from cnntrain.runfolder import (FolderNotWritable, RunFolder, RunWriteError,
+                                continue_command, describe_position, run_dir_of_checkpoint)
 from cnntrain.stopsignals import signal_name, stop_on_signals
 from cnntrain.train import Interrupted, Trainer, TrainState, evaluate, steps_per_epoch
 
@@ -172,7 +172,10 @@ def _restore(network, optimizer, train_rng, resume, n_train, steps):
         optimizer.load_state_dict(resume.optimizer)
         train_rng.bit_generator.state = resume.meta["rng"]
         state = TrainState.from_meta(resume.meta, resume.epoch_order)
-    except (ValueError, KeyError, TypeError) as exc:
+    except KeyError as exc:
+        raise CnnTrainError(f"cannot resume from this checkpoint: its meta.json lacks {exc}, "
+                            "which a resume needs") from None
+    except (ValueError, TypeError) as exc:
         raise CnnTrainError(f"cannot resume from this checkpoint: {exc}") from None
     if state.order is not None and len(state.order) != n_train:
         raise CnnTrainError(f"cannot resume from this checkpoint: its epoch_order covers "
@@ -295,6 +298,8 @@ def fit(cfg, *, out_dir=None, resume=None, resume_path=None, config_path=None, o
             message = f"{exc}; {divergence_advice(cfg, splits)}{kept}"
             _log_quietly(folder, message)
             raise DivergedError(message) from None
+        except FolderNotWritable:
+            raise
         except RunWriteError as exc:
             message = f"{exc}; {folder.what_is_safe(data_dir, _fix_for(exc.error))}"
             _log_quietly(folder, message)

@@ -61,6 +61,10 @@ class RunWriteError(CnnTrainError):
         self.path, self.error = path, error
 
 
+class FolderNotWritable(RunWriteError):
+    """The folder (or its lock file) cannot be made: nothing of the run was touched."""
+
+
 def run_dir_of_checkpoint(path):
     """runs/x/checkpoints/last.npz -> runs/x."""
     path = Path(path)
@@ -148,7 +152,10 @@ class RunFolder:
             self.path.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
         except OSError as exc:
-            raise RunWriteError(exc.filename or self.path, exc) from None
+            where = exc.filename or self.path
+            raise FolderNotWritable(where, exc, f"cannot write {where}: {exc.strerror or exc}; a run "
+                                "folder must be writable (it holds the run's lock, checkpoints "
+                                "and logs); choose another with --out DIR") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:

@@ -324,6 +324,22 @@ def test_a_full_disk_names_the_file_and_what_is_safe(env, tiny_disk):
     assert epochs_of(run) == [1, 2]
 
 
+def test_a_read_only_folder_is_named_with_the_fix(env, tmp_path):
+    mount = tmp_path / "ro"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k,ro", "tmpfs", str(mount)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip()})")
+    try:
+        for out, named in ((mount, mount / ".lock"), (mount / "run", mount / "run")):
+            result = fit(env, "--out", out)
+            assert_one_line_error(result, 1, f"cannot write {named}: Read-only file system",
+                                  "choose another with --out DIR")
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
 # ------------------------------------------------------------------ 9. non-finite models
 
 def test_a_model_that_turns_non_finite_is_never_saved_or_logged(env):
