@@ -216,7 +216,7 @@ class RunFolder:
                     f"--resume {self.last}, continue the older position elsewhere with --out "
                     "DIR, or go back to it here with --overwrite")
             return
-        what = self.describe()
+        what = ", ".join(filter(None, (_config_source(self.stored() or {}), self.describe())))
         raise ConfigError(
             f"{self.path} holds another run{f' ({what})' if what else ''}, not the one "
             f"{checkpoint_path} belongs to; continue it in its own folder "
@@ -347,6 +347,13 @@ def describe_position(meta):
     if meta.get("step_in_epoch"):
         return f"epoch {meta.get('epoch', 0) + 1}{of}, mid-epoch at step {meta.get('step')}"
     return f"after epoch {meta.get('epoch')}{of}"
+
+
+def _config_source(meta):
+    """The config file a checkpoint's run was started from, as its stored config names it."""
+    first = str(meta.get("config", "")).split("\n", 1)[0]
+    _, marker, source = first.partition("; read from ")
+    return f"from {source}" if marker and source else ""
 
 
 def _peek(text, section, key):

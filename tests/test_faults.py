@@ -62,7 +62,7 @@ def test_resuming_into_a_folder_holding_another_run_is_refused(env):
     before = snapshot_files(b)
     result = invoke("fit", "--resume", a / "checkpoints" / "last.npz", "--out", b, "-q",
                     "--set", "train.epochs=2")
-    assert_one_line_error(result, 2, f"{b} holds another run (after epoch 2 of 2)",
+    assert_one_line_error(result, 2, f"{b} holds another run (from {env['config']}, after epoch 2 of 2)",
                           "--overwrite", f"({a}, the default without --out)")
     assert snapshot_files(b) == before
 
