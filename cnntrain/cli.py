@@ -273,5 +273,25 @@ def plot(run_dirs, output, filters_checkpoint):
     click.echo(f"wrote {output}")
 
 
+@cli.command(hidden=True, context_settings=CONTEXT_SETTINGS)
+@click.argument("run_dir")
+@click.argument("fields", nargs=-1, required=True, metavar="FIELD...")
+def runinfo(run_dir, fields):
+    """For scripts: answer FIELDs about RUN_DIR, one value a line, in the order asked.
+
+    FIELD is state (empty, leftovers, resumable or finished), exit_code (the last sweep
+    attempt's, or an empty line) or the path of a run file: config, metrics, log, summary,
+    last, best, overrides, sweep_status, sweep_output.
+
+    \b
+    Example:
+      cnntrain runinfo sweeps/lr/lr-0.1 state last
+    """
+    from cnntrain.runinfo import run_info
+
+    for value in run_info(run_dir, fields):
+        click.echo(value)
+
+
 def main():
     cli(prog_name="cnntrain")

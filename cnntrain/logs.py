@@ -1,9 +1,9 @@
-"""What a run says about itself: the greppable epoch line, the metrics.jsonl line, reading
-them back. Where they are written, and in which order, is cnntrain.runfolder's business."""
+"""What a run says about itself: the greppable epoch line, the metrics.jsonl line, and which
+epoch is the best. Where they are written, read back and in which order is
+cnntrain.runfolder's business."""
 
 import json
 import math
-from pathlib import Path
 
 METRIC_KEYS = ("epoch", "step", "lr", "train_loss", "train_acc", "val_loss", "val_acc",
                "test_loss", "test_acc", "seconds", "images_per_s")
@@ -31,30 +31,6 @@ def metrics_json(metrics):
             value = None
         row[key] = value
     return json.dumps(row, allow_nan=False)
-
-
-def __getattr__(name):
-    # The run folder's layout is owned by cnntrain.runfolder; RUN_FILES stays importable here
-    # for older callers without an import cycle.
-    if name == "RUN_FILES":
-        from cnntrain.runfolder import RUN_FILES
-        return RUN_FILES
-    raise AttributeError(name)
-
-
-def read_metrics(run_dir):
-    """The epochs recorded in RUN_DIR/metrics.jsonl ([] when there is none); a line cut short
-    by a crash is skipped."""
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.exists():
-        return []
-    rows = []
-    for text in path.read_text(encoding="utf-8").splitlines():
-        try:
-            rows.append(json.loads(text))
-        except json.JSONDecodeError:
-            continue
-    return rows
 
 
 def best_epoch(history):

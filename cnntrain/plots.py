@@ -101,7 +101,7 @@ def _run_labels(run_dirs):
 
 
 def _load_runs(run_dirs):
-    from cnntrain.logs import read_metrics
+    from cnntrain.runfolder import METRICS, read_metrics
 
     runs = []
     for run_dir, label in zip(run_dirs, _run_labels(run_dirs)):
@@ -109,7 +109,7 @@ def _load_runs(run_dirs):
             raise ConfigError(f"{run_dir}: no such run folder")
         rows = read_metrics(run_dir)
         if not rows:
-            raise ConfigError(f"{run_dir}: no metrics.jsonl with a finished epoch; give a run "
+            raise ConfigError(f"{run_dir}: no {METRICS} with a finished epoch; give a run "
                               "folder written by cnntrain fit, e.g. runs/lenet5")
         runs.append((label, rows))
     return runs

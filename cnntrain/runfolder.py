@@ -9,6 +9,14 @@ Layout:
   summary.json          final and best metrics, wall time, checkpoint paths (a finished run)
   .lock                 the PID and host of the process holding the folder
 
+What scripts/sweep.sh and sweep_slurm.sh add to a run folder (cnntrain summarize reads them):
+  overrides.txt         the run's --set overrides, one SECTION.KEY=VALUE per line
+  sweep-status.json     the last attempt: exit_code, error, action, seconds, finished
+  sweep-output.log      stdout and stderr of every attempt
+
+The sweep scripts ask `cnntrain runinfo` (cnntrain.runinfo) for these names and for a folder's
+state instead of keeping a copy of them.
+
 Rules that keep the folder consistent at every instant, whatever kills the process:
   - Every file is written atomically (cnntrain.fileio) or appended to in whole lines.
   - An epoch's checkpoint is written before its metrics line, and summary.json last, so a
@@ -42,10 +50,59 @@ METRICS = "metrics.jsonl"
 LOG = "train.log"
 SUMMARY = "summary.json"
 CHECKPOINTS = "checkpoints"
+LAST = f"{CHECKPOINTS}/last.npz"
+BEST = f"{CHECKPOINTS}/best.npz"
 LOCK = ".lock"
 
-# What a run folder holds; `cnntrain summarize` recognises runs by them.
+OVERRIDES = "overrides.txt"
+SWEEP_STATUS = "sweep-status.json"
+SWEEP_OUTPUT = "sweep-output.log"
+
+# What `cnntrain fit` writes into a run folder (and --overwrite removes).
 RUN_FILES = (CONFIG, METRICS, LOG, SUMMARY, CHECKPOINTS)
+# What marks a folder as a run: a fit's files, or a sweep's record of a run not yet started.
+RUN_MARKERS = RUN_FILES + (OVERRIDES,)
+
+# A folder's state, from what it holds (folder_state):
+EMPTY = "empty"          # none of a fit's files: a new run starts here as is
+LEFTOVERS = "leftovers"  # a fit's files but no checkpoint: a fit died before its first epoch
+RESUMABLE = "resumable"  # checkpoints/last.npz but no summary.json: continue it with --resume
+FINISHED = "finished"    # summary.json: the run is done
+STATES = (EMPTY, LEFTOVERS, RESUMABLE, FINISHED)
+
+
+def is_run_folder(path):
+    """True when `path` holds any mark of a run (a fit's files or a sweep's overrides.txt)."""
+    path = Path(path)
+    return any((path / name).exists() for name in RUN_MARKERS)
+
+
+def folder_state(path):
+    """One of STATES. A folder "holds a run" exactly when it holds checkpoints/last.npz;
+    summary.json, written last, says the run is finished."""
+    path = Path(path)
+    if (path / SUMMARY).exists():
+        return FINISHED
+    if (path / LAST).exists():
+        return RESUMABLE
+    if any((path / name).exists() for name in RUN_FILES):
+        return LEFTOVERS
+    return EMPTY
+
+
+def read_metrics(run_dir):
+    """The epochs recorded in RUN_DIR/metrics.jsonl ([] when there is none); a line cut short
+    by a crash is skipped."""
+    path = Path(run_dir) / METRICS
+    if not path.exists():
+        return []
+    rows = []
+    for text in path.read_text(encoding="utf-8").splitlines():
+        try:
+            rows.append(json.loads(text))
+        except json.JSONDecodeError:
+            continue
+    return rows
 
 
 class FolderBusy(ConfigError):
@@ -107,8 +164,8 @@ class RunFolder:
         self.log_path = self.path / LOG
         self.summary = self.path / SUMMARY
         self.checkpoints = self.path / CHECKPOINTS
-        self.last = self.checkpoints / "last.npz"
-        self.best = self.checkpoints / "best.npz"
+        self.last = self.path / LAST
+        self.best = self.path / BEST
         self.lock_path = self.path / LOCK
         self._lock_fd = None
 

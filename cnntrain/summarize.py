@@ -30,10 +30,9 @@ from typing import Dict, List, Optional
 from cnntrain.config import peek_value
 from cnntrain.errors import ConfigError
 from cnntrain.fileio import atomic_write_text
-from cnntrain.logs import RUN_FILES, best_epoch
-
-# What marks a folder as a run: a fit's files, or the sweep's record of a run not yet started.
-RUN_MARKERS = RUN_FILES + ("overrides.txt",)
+from cnntrain.logs import best_epoch
+from cnntrain.runfolder import (CONFIG, EMPTY, LOG, METRICS, OVERRIDES, RUN_MARKERS, SUMMARY,
+                                SWEEP_STATUS, folder_state, is_run_folder)
 
 ACCURACY_KEYS = ("best_val_acc", "best_test_acc", "final_val_acc", "final_test_acc")
 SORT_KEYS = ("run", "status", "overrides") + ACCURACY_KEYS + ("epochs", "wall_s")
@@ -85,10 +84,6 @@ class RunRow:
 
 def _one_line(text) -> str:
     return str(text).replace("\r", "\\r").replace("\n", "\\n")
-
-
-def _is_run(folder: Path) -> bool:
-    return any((folder / name).exists() for name in RUN_MARKERS)
 
 
 class _Unreadable(Exception):
@@ -159,7 +154,7 @@ def _read_history(folder: Path) -> List[dict]:
     """The epochs of metrics.jsonl ([] when there is none). A last line without its newline
     that does not parse was cut short by a crash and is skipped; any other bad line makes the
     run unreadable."""
-    text = _read_text(folder / "metrics.jsonl")
+    text = _read_text(folder / METRICS)
     if text is None:
         return []
     lines = text.split("\n")
@@ -167,7 +162,7 @@ def _read_history(folder: Path) -> List[dict]:
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
-        where = f"metrics.jsonl line {number}"
+        where = f"{METRICS} line {number}"
         try:
             record = _parse_object(line, where)
         except _Unreadable:
@@ -177,7 +172,7 @@ def _read_history(folder: Path) -> List[dict]:
         history.append(_check_epoch_record(record, where))
     for record in history:
         if record.get("val_acc") is not None and record.get("epoch") is None:
-            raise _Unreadable("metrics.jsonl: an epoch with val_acc but no epoch number")
+            raise _Unreadable(f"{METRICS}: an epoch with val_acc but no epoch number")
     return history
 
 
@@ -191,7 +186,7 @@ def _last_line(path: Path) -> str:
 
 def _planned_epochs(folder: Path) -> Optional[int]:
     """[train] epochs of the run's resolved config.ini, None when it has none."""
-    path = folder / "config.ini"
+    path = folder / CONFIG
     if not path.exists():
         return None
     try:
@@ -201,13 +196,13 @@ def _planned_epochs(folder: Path) -> Optional[int]:
     if value is None:
         return None
     if not value.strip().isdigit():
-        raise _Unreadable(f"config.ini: [train] epochs = {value.strip()!r} is not a whole number")
+        raise _Unreadable(f"{CONFIG}: [train] epochs = {value.strip()!r} is not a whole number")
     return int(value)
 
 
 def _read_overrides(folder: Path) -> Optional[Dict[str, str]]:
     try:
-        text = (folder / "overrides.txt").read_text(encoding="utf-8", errors="replace")
+        text = (folder / OVERRIDES).read_text(encoding="utf-8", errors="replace")
     except OSError:
         return None
     pairs = {}
@@ -241,13 +236,13 @@ def read_run(folder) -> RunRow:
 
 def _read_files(folder: Path, row: RunRow) -> None:
     row.planned_epochs = _planned_epochs(folder)
-    summary = _read_json(folder / "summary.json")
+    summary = _read_json(folder / SUMMARY)
     if summary is not None:
         for key in ("best", "final"):
             if summary.get(key) is not None:
-                _check_epoch_record(summary[key], f"summary.json {key}")
-        _check_field(summary, "epochs", "summary.json", "count")
-        _check_field(summary, "wall_seconds", "summary.json", "seconds")
+                _check_epoch_record(summary[key], f"{SUMMARY} {key}")
+        _check_field(summary, "epochs", SUMMARY, "count")
+        _check_field(summary, "wall_seconds", SUMMARY, "seconds")
         row.status = DONE
         _fill_metrics(row, summary.get("best"), summary.get("final"))
         row.epochs = summary.get("epochs")
@@ -258,16 +253,16 @@ def _read_files(folder: Path, row: RunRow) -> None:
     if history:
         _fill_metrics(row, best_epoch(history), history[-1])
         row.epochs = history[-1].get("epoch", len(history))
-    record = _read_json(folder / "sweep-status.json")
+    record = _read_json(folder / SWEEP_STATUS)
     if record is not None:
-        _check_field(record, "exit_code", "sweep-status.json", "count")
-        _check_field(record, "error", "sweep-status.json", "text")
+        _check_field(record, "exit_code", SWEEP_STATUS, "count")
+        _check_field(record, "error", SWEEP_STATUS, "text")
     code = record.get("exit_code") if record else None
     if isinstance(code, int) and code not in (0, _INTERRUPTED):
         row.status, row.exit_code = FAILED, code
-        row.reason = _one_line(record.get("error") or _last_line(folder / "train.log")
+        row.reason = _one_line(record.get("error") or _last_line(folder / LOG)
                                or f"exit code {code}")
-    elif record is not None or any((folder / name).exists() for name in RUN_FILES):
+    elif record is not None or folder_state(folder) != EMPTY:
         row.status = INCOMPLETE
 
 
@@ -280,15 +275,15 @@ def collect_runs(paths) -> List[RunRow]:
         if not path.is_dir():
             raise ConfigError(_one_line(f"{given}: no such folder; give run folders or sweep "
                                         "folders (made by scripts/sweep.sh)"))
-        if _is_run(path):
+        if is_run_folder(path):
             folders = [path]
         else:
             folders = sorted((child for child in path.iterdir()
-                              if child.is_dir() and _is_run(child)), key=lambda p: p.name)
+                              if child.is_dir() and is_run_folder(child)), key=lambda p: p.name)
             if not folders:
                 raise ConfigError(_one_line(
-                    f"{given}: neither a run folder (no summary.json, metrics.jsonl, train.log, "
-                    "checkpoints/ or overrides.txt) nor a sweep folder holding run folders"))
+                    f"{given}: neither a run folder (no {', '.join(RUN_MARKERS)}) nor a sweep "
+                    "folder holding run folders"))
         for folder in folders:
             key = folder.resolve()
             if key not in seen:
