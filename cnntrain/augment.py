@@ -49,6 +49,8 @@ from typing import Optional
 
 import numpy as np
 
+from cnntrain.constants import IMAGE_HW
+
 # Largest temporary array of one block of a batch, in bytes (see "Speed" above).
 BLOCK_BYTES = 120 * 1024
 
@@ -362,7 +364,7 @@ class Augmenter:
     def active(self):
         return bool(self.translate or self.rotate or self.scale or self.elastic_alpha)
 
-    def draw(self, n, rng, shape=(28, 28), dtype=np.float32):
+    def draw(self, n, rng, shape=IMAGE_HW, dtype=np.float32):
         """The random parameters of n images of `shape` (H, W), as WarpParams."""
         params = WarpParams()
         if self.translate:

@@ -161,7 +161,7 @@ def eval_command(checkpoint, split, as_json, batch_size, errors_png, data_dir, m
     click.echo("per-class accuracy: " + "  ".join(
         f"{digit}: {100 * acc:.1f}%" for digit, acc in enumerate(result["per_class"])))
     click.echo("confusion matrix (rows: true digit, columns: predicted digit)")
-    click.echo("      " + "".join(f"{d:>6}" for d in range(10)))
+    click.echo("      " + "".join(f"{d:>6}" for d in range(len(result["confusion"]))))
     for digit, row in enumerate(result["confusion"]):
         click.echo(f"{digit:>6}" + "".join(f"{count:>6}" for count in row))
 
@@ -184,12 +184,12 @@ def download(data_dir, mirrors, config_path, quiet, verify):
       cnntrain download --verify
       cnntrain download --data-dir /data/mnist --mirror http://127.0.0.1:8000/
     """
-    from cnntrain import data
+    from cnntrain import download as fetch
 
     cfg = _load_config(config_path, ()) if config_path else None
-    folder = data.resolve_data_dir(data_dir, cfg.data.dir or None if cfg else None)
-    urls = data.resolve_mirrors(mirrors, cfg.data.mirrors if cfg else ())
-    paths = data.ensure_mnist(folder, urls, progress=not quiet and sys.stderr.isatty(),
+    folder = fetch.resolve_data_dir(data_dir, cfg.data.dir or None if cfg else None)
+    urls = fetch.resolve_mirrors(mirrors, cfg.data.mirrors if cfg else ())
+    paths = fetch.ensure_mnist(folder, urls, progress=not quiet and sys.stderr.isatty(),
                               verify=verify)
     how = ", each hashed again" if verify else ""
     click.echo(f"MNIST verified in {folder} ({len(paths)} files{how})")
@@ -205,11 +205,12 @@ def info(config_path, overrides):
     Example:
       cnntrain info --config configs/lenet5.ini
     """
+    from cnntrain.constants import INPUT_SHAPE
     from cnntrain.model import check_layers
 
     cfg = _load_config(config_path, overrides)
     rows = check_layers(cfg.model.layers)
-    click.echo(f"{cfg.source}: input (1, 28, 28), {cfg.train.dtype}")
+    click.echo(f"{cfg.source}: input {INPUT_SHAPE}, {cfg.train.dtype}")
     click.echo(f"{'layer':<10}{'definition':<40}{'output':>16}{'params':>10}{'mult-adds':>12}")
     for row in rows:
         shape = " x ".join(map(str, row.output_shape))

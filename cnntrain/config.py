@@ -21,11 +21,9 @@ import os
 import re
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
+from cnntrain.constants import (INIT_SCHEMES, INPUT_SHAPE, MNIST_TEST_IMAGES,
+                                MNIST_TRAIN_IMAGES, SCHEDULES)
 from cnntrain.errors import ConfigError
-
-MNIST_TRAIN_IMAGES = 60000
-MNIST_TEST_IMAGES = 10000
-INPUT_SHAPE = (1, 28, 28)
 
 # A name that no `[header]` line can produce (headers are single lines), so configparser's
 # magic [DEFAULT] section, whose keys would leak into every other section, becomes an
@@ -267,7 +265,7 @@ SCHEMA: Dict[str, Dict[str, Key]] = {
         "layers": Key(Lines("layer", ("conv 6 5 pad=2", "relu", "maxpool 2", "flatten",
                                       "dense 10")), _REQUIRED,
                       "the network, one layer per line, input 1x28x28"),
-        "init": Key(Choice("auto", "he", "glorot"), "auto",
+        "init": Key(Choice("auto", *INIT_SCHEMES), "auto",
                     "weight init; auto = He before ReLU, Glorot before tanh/sigmoid"),
     },
     "train": {
@@ -279,7 +277,7 @@ SCHEMA: Dict[str, Dict[str, Key]] = {
         "nesterov": Key(Bool(), False, "Nesterov momentum (needs momentum > 0)"),
         "weight_decay": Key(Float(0), 5e-4, "L2 penalty coefficient added to the gradient"),
         "decay_biases": Key(Bool(), True, "apply weight_decay to biases too, as PyTorch does"),
-        "lr_schedule": Key(Choice("constant", "step", "cosine"), "cosine",
+        "lr_schedule": Key(Choice(*SCHEDULES), "cosine",
                            "how the learning rate changes over the epochs"),
         "lr_step_epochs": Key(Int(1), 5, "step schedule: epochs between decays"),
         "lr_gamma": Key(Float(0, 1, lo_open=True), 0.1, "step schedule: factor per decay"),

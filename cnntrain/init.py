@@ -11,7 +11,7 @@ Biases start at zero (set by the layers).
 
 import numpy as np
 
-SCHEMES = ("he", "glorot")
+from cnntrain.constants import INIT_SCHEMES
 
 
 def he_normal(shape, fan_in, rng, dtype=np.float32):
@@ -28,8 +28,8 @@ def glorot_uniform(shape, fan_in, fan_out, rng, dtype=np.float32):
 def init_weights(shape, fan_in, fan_out, *, rng, dtype=np.float32, scheme="he"):
     """Weights drawn by `scheme` from `rng`; without a generator, zeros (to be loaded later,
     e.g. from a checkpoint) rather than hidden, unseeded randomness."""
-    if scheme not in SCHEMES:
-        raise ValueError(f"unknown init scheme {scheme!r}; expected one of {', '.join(SCHEMES)}")
+    if scheme not in INIT_SCHEMES:
+        raise ValueError(f"unknown init scheme {scheme!r}; expected one of {', '.join(INIT_SCHEMES)}")
     if rng is None:
         return np.zeros(shape, dtype=dtype)
     if scheme == "he":

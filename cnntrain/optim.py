@@ -13,7 +13,7 @@ import math
 
 import numpy as np
 
-SCHEDULES = ("constant", "step", "cosine")
+from cnntrain.constants import SCHEDULES
 
 
 def is_bias(name):

@@ -13,11 +13,12 @@ import uuid
 
 import numpy as np
 
-from cnntrain import data
+from cnntrain import download
 from cnntrain.checkpoint import Checkpoint, load_checkpoint
 from cnntrain.config import SCHEMA, config_to_ini, load_config, parse_config
 from cnntrain.errors import CnnTrainError, ConfigError, DivergedError
 from cnntrain.logs import best_epoch, epoch_line
+from cnntrain.mnist import load_mnist
 from cnntrain.model import build_network
 from cnntrain.optim import SGD, LRSchedule
 from cnntrain.runfolder import (FolderNotWritable, RunFolder, RunWriteError,
@@ -37,11 +38,12 @@ def random_streams(seed):
 
 def prepare_data(cfg, data_rng, *, data_dir=None, mirrors=(), progress=True):
     """Download (if needed), verify and load MNIST as the config asks."""
-    folder = data.resolve_data_dir(data_dir, cfg.data.dir or None)
-    data.ensure_mnist(folder, data.resolve_mirrors(mirrors, cfg.data.mirrors), progress=progress)
-    return data.load_mnist(folder, val_size=cfg.data.val_size, train_size=cfg.data.train_size,
-                           test_size=cfg.data.test_size, mean=cfg.data.mean, std=cfg.data.std,
-                           rng=data_rng, dtype=np.dtype(cfg.train.dtype))
+    folder = download.resolve_data_dir(data_dir, cfg.data.dir or None)
+    download.ensure_mnist(folder, download.resolve_mirrors(mirrors, cfg.data.mirrors),
+                          progress=progress)
+    return load_mnist(folder, val_size=cfg.data.val_size, train_size=cfg.data.train_size,
+                      test_size=cfg.data.test_size, mean=cfg.data.mean, std=cfg.data.std,
+                      rng=data_rng, dtype=np.dtype(cfg.train.dtype))
 
 
 def build_augmenter(cfg):

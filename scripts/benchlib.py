@@ -64,10 +64,11 @@ def real_mnist(mirror, cfg, dtype):
     the config's mean and std; no validation hold-out. Returns (splits, data folder)."""
     import numpy as np
 
-    from cnntrain import data
+    from cnntrain.download import ensure_mnist, resolve_data_dir
+    from cnntrain.mnist import load_mnist
 
-    folder = data.resolve_data_dir(None, cfg.data.dir or None)
-    data.ensure_mnist(folder, [mirror], progress=False)
-    splits = data.load_mnist(folder, val_size=0, mean=cfg.data.mean, std=cfg.data.std,
-                             rng=np.random.default_rng(0), dtype=dtype)
+    folder = resolve_data_dir(None, cfg.data.dir or None)
+    ensure_mnist(folder, [mirror], progress=False)
+    splits = load_mnist(folder, val_size=0, mean=cfg.data.mean, std=cfg.data.std,
+                        rng=np.random.default_rng(0), dtype=dtype)
     return splits, folder

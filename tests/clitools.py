@@ -3,7 +3,7 @@ environment, invoking a command, and checking the one-line errors."""
 
 from click.testing import CliRunner
 
-from cnntrain import data
+from cnntrain import download
 from cnntrain.cli import cli
 
 # A LeNet-5 with fewer maps: the same layer kinds and shapes, a fraction of the work.
@@ -28,7 +28,7 @@ def small_config(layers=SMALL_LAYERS, **sections):
 def use_synthetic_mnist(mp, synthetic_mnist, data_dir):
     """Make every command read `synthetic_mnist` from data_dir (a pytest MonkeyPatch `mp`):
     its checksum table replaces the real one, and no mirror setting leaks in."""
-    mp.setattr(data, "MNIST_FILES", synthetic_mnist.table)
+    mp.setattr(download, "MNIST_FILES", synthetic_mnist.table)
     mp.setenv("CNNTRAIN_DATA_DIR", str(data_dir))
     mp.delenv("CNNTRAIN_MNIST_MIRRORS", raising=False)
 

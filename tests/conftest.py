@@ -25,7 +25,7 @@ def _no_proxy_for_loopback(mp: pytest.MonkeyPatch) -> None:
 @pytest.fixture(scope="session")
 def synthetic_mnist():
     """A small deterministic MNIST look-alike (tests.mnist_server.SyntheticMnist): 600 train,
-    200 test; pass `.table` as `files=` to ensure_mnist / load_mnist."""
+    200 test; pass `.table` as `files=` to ensure_mnist."""
     return make_synthetic_mnist()
 
 
@@ -75,7 +75,7 @@ def real_mnist_mirror():
 def real_mnist_dir(real_mnist_mirror, tmp_path_factory):
     """A data folder with the real MNIST, downloaded once per session through ensure_mnist
     (real checksum table) from real_mnist_mirror."""
-    from cnntrain.data import ensure_mnist
+    from cnntrain.download import ensure_mnist
 
     data_dir = tmp_path_factory.mktemp("real-mnist")
     ensure_mnist(data_dir, [real_mnist_mirror], progress=False)

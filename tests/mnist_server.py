@@ -49,7 +49,7 @@ class SyntheticMnist:
 
     images are uint8 (N, 28, 28); raw maps each standard decompressed file name to its IDX
     bytes, gz to the gzipped bytes under `<name>.gz`, and table is the checksum table
-    (`files=` of ensure_mnist/load_mnist) that accepts exactly these files.
+    (`files=` of ensure_mnist) that accepts exactly these files.
     """
 
     train_images: np.ndarray

@@ -20,8 +20,8 @@ from pathlib import Path
 
 LAUNCHER = textwrap.dedent("""\
     import errno, json, os, sys
-    import cnntrain.data
-    cnntrain.data.MNIST_FILES = {k: tuple(v) for k, v in json.loads(sys.argv[1]).items()}
+    import cnntrain.download
+    cnntrain.download.MNIST_FILES = {k: tuple(v) for k, v in json.loads(sys.argv[1]).items()}
     faults = json.loads(sys.argv[2])
     if "signal_in_save" in faults:
         import numpy

@@ -214,8 +214,8 @@ def test_help_is_fast_and_imports_no_numpy():
 
 SIGINT_LAUNCHER = textwrap.dedent("""\
     import json, sys
-    import cnntrain.data
-    cnntrain.data.MNIST_FILES = {k: tuple(v) for k, v in json.loads(sys.argv[1]).items()}
+    import cnntrain.download
+    cnntrain.download.MNIST_FILES = {k: tuple(v) for k, v in json.loads(sys.argv[1]).items()}
     from cnntrain.cli import main
     sys.argv = ["cnntrain", *sys.argv[2:]]
     main()

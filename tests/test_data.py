@@ -1,4 +1,5 @@
-"""cnntrain.data: mirror/folder resolution, the verified download, IDX parsing, the splits.
+"""cnntrain.download (mirror/folder resolution, the verified download) and cnntrain.mnist
+(IDX parsing, the splits).
 
 Downloads go to a loopback server (tests/mnist_server.py) serving small synthetic IDX files
 with the checksum table overridden for them; faults are injected per path and request count.
@@ -17,18 +18,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cnntrain import data
-from cnntrain.data import (
-    DEFAULT_MIRRORS,
-    MNIST_FILES,
-    MnistSplits,
-    Split,
-    ensure_mnist,
-    load_mnist,
-    read_idx,
-    resolve_data_dir,
-    resolve_mirrors,
-)
+from cnntrain import download
+from cnntrain.download import (DEFAULT_MIRRORS, MNIST_FILES, ensure_mnist, resolve_data_dir,
+                               resolve_mirrors)
+from cnntrain.mnist import MnistSplits, Split, load_mnist, read_idx
 from cnntrain.errors import DataError
 from tests.mnist_server import (
     TEST_IMAGES,
@@ -48,7 +41,7 @@ MANIFEST = ".cnntrain-verified.json"
 def sleeps(monkeypatch):
     """Record the backoff waits instead of waiting."""
     waited = []
-    monkeypatch.setattr(data, "_sleep", waited.append)
+    monkeypatch.setattr(download, "_sleep", waited.append)
     return waited
 
 
@@ -56,13 +49,13 @@ def sleeps(monkeypatch):
 def hash_calls(monkeypatch):
     """Count the re-hashing of cached files."""
     calls = []
-    real = data._sha256_file
+    real = download._sha256_file
 
     def counting(path):
         calls.append(Path(path).name)
         return real(path)
 
-    monkeypatch.setattr(data, "_sha256_file", counting)
+    monkeypatch.setattr(download, "_sha256_file", counting)
     return calls
 
 
@@ -291,7 +284,7 @@ def test_failure_keeps_verified_files_and_names_the_missing(mnist_server, synthe
 _CHILD = r"""
 import json, sys, time
 from pathlib import Path
-from cnntrain.data import ensure_mnist
+from cnntrain.download import ensure_mnist
 
 cfg = json.loads(sys.argv[1])
 Path(cfg["ready"]).touch()
@@ -438,9 +431,9 @@ def test_session_keeps_tls_verification_on(monkeypatch, synthetic_mnist, tmp_pat
 
     def fake_get(self, url, **kwargs):
         seen.update(kwargs, verify_attr=self.verify)
-        raise data.requests.exceptions.ConnectTimeout("no network in this test")
+        raise download.requests.exceptions.ConnectTimeout("no network in this test")
 
-    monkeypatch.setattr(data.requests.Session, "get", fake_get)
+    monkeypatch.setattr(download.requests.Session, "get", fake_get)
     with pytest.raises(DataError, match="connect timed out"):
         fetch(tmp_path, ["https://mirror.invalid/mnist/"], synthetic_mnist, retries=0,
               timeout=(3, 7))
@@ -494,7 +487,7 @@ def test_training_refuses_a_cache_changed_in_place(monkeypatch, synthetic_mnist,
     change_in_place(data_dir / TRAIN_IMAGES)
     config = tmp_path / "small.ini"
     config.write_text(small_config())
-    monkeypatch.setattr(data, "DEFAULT_MIRRORS", ())
+    monkeypatch.setattr(download, "DEFAULT_MIRRORS", ())
     result = invoke("fit", "--config", config, "--out", tmp_path / "run", "-q",
                     "--mirror", dead_mirror())
     assert result.exit_code == 1
@@ -514,7 +507,7 @@ def test_download_verify_hashes_everything_and_repairs(mnist_server, synthetic_m
     victim = tmp_path / TEST_IMAGES
     change_in_place(victim)
     manifest = json.loads((tmp_path / MANIFEST).read_text())
-    manifest["files"][TEST_IMAGES].update(data._stat_key(victim.stat()))
+    manifest["files"][TEST_IMAGES].update(download._stat_key(victim.stat()))
     (tmp_path / MANIFEST).write_text(json.dumps(manifest))
     hash_calls.clear()
     trusting = invoke("download", "-q", "--mirror", mirror)
@@ -539,7 +532,7 @@ def test_verify_reports_corruption_it_cannot_repair(synthetic_mnist, tmp_path, m
     from tests.clitools import invoke, use_synthetic_mnist
 
     use_synthetic_mnist(monkeypatch, synthetic_mnist, synthetic_mnist.write(tmp_path))
-    monkeypatch.setattr(data, "DEFAULT_MIRRORS", ())
+    monkeypatch.setattr(download, "DEFAULT_MIRRORS", ())
     assert invoke("download", "-q", "--mirror", dead_mirror()).exit_code == 0
     (tmp_path / TRAIN_LABELS).write_bytes(b"\0" * len(synthetic_mnist.raw[TRAIN_LABELS]))
     result = invoke("download", "-q", "--verify", "--mirror", dead_mirror())
@@ -557,7 +550,7 @@ def test_unwritable_data_folder_is_not_told_to_make_room(mnist_server, synthetic
     def refuse(path, *args, **kwargs):
         raise OSError(code, os.strerror(code), str(path))
 
-    monkeypatch.setattr(data, "open", refuse, raising=False)  # the .part file cannot be made
+    monkeypatch.setattr(download, "open", refuse, raising=False)  # the .part file cannot be made
     with pytest.raises(DataError) as info:
         fetch(tmp_path, [mnist_server.mirror("a")], synthetic_mnist)
     message = str(info.value)
@@ -570,7 +563,7 @@ def test_full_disk_is_told_to_make_room(mnist_server, synthetic_mnist, tmp_path,
     def full(path, *args, **kwargs):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
 
-    monkeypatch.setattr(data, "open", full, raising=False)
+    monkeypatch.setattr(download, "open", full, raising=False)
     with pytest.raises(DataError, match=f"make room in {tmp_path} or choose another folder"):
         fetch(tmp_path, [mnist_server.mirror("a")], synthetic_mnist)
 
@@ -631,7 +624,7 @@ def test_a_mirror_that_never_answers_is_named_once_and_given_up(mnist_server, sy
                                                                 tmp_path, monkeypatch, capsys):
     """A mirror that accepts the connection and then says nothing: stderr names it once,
     the whole wait for it stays within `patience`, later files do not ask it again."""
-    monkeypatch.setattr(data, "_WAIT_NOTICE", 0.2)
+    monkeypatch.setattr(download, "_WAIT_NOTICE", 0.2)
     mnist_server.add_fault("/silent/*", "stall", seconds=30, before_headers=True)
     silent = mnist_server.mirror("silent")
     started = time.monotonic()
@@ -648,7 +641,7 @@ def test_a_mirror_that_never_answers_is_named_once_and_given_up(mnist_server, sy
 
 def test_a_silent_mirror_is_reported_as_given_up(mnist_server, synthetic_mnist, tmp_path,
                                                  monkeypatch):
-    monkeypatch.setattr(data, "_WAIT_NOTICE", 0.1)
+    monkeypatch.setattr(download, "_WAIT_NOTICE", 0.1)
     mnist_server.add_fault("/silent/*", "stall", seconds=30)  # headers, 16 bytes, silence
     with pytest.raises(DataError) as info:
         fetch(tmp_path, [mnist_server.mirror("silent")], synthetic_mnist, timeout=(5, 10),
@@ -663,10 +656,10 @@ def test_the_default_wait_for_a_silent_mirror_is_about_30_s(mnist_server, synthe
     """With every default (timeouts, retries, backoff, patience): a mirror that never answers
     costs about 30 s in all, counted on a fake clock that each timeout and pause advances."""
     now = [0.0]
-    monkeypatch.setattr(data, "_clock", lambda: now[0])
-    monkeypatch.setattr(data, "_sleep", lambda seconds: now.__setitem__(0, now[0] + seconds))
+    monkeypatch.setattr(download, "_clock", lambda: now[0])
+    monkeypatch.setattr(download, "_sleep", lambda seconds: now.__setitem__(0, now[0] + seconds))
     silent = "http://silent.invalid/mnist/"
-    real_get = data.requests.Session.get
+    real_get = download.requests.Session.get
     asked = []
 
     def get(self, url, **kwargs):
@@ -674,9 +667,9 @@ def test_the_default_wait_for_a_silent_mirror_is_about_30_s(mnist_server, synthe
             return real_get(self, url, **kwargs)
         asked.append(kwargs["timeout"])
         now[0] += kwargs["timeout"][1]  # the read timeout runs out: no answer
-        raise data.requests.exceptions.ReadTimeout("Read timed out.")
+        raise download.requests.exceptions.ReadTimeout("Read timed out.")
 
-    monkeypatch.setattr(data.requests.Session, "get", get)
+    monkeypatch.setattr(download.requests.Session, "get", get)
     ensure_mnist(tmp_path, [silent, mnist_server.mirror("b")], files=synthetic_mnist.table,
                  progress=False)
     assert_complete(tmp_path, synthetic_mnist)
@@ -724,8 +717,7 @@ def test_count_mismatch_names_both_files(synthetic_mnist, tmp_path):
     synthetic_mnist.write(tmp_path)
     write(tmp_path / TRAIN_LABELS, idx_bytes(synthetic_mnist.train_labels[:-1]))
     with pytest.raises(DataError) as info:
-        load_mnist(tmp_path, val_size=10, rng=np.random.default_rng(0),
-                   files=synthetic_mnist.table)
+        load_mnist(tmp_path, val_size=10, rng=np.random.default_rng(0))
     message = str(info.value)
     assert str(tmp_path / TRAIN_IMAGES) in message and str(tmp_path / TRAIN_LABELS) in message
     assert "600 images" in message and "599 labels" in message
@@ -740,8 +732,7 @@ def test_load_rejects_wrong_shapes_and_labels(synthetic_mnist, tmp_path, name, a
     synthetic_mnist.write(tmp_path)
     write(tmp_path / name, idx_bytes(array))
     with pytest.raises(DataError, match=expected) as info:
-        load_mnist(tmp_path, val_size=10, rng=np.random.default_rng(0),
-                   files=synthetic_mnist.table)
+        load_mnist(tmp_path, val_size=10, rng=np.random.default_rng(0))
     assert str(tmp_path / name) in str(info.value)
 
 
@@ -749,8 +740,7 @@ def test_load_rejects_wrong_shapes_and_labels(synthetic_mnist, tmp_path, name, a
 
 
 def load(folder, synthetic, seed=0, **kwargs):
-    kwargs = {"val_size": 100, "rng": np.random.default_rng(seed), "files": synthetic.table,
-              **kwargs}
+    kwargs = {"val_size": 100, "rng": np.random.default_rng(seed), **kwargs}
     return load_mnist(folder, **kwargs)
 
 

@@ -6,7 +6,7 @@ import signal
 import numpy as np
 import pytest
 
-from cnntrain import data
+from cnntrain.mnist import load_mnist
 from cnntrain.checkpoint import load_checkpoint, save_checkpoint
 from cnntrain.errors import DivergedError
 from cnntrain.model import build_network
@@ -20,8 +20,7 @@ EPOCHS, BATCH = 3, 32
 
 @pytest.fixture
 def splits(synthetic_mnist, synthetic_mnist_dir):
-    return data.load_mnist(synthetic_mnist_dir, val_size=100, rng=np.random.default_rng(0),
-                           files=synthetic_mnist.table)
+    return load_mnist(synthetic_mnist_dir, val_size=100, rng=np.random.default_rng(0))
 
 
 def make_trainer(splits, seed=0, lr=0.05, augment=None):

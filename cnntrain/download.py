@@ -1,7 +1,8 @@
-"""MNIST: where it lives, how it is fetched and verified, and how it is loaded into arrays.
+"""MNIST's files: where they live, where they come from, and how they are fetched and verified.
 
-Downloading (`ensure_mnist`) and loading (`load_mnist`) are separate steps: loading never
-touches the network, so a training run on a machine with the files in place is fully offline.
+Downloading (`ensure_mnist`, here) and reading (`load_mnist`, cnntrain.mnist) are separate
+steps: reading never touches the network, so a training run on a machine with the files in
+place is fully offline.
 
 The files are kept decompressed in the data folder, each verified by the SHA-256 of its
 decompressed content; a small JSON manifest remembers what was verified (size, mtime_ns,
@@ -13,7 +14,6 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
-import math
 import os
 import re
 import sys
@@ -23,15 +23,15 @@ import urllib.parse
 import urllib.request
 import zlib
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import requests
 import urllib3
 from tqdm import tqdm
 
 from cnntrain import __version__
+from cnntrain.constants import (IDX_UBYTE, TEST_IMAGES_FILE, TEST_LABELS_FILE,
+                                TRAIN_IMAGES_FILE, TRAIN_LABELS_FILE)
 from cnntrain.errors import DataError
 from cnntrain.fileio import atomic_writer, fsync_dir
 
@@ -46,27 +46,23 @@ __all__ = [
     "resolve_data_dir",
     "resolve_mirrors",
     "ensure_mnist",
-    "read_idx",
-    "Split",
-    "MnistSplits",
-    "load_mnist",
 ]
 
 #: Decompressed file name -> (size in bytes, SHA-256 of the decompressed content).
 MNIST_FILES: dict[str, tuple[int, str]] = {
-    "train-images-idx3-ubyte": (
+    TRAIN_IMAGES_FILE: (
         47040016,
         "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
     ),
-    "train-labels-idx1-ubyte": (
+    TRAIN_LABELS_FILE: (
         60008,
         "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
     ),
-    "t10k-images-idx3-ubyte": (
+    TEST_IMAGES_FILE: (
         7840016,
         "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
     ),
-    "t10k-labels-idx1-ubyte": (
+    TEST_LABELS_FILE: (
         10008,
         "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
     ),
@@ -81,22 +77,11 @@ DEFAULT_MIRRORS: tuple[str, ...] = (
 ENV_DATA_DIR = "CNNTRAIN_DATA_DIR"
 ENV_MIRRORS = "CNNTRAIN_MNIST_MIRRORS"
 
-_TRAIN_IMAGES = "train-images-idx3-ubyte"
-_TRAIN_LABELS = "train-labels-idx1-ubyte"
-_TEST_IMAGES = "t10k-images-idx3-ubyte"
-_TEST_LABELS = "t10k-labels-idx1-ubyte"
-
 _MANIFEST = ".cnntrain-verified.json"
 _LOCK = ".cnntrain.lock"
 _PART = ".part"
 _CHUNK = 1 << 16
 _GZIP_MAGIC = b"\x1f\x8b"
-_IDX_UBYTE = 0x08
-_IDX_TYPES = {0x08: "unsigned byte", 0x09: "signed byte", 0x0B: "int16", 0x0C: "int32",
-              0x0D: "float32", 0x0E: "float64"}
-_IMAGE_HW = (28, 28)
-_NUM_CLASSES = 10
-_GATHER_BLOCK = 512  # images normalised at a time: bounds the temporaries to ~5 MB
 # Statuses worth asking again for; every other 4xx means this mirror will not have the file.
 _TRANSIENT_STATUS = frozenset({408, 429})
 
@@ -361,7 +346,7 @@ class _Verifier:
             if data[:2] == _GZIP_MAGIC:
                 self.mode = "gzip"
                 self.inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
-            elif data[:3] == bytes([0, 0, _IDX_UBYTE]):
+            elif data[:3] == bytes([0, 0, IDX_UBYTE]):
                 self.mode = "raw"
             else:
                 raise _Permanent(f"received neither gzip nor IDX data "
@@ -843,171 +828,3 @@ def _failure_message(name, problem, failures, data_dir, missing) -> str:
     lines.append(f"or give a reachable mirror (a URL or a folder holding them) with --mirror "
                  f"or {ENV_MIRRORS}.")
     return "\n".join(lines)
-
-
-# --------------------------------------------------------------------------- IDX and splits
-
-
-def read_idx(path) -> np.ndarray:
-    """Read an unsigned-byte IDX file: uint8 array of the shape its header gives.
-
-    The header is two zero bytes, the element type (0x08 = unsigned byte, the only one MNIST
-    uses), the number of dimensions, then one big-endian uint32 per dimension; the payload must
-    be exactly their product in bytes. Every violation is a DataError naming the file.
-    """
-    path = Path(path)
-    try:
-        with open(path, "rb") as f:
-            file_size = os.fstat(f.fileno()).st_size
-            header = f.read(4)
-            if len(header) < 4:
-                raise DataError(f"{path}: not an IDX file: only {file_size} bytes, "
-                                f"shorter than the 4-byte header")
-            if header[:2] != b"\0\0":
-                raise DataError(f"{path}: not an IDX file: bad magic number 0x{header.hex()} "
-                                f"(expected 0x0000 then type and rank); delete it to re-download")
-            kind, ndim = header[2], header[3]
-            if kind != _IDX_UBYTE:
-                what = _IDX_TYPES.get(kind, "unknown")
-                raise DataError(f"{path}: element type 0x{kind:02x} ({what}) is not supported; "
-                                f"MNIST files hold unsigned bytes (0x08)")
-            if ndim == 0:
-                raise DataError(f"{path}: IDX header declares 0 dimensions")
-            raw_dims = f.read(4 * ndim)
-            if len(raw_dims) < 4 * ndim:
-                raise DataError(f"{path}: truncated IDX header: {ndim} dimensions declared, "
-                                f"file has only {file_size} bytes")
-            dims = tuple(int(d) for d in np.frombuffer(raw_dims, dtype=">u4"))
-            expected = math.prod(dims)
-            payload = file_size - 4 - 4 * ndim
-            if payload != expected:
-                raise DataError(f"{path}: payload is {payload} bytes but dimensions "
-                                f"{'x'.join(map(str, dims))} need {expected}; the file is "
-                                f"{'truncated' if payload < expected else 'too long'}, "
-                                f"delete it to re-download")
-            data = np.fromfile(f, dtype=np.uint8, count=expected)
-    except FileNotFoundError as e:
-        raise DataError(f"{path}: not found; download MNIST first (ensure_mnist or "
-                        f"`cnntrain download`) or place the file there by hand") from e
-    except OSError as e:
-        raise DataError(f"{path}: cannot read: {e.strerror or e}") from e
-    if data.size != expected:  # the file shrank while being read
-        raise DataError(f"{path}: read {data.size} payload bytes, expected {expected}")
-    return data.reshape(dims)
-
-
-@dataclass(frozen=True)
-class Split:
-    """One part of the data.
-
-    images: (N, 1, 28, 28) C-contiguous float32 (or float64); labels: (N,) int64 in 0..9.
-    """
-
-    images: np.ndarray
-    labels: np.ndarray
-
-    def __post_init__(self):
-        if self.images.ndim != 4 or self.labels.ndim != 1 or len(self.images) != len(self.labels):
-            raise ValueError(f"Split needs images (N, C, H, W) and labels (N,), got "
-                             f"{self.images.shape} and {self.labels.shape}")
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-
-@dataclass(frozen=True)
-class MnistSplits:
-    """Training set, the validation set held out of it, and the test set."""
-
-    train: Split
-    val: Split
-    test: Split
-
-
-def _check_count(name: str, value, limit: int, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise ValueError(f"{name} must be an integer, got {value!r}")
-    value = int(value)
-    if value < 0:
-        raise ValueError(f"{name} must be >= 0, got {value}")
-    if value > limit:
-        raise ValueError(f"{name}={value} is too large: {what} has only {limit}")
-    return value
-
-
-def _read_pair(images_path: Path, labels_path: Path) -> tuple[np.ndarray, np.ndarray]:
-    images, labels = read_idx(images_path), read_idx(labels_path)
-    if images.ndim != 3 or images.shape[1:] != _IMAGE_HW:
-        raise DataError(f"{images_path}: expected images of shape (N, 28, 28), "
-                        f"got {images.shape}")
-    if labels.ndim != 1:
-        raise DataError(f"{labels_path}: expected labels of shape (N,), got {labels.shape}")
-    if len(images) != len(labels):
-        raise DataError(f"{images_path} holds {len(images)} images but {labels_path} holds "
-                        f"{len(labels)} labels; delete both to re-download")
-    if labels.size and labels.max() >= _NUM_CLASSES:
-        raise DataError(f"{labels_path}: label {int(labels.max())} is out of range 0..9")
-    return images, labels
-
-
-def _make_split(images: np.ndarray, labels: np.ndarray, index, lut: np.ndarray) -> Split:
-    """Gather `index` (None = all) of uint8 (N, 28, 28) `images` and map them through `lut`."""
-    n = len(labels) if index is None else len(index)
-    out = np.empty((n, 1, *_IMAGE_HW), dtype=lut.dtype)
-    # The table maps each of the 256 pixel values straight to its normalised value in the
-    # target dtype: exact, and no float64 intermediate (numpy would promote uint8 arithmetic
-    # with a Python float to float64). Indexing converts indices to intp, 8 bytes a pixel, so
-    # go by blocks to keep that temporary small.
-    for start in range(0, n, _GATHER_BLOCK):
-        stop = min(start + _GATHER_BLOCK, n)
-        block = images[start:stop] if index is None else images[index[start:stop]]
-        np.take(lut, block, out=out[start:stop, 0])
-    y = (labels if index is None else labels[index]).astype(np.int64)
-    return Split(out, y)
-
-
-def load_mnist(data_dir, *, val_size=5000, train_size=0, test_size=0, mean=0.1307, std=0.3081,
-               rng, dtype=np.float32, files=None) -> MnistSplits:
-    """Load MNIST from `data_dir` (already ensured: no network here) into normalised arrays.
-
-    Pixels p (uint8) become (p / 255 - mean) / std in `dtype` (float32 or float64); images are
-    (N, 1, 28, 28) C-contiguous, labels (N,) int64. `val_size` training samples, chosen with
-    `rng` (a numpy.random.Generator), are held out as the validation set; `train_size` (0 = all
-    the rest) and `test_size` (0 = the whole test set) draw subsets with the same `rng`, so a
-    seed fixes every split. Each subset keeps the files' order. `files`: as for ensure_mnist.
-    """
-    files = MNIST_FILES if files is None else files
-    if not isinstance(rng, np.random.Generator):
-        raise TypeError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
-    dtype = np.dtype(dtype)
-    if dtype not in (np.dtype(np.float32), np.dtype(np.float64)):
-        raise ValueError(f"dtype must be float32 or float64, got {dtype}")
-    if not (math.isfinite(mean) and math.isfinite(std) and std > 0):
-        raise ValueError(f"need a finite mean and a positive std, got mean={mean}, std={std}")
-    missing = {_TRAIN_IMAGES, _TRAIN_LABELS, _TEST_IMAGES, _TEST_LABELS} - set(files)
-    if missing:
-        raise ValueError(f"files table lacks {', '.join(sorted(missing))}")
-
-    data_dir = Path(os.path.expanduser(str(data_dir)))
-    train_x, train_y = _read_pair(data_dir / _TRAIN_IMAGES, data_dir / _TRAIN_LABELS)
-    test_x, test_y = _read_pair(data_dir / _TEST_IMAGES, data_dir / _TEST_LABELS)
-
-    n_train = len(train_y)
-    val_size = _check_count("val_size", val_size, n_train - 1,
-                            f"the training set ({n_train} samples, one must stay for training)")
-    train_size = _check_count("train_size", train_size, n_train - val_size,
-                              f"what the validation hold-out leaves ({n_train - val_size})")
-    test_size = _check_count("test_size", test_size, len(test_y), "the test set")
-
-    order = rng.permutation(n_train)
-    val_index = np.sort(order[:val_size])
-    rest = order[val_size:]
-    train_index = np.sort(rest[:train_size] if train_size else rest)
-    test_index = np.sort(rng.choice(len(test_y), test_size, replace=False)) if test_size else None
-
-    lut = ((np.arange(256, dtype=np.float64) / 255.0 - mean) / std).astype(dtype)
-    return MnistSplits(
-        train=_make_split(train_x, train_y, train_index, lut),
-        val=_make_split(train_x, train_y, val_index, lut),
-        test=_make_split(test_x, test_y, test_index, lut),
-    )

@@ -1,0 +1,185 @@
+"""Reading MNIST: the IDX file format, and the normalised train, validation and test arrays.
+
+The files are read from a data folder cnntrain.download has filled (or the user, by hand);
+nothing here touches the network.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from cnntrain.constants import (IDX_UBYTE, IMAGE_HW, NUM_CLASSES, TEST_IMAGES_FILE, TEST_LABELS_FILE,
+                                TRAIN_IMAGES_FILE, TRAIN_LABELS_FILE)
+from cnntrain.errors import DataError
+
+__all__ = ["read_idx", "Split", "MnistSplits", "load_mnist"]
+
+_IDX_TYPES = {0x08: "unsigned byte", 0x09: "signed byte", 0x0B: "int16", 0x0C: "int32",
+              0x0D: "float32", 0x0E: "float64"}
+_GATHER_BLOCK = 512  # images normalised at a time: bounds the temporaries to ~5 MB
+
+
+def read_idx(path) -> np.ndarray:
+    """Read an unsigned-byte IDX file: uint8 array of the shape its header gives.
+
+    The header is two zero bytes, the element type (0x08 = unsigned byte, the only one MNIST
+    uses), the number of dimensions, then one big-endian uint32 per dimension; the payload must
+    be exactly their product in bytes. Every violation is a DataError naming the file.
+    """
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            file_size = os.fstat(f.fileno()).st_size
+            header = f.read(4)
+            if len(header) < 4:
+                raise DataError(f"{path}: not an IDX file: only {file_size} bytes, "
+                                f"shorter than the 4-byte header")
+            if header[:2] != b"\0\0":
+                raise DataError(f"{path}: not an IDX file: bad magic number 0x{header.hex()} "
+                                f"(expected 0x0000 then type and rank); delete it to re-download")
+            kind, ndim = header[2], header[3]
+            if kind != IDX_UBYTE:
+                what = _IDX_TYPES.get(kind, "unknown")
+                raise DataError(f"{path}: element type 0x{kind:02x} ({what}) is not supported; "
+                                f"MNIST files hold unsigned bytes (0x08)")
+            if ndim == 0:
+                raise DataError(f"{path}: IDX header declares 0 dimensions")
+            raw_dims = f.read(4 * ndim)
+            if len(raw_dims) < 4 * ndim:
+                raise DataError(f"{path}: truncated IDX header: {ndim} dimensions declared, "
+                                f"file has only {file_size} bytes")
+            dims = tuple(int(d) for d in np.frombuffer(raw_dims, dtype=">u4"))
+            expected = math.prod(dims)
+            payload = file_size - 4 - 4 * ndim
+            if payload != expected:
+                raise DataError(f"{path}: payload is {payload} bytes but dimensions "
+                                f"{'x'.join(map(str, dims))} need {expected}; the file is "
+                                f"{'truncated' if payload < expected else 'too long'}, "
+                                f"delete it to re-download")
+            data = np.fromfile(f, dtype=np.uint8, count=expected)
+    except FileNotFoundError as e:
+        raise DataError(f"{path}: not found; download MNIST first (ensure_mnist or "
+                        f"`cnntrain download`) or place the file there by hand") from e
+    except OSError as e:
+        raise DataError(f"{path}: cannot read: {e.strerror or e}") from e
+    if data.size != expected:  # the file shrank while being read
+        raise DataError(f"{path}: read {data.size} payload bytes, expected {expected}")
+    return data.reshape(dims)
+
+
+@dataclass(frozen=True)
+class Split:
+    """One part of the data.
+
+    images: (N, 1, 28, 28) C-contiguous float32 (or float64); labels: (N,) int64 in 0..9.
+    """
+
+    images: np.ndarray
+    labels: np.ndarray
+
+    def __post_init__(self):
+        if self.images.ndim != 4 or self.labels.ndim != 1 or len(self.images) != len(self.labels):
+            raise ValueError(f"Split needs images (N, C, H, W) and labels (N,), got "
+                             f"{self.images.shape} and {self.labels.shape}")
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@dataclass(frozen=True)
+class MnistSplits:
+    """Training set, the validation set held out of it, and the test set."""
+
+    train: Split
+    val: Split
+    test: Split
+
+
+def _check_count(name: str, value, limit: int, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    value = int(value)
+    if value < 0:
+        raise ValueError(f"{name} must be >= 0, got {value}")
+    if value > limit:
+        raise ValueError(f"{name}={value} is too large: {what} has only {limit}")
+    return value
+
+
+def _read_pair(images_path: Path, labels_path: Path) -> tuple[np.ndarray, np.ndarray]:
+    images, labels = read_idx(images_path), read_idx(labels_path)
+    if images.ndim != 3 or images.shape[1:] != IMAGE_HW:
+        raise DataError(f"{images_path}: expected images of shape (N, 28, 28), "
+                        f"got {images.shape}")
+    if labels.ndim != 1:
+        raise DataError(f"{labels_path}: expected labels of shape (N,), got {labels.shape}")
+    if len(images) != len(labels):
+        raise DataError(f"{images_path} holds {len(images)} images but {labels_path} holds "
+                        f"{len(labels)} labels; delete both to re-download")
+    if labels.size and labels.max() >= NUM_CLASSES:
+        raise DataError(f"{labels_path}: label {int(labels.max())} is out of range 0..9")
+    return images, labels
+
+
+def _make_split(images: np.ndarray, labels: np.ndarray, index, lut: np.ndarray) -> Split:
+    """Gather `index` (None = all) of uint8 (N, 28, 28) `images` and map them through `lut`."""
+    n = len(labels) if index is None else len(index)
+    out = np.empty((n, 1, *IMAGE_HW), dtype=lut.dtype)
+    # The table maps each of the 256 pixel values straight to its normalised value in the
+    # target dtype: exact, and no float64 intermediate (numpy would promote uint8 arithmetic
+    # with a Python float to float64). Indexing converts indices to intp, 8 bytes a pixel, so
+    # go by blocks to keep that temporary small.
+    for start in range(0, n, _GATHER_BLOCK):
+        stop = min(start + _GATHER_BLOCK, n)
+        block = images[start:stop] if index is None else images[index[start:stop]]
+        np.take(lut, block, out=out[start:stop, 0])
+    y = (labels if index is None else labels[index]).astype(np.int64)
+    return Split(out, y)
+
+
+def load_mnist(data_dir, *, val_size=5000, train_size=0, test_size=0, mean=0.1307, std=0.3081,
+               rng, dtype=np.float32) -> MnistSplits:
+    """Load MNIST from `data_dir` (already ensured: no network here) into normalised arrays.
+
+    Pixels p (uint8) become (p / 255 - mean) / std in `dtype` (float32 or float64); images are
+    (N, 1, 28, 28) C-contiguous, labels (N,) int64. `val_size` training samples, chosen with
+    `rng` (a numpy.random.Generator), are held out as the validation set; `train_size` (0 = all
+    the rest) and `test_size` (0 = the whole test set) draw subsets with the same `rng`, so a
+    seed fixes every split. Each subset keeps the files' order.
+    """
+    if not isinstance(rng, np.random.Generator):
+        raise TypeError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
+    dtype = np.dtype(dtype)
+    if dtype not in (np.dtype(np.float32), np.dtype(np.float64)):
+        raise ValueError(f"dtype must be float32 or float64, got {dtype}")
+    if not (math.isfinite(mean) and math.isfinite(std) and std > 0):
+        raise ValueError(f"need a finite mean and a positive std, got mean={mean}, std={std}")
+
+    data_dir = Path(os.path.expanduser(str(data_dir)))
+    train_x, train_y = _read_pair(data_dir / TRAIN_IMAGES_FILE, data_dir / TRAIN_LABELS_FILE)
+    test_x, test_y = _read_pair(data_dir / TEST_IMAGES_FILE, data_dir / TEST_LABELS_FILE)
+
+    n_train = len(train_y)
+    val_size = _check_count("val_size", val_size, n_train - 1,
+                            f"the training set ({n_train} samples, one must stay for training)")
+    train_size = _check_count("train_size", train_size, n_train - val_size,
+                              f"what the validation hold-out leaves ({n_train - val_size})")
+    test_size = _check_count("test_size", test_size, len(test_y), "the test set")
+
+    order = rng.permutation(n_train)
+    val_index = np.sort(order[:val_size])
+    rest = order[val_size:]
+    train_index = np.sort(rest[:train_size] if train_size else rest)
+    test_index = np.sort(rng.choice(len(test_y), test_size, replace=False)) if test_size else None
+
+    lut = ((np.arange(256, dtype=np.float64) / 255.0 - mean) / std).astype(dtype)
+    return MnistSplits(
+        train=_make_split(train_x, train_y, train_index, lut),
+        val=_make_split(train_x, train_y, val_index, lut),
+        test=_make_split(test_x, test_y, test_index, lut),
+    )
