@@ -266,5 +266,39 @@ def plot(run_dirs, output, filters_checkpoint):
     click.echo(f"wrote {output}")
 
 
+@cli.command(context_settings=CONTEXT_SETTINGS)
+@click.argument("checkpoint")
+@click.argument("inputs", nargs=-1, required=True, metavar="INPUT...")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@click.option("--top", type=click.IntRange(1, 10), default=3, show_default=True, metavar="K",
+              help="How many of the most likely digits to list.")
+@click.option("--raw", is_flag=True,
+              help="Inputs already are 28x28 MNIST-like pictures (white digit on black, "
+                   "centred): skip the preprocessing.")
+def predict(checkpoint, inputs, as_json, top, raw):
+    """Read the digit in pictures: one line per picture with the digit, its probability and
+    the top K.
+
+    INPUT: image files (PNG, JPEG, BMP, GIF, TIFF, PGM; need pip install 'cnntrain[images]'),
+    .npy arrays (one picture or a stack), MNIST IDX image files, or folders of them. Any
+    picture of one digit works, dark on light or light on dark, at any size and place: it is
+    cropped, scaled into 20x20 and centred in 28x28 as MNIST's digits were.
+
+    An input that cannot be read, or holds no ink, gets a one-line error and the others go
+    on; the exit code is then 1.
+
+    \b
+    Examples:
+      cnntrain predict runs/lenet5/checkpoints/best.npz my-digit.jpg
+      cnntrain predict runs/lenet5/checkpoints/best.npz scans/ --top 2 --json
+    """
+    from cnntrain.predict import predict_inputs
+
+    _, failed = predict_inputs(checkpoint, inputs, top=top, raw=raw, as_json=as_json,
+                               echo=click.echo, echo_error=lambda line: click.echo(line, err=True))
+    if failed:
+        sys.exit(1)
+
+
 def main():
     cli(prog_name="cnntrain")
