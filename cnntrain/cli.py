@@ -300,5 +300,27 @@ def predict(checkpoint, inputs, as_json, top, raw):
         sys.exit(1)
 
 
+@cli.command(context_settings=CONTEXT_SETTINGS)
+@click.argument("checkpoint")
+@click.option("-o", "--output", required=True, metavar="FILE.onnx", help="The model to write.")
+def export(checkpoint, output):
+    """Write a checkpoint's network as an ONNX model (opset 17) for other runtimes.
+
+    Input 'image': (N, 1, 28, 28) float32 in [0, 1], white digit on black, centred as MNIST
+    (the graph applies the checkpoint's normalisation itself). Outputs 'logits' and
+    'probabilities' (N, 10). The class names and the normalisation are in its metadata.
+    Needs onnx: pip install 'cnntrain[onnx]'.
+
+    \b
+    Example:
+      cnntrain export runs/lenet5/checkpoints/best.npz -o lenet5.onnx
+    """
+    from cnntrain.export import OPSET, export_checkpoint
+
+    summary = export_checkpoint(checkpoint, output)
+    click.echo(f"wrote {output}: {summary['name']}, {summary['parameters']:,} parameters, "
+               f"ONNX opset {OPSET}")
+
+
 def main():
     cli(prog_name="cnntrain")
