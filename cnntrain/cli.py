@@ -241,8 +241,22 @@ def summarize(paths, csv_path, sort_key):
 @click.option("-o", "--output", required=True, metavar="FILE.png", help="The picture to write.")
 @click.option("--filters", "filters_checkpoint", metavar="CHECKPOINT",
               help="Draw the first layer's learned kernels of CHECKPOINT instead of curves.")
-def plot(run_dirs, output, filters_checkpoint):
-    """Draw loss and accuracy curves of runs (overlaid), or a checkpoint's first-layer kernels.
+@click.option("--maps", "maps_checkpoint", metavar="CHECKPOINT",
+              help="Draw one picture's activation maps in every convolution and pooling layer "
+                   "of CHECKPOINT, with its prediction.")
+@click.option("--image", type=click.IntRange(min=0), metavar="N",
+              help="With --maps: MNIST test image N (default 0), or picture N of an --input "
+                   "stack.")
+@click.option("--input", "input_path", metavar="FILE",
+              help="With --maps: a picture file (or .npy / IDX) read as cnntrain predict does.")
+@click.option("--raw", is_flag=True, help="With --maps --input: the input already is a 28x28 "
+                                          "MNIST-like field.")
+@data_dir_option
+@mirror_option
+def plot(run_dirs, output, filters_checkpoint, maps_checkpoint, image, input_path, raw,
+         data_dir, mirrors):
+    """Draw loss and accuracy curves of runs (overlaid), a checkpoint's first-layer kernels,
+    or what a checkpoint's network sees of one picture.
 
     Needs matplotlib: pip install 'cnntrain[plot]'.
 
@@ -250,11 +264,24 @@ def plot(run_dirs, output, filters_checkpoint):
     Examples:
       cnntrain plot runs/lenet5 runs/lenet5-classic -o curves.png
       cnntrain plot --filters runs/lenet5/checkpoints/best.npz -o filters.png
+      cnntrain plot --maps runs/lenet5/checkpoints/best.npz --image 7 -o maps.png
+      cnntrain plot --maps runs/lenet5/checkpoints/best.npz --input my-digit.jpg -o maps.png
     """
     from cnntrain import plots
     from cnntrain.errors import ConfigError
 
     plots.require_matplotlib()
+    if (image is not None or input_path or raw) and not maps_checkpoint:
+        raise ConfigError("--image, --input and --raw go with --maps CHECKPOINT")
+    if maps_checkpoint:
+        if run_dirs or filters_checkpoint:
+            raise ConfigError("give --maps CHECKPOINT alone, without run folders or --filters")
+        from cnntrain.maps import draw_maps
+        digit, probability = draw_maps(maps_checkpoint, output, image=image,
+                                       input_path=input_path, raw=raw, data_dir=data_dir,
+                                       mirrors=mirrors)
+        click.echo(f"wrote {output} (predicted {digit}, {100 * probability:.1f}%)")
+        return
     if filters_checkpoint:
         if run_dirs:
             raise ConfigError("give either run folders or --filters CHECKPOINT, not both")
