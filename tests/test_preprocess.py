@@ -164,7 +164,8 @@ def test_load_image_reads_grey_colour_transparent_and_16_bit_pictures(tmp_path):
     Image.fromarray(rgba, "RGBA").save(tmp_path / "alpha.png")
     Image.fromarray(picture.astype(np.uint16) * 257).save(tmp_path / "deep.tif")
     Image.fromarray(picture).save(tmp_path / "grey.pgm")
-    for name in ("grey.png", "rgb.bmp", "alpha.png", "deep.tif", "grey.pgm"):
+    Image.fromarray(picture).convert("P").save(tmp_path / "palette.gif")
+    for name in ("grey.png", "rgb.bmp", "alpha.png", "deep.tif", "grey.pgm", "palette.gif"):
         grey = pp.load_image(tmp_path / name)
         assert grey.shape == (50, 40) and grey.dtype == np.float32, name
         np.testing.assert_allclose(to_mnist_field(grey), expected, atol=1e-5, err_msg=name)
