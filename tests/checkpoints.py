@@ -3,6 +3,7 @@ its initial (seeded) weights, or any weights given, saved as cnntrain fit would.
 
 from cnntrain.checkpoint import Checkpoint, save_checkpoint
 from cnntrain.config import config_to_ini, parse_config
+from cnntrain.logs import METRIC_KEYS
 from cnntrain.run import build_model, random_streams
 from tests.clitools import small_config
 
@@ -17,8 +18,11 @@ def make_network(layers=None, *, config_text=None, seed=0, **sections):
 
 
 def save_network(path, network, cfg, history=()):
-    """Save `network`'s weights with `cfg` as a checkpoint after len(history) epochs."""
-    meta = {"epoch": len(history), "step": 0, "history": list(history),
+    """Save `network`'s weights with `cfg` as a checkpoint after len(history) epochs; each
+    history entry is completed into a whole metrics record (missing keys are null), as
+    load_checkpoint demands."""
+    records = [{key: entry.get(key) for key in METRIC_KEYS} for entry in history]
+    meta = {"epoch": len(history), "step": 0, "history": records,
             "config": config_to_ini(cfg)}
     save_checkpoint(path, Checkpoint(params=network.params, meta=meta))
 
