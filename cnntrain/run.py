@@ -75,6 +75,16 @@ def config_from_checkpoint(ckpt, source, overrides=()):
     return parse_config(ckpt.config_text, source=f"{source} (its stored config)", overrides=overrides)
 
 
+def network_from_checkpoint(ckpt, cfg, path):
+    """The network of a loaded checkpoint with its weights; one-line error if they do not fit."""
+    network = build_model(cfg)
+    try:
+        network.load_params(ckpt.params)
+    except ValueError as exc:
+        raise CnnTrainError(f"{path}: its weights do not fit its own layer list ({exc})") from None
+    return network
+
+
 # What a resume may change: how the rest of the run is trained and scored. Everything else
 # (the data, its split and normalisation, the seed, the network, the precision) is what the
 # saved position means, and a changed batch size moves a mid-epoch position's batches.
@@ -354,11 +364,7 @@ def evaluate_checkpoint(path, *, split="test", batch_size=None, data_dir=None, m
     """
     ckpt = load_checkpoint(path)
     cfg = config_from_checkpoint(ckpt, path)
-    network = build_model(cfg)
-    try:
-        network.load_params(ckpt.params)
-    except ValueError as exc:
-        raise CnnTrainError(f"{path}: its weights do not fit its own layer list ({exc})") from None
+    network = network_from_checkpoint(ckpt, cfg, path)
     _, data_rng, _ = random_streams(cfg.train.seed)
     splits = prepare_data(cfg, data_rng, data_dir=data_dir, mirrors=mirrors, progress=progress)
     chosen = getattr(splits, split)
