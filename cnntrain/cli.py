@@ -184,13 +184,12 @@ def download(data_dir, mirrors, config_path, quiet, verify):
       cnntrain download --verify
       cnntrain download --data-dir /data/mnist --mirror http://127.0.0.1:8000/
     """
-    from cnntrain import download as fetch
+    from cnntrain.download import fetch_mnist
 
     cfg = _load_config(config_path, ()) if config_path else None
-    folder = fetch.resolve_data_dir(data_dir, cfg.data.dir or None if cfg else None)
-    urls = fetch.resolve_mirrors(mirrors, cfg.data.mirrors if cfg else ())
-    paths = fetch.ensure_mnist(folder, urls, progress=not quiet and sys.stderr.isatty(),
-                              verify=verify)
+    folder, paths = fetch_mnist(data_dir, mirrors, config_dir=cfg.data.dir or None if cfg else None,
+                                config_mirrors=cfg.data.mirrors if cfg else (),
+                                progress=not quiet and sys.stderr.isatty(), verify=verify)
     how = ", each hashed again" if verify else ""
     click.echo(f"MNIST verified in {folder} ({len(paths)} files{how})")
 

@@ -819,6 +819,17 @@ def ensure_mnist(data_dir, mirrors, *, progress=True, files=None, timeout=(10, 3
     return paths
 
 
+def fetch_mnist(data_dir=None, mirrors=(), *, config_dir=None, config_mirrors=(), progress=True,
+                verify=False) -> tuple[Path, dict[str, Path]]:
+    """MNIST where the user wants it: the folder and the mirrors resolved from the flags
+    (`data_dir`, `mirrors`), the environment and the config (`config_dir`, `config_mirrors`),
+    then every file fetched if needed and verified (ensure_mnist). Returns (folder, paths)."""
+    folder = resolve_data_dir(data_dir, config_dir)
+    paths = ensure_mnist(folder, resolve_mirrors(mirrors, config_mirrors), progress=progress,
+                         verify=verify)
+    return folder, paths
+
+
 def _failure_message(name, problem, failures, data_dir, missing) -> str:
     lines = [f"Could not get MNIST file {name} ({problem}) from any mirror:"]
     lines += [f"  {line}" for line in failures] or ["  (no mirror was given)"]

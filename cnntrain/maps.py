@@ -149,8 +149,8 @@ def load_field(*, image=None, input_path=None, raw=False, data_dir=None, mirrors
     input_path: a file as `cnntrain predict` reads it; `image` then picks one picture of a
     stack (default the first). Otherwise MNIST test image `image` (default 0).
     """
-    from cnntrain import download
     from cnntrain.constants import TEST_IMAGES_FILE, TEST_LABELS_FILE
+    from cnntrain.download import fetch_mnist
     from cnntrain.mnist import read_idx
     from cnntrain.predict import to_field
     from cnntrain.preprocess import grey_levels, read_input
@@ -164,9 +164,8 @@ def load_field(*, image=None, input_path=None, raw=False, data_dir=None, mirrors
         label_text, grey = entries[index]
         return to_field(grey, label_text, raw), None, label_text, grey_levels(grey)
     index = 0 if image is None else image
-    folder = download.resolve_data_dir(data_dir, config_dir)
-    download.ensure_mnist(folder, download.resolve_mirrors(mirrors, config_mirrors),
-                          progress=False)
+    folder, _ = fetch_mnist(data_dir, mirrors, config_dir=config_dir,
+                            config_mirrors=config_mirrors, progress=False)
     images = read_idx(folder / TEST_IMAGES_FILE)
     labels = read_idx(folder / TEST_LABELS_FILE)
     if not 0 <= index < len(images):

@@ -5,17 +5,20 @@ This is the one module that reads a Config; everything it builds takes plain arg
 The run folder's layout, lock and write order are cnntrain.runfolder's.
 """
 
+import contextlib
+import dataclasses
 import errno
 import math
 import signal
 import time
 import uuid
+from typing import Any
 
 import numpy as np
 
-from cnntrain import download
 from cnntrain.checkpoint import Checkpoint, load_checkpoint
 from cnntrain.config import SCHEMA, config_to_ini, load_config, parse_config
+from cnntrain.download import fetch_mnist
 from cnntrain.errors import CnnTrainError, ConfigError, DivergedError
 from cnntrain.logs import best_epoch, epoch_line
 from cnntrain.mnist import load_mnist
@@ -38,9 +41,8 @@ def random_streams(seed):
 
 def prepare_data(cfg, data_rng, *, data_dir=None, mirrors=(), progress=True):
     """Download (if needed), verify and load MNIST as the config asks."""
-    folder = download.resolve_data_dir(data_dir, cfg.data.dir or None)
-    download.ensure_mnist(folder, download.resolve_mirrors(mirrors, cfg.data.mirrors),
-                          progress=progress)
+    folder, _ = fetch_mnist(data_dir, mirrors, config_dir=cfg.data.dir or None,
+                            config_mirrors=cfg.data.mirrors, progress=progress)
     return load_mnist(folder, val_size=cfg.data.val_size, train_size=cfg.data.train_size,
                       test_size=cfg.data.test_size, mean=cfg.data.mean, std=cfg.data.std,
                       rng=data_rng, dtype=np.dtype(cfg.train.dtype))
@@ -221,6 +223,136 @@ def divergence_advice(cfg, splits):
     return "lower the learning rate"
 
 
+@dataclasses.dataclass
+class _Training:
+    """What a fit trains, ready to start: the data, the network with its optimizer and
+    trainer, the training generator and the position to start from."""
+
+    cfg: Any
+    config_text: str
+    splits: Any
+    network: Any
+    optimizer: Any
+    trainer: Trainer
+    train_rng: np.random.Generator
+    state: TrainState
+    run_id: str
+
+    def snapshot(self, state):
+        """The checkpoint of `state`: weights, velocities, generator, position, config."""
+        return _snapshot(self.network, self.optimizer, state, self.train_rng, self.config_text,
+                         self.run_id)
+
+    def header(self):
+        """The run's first log line: what is trained on what."""
+        t = self.cfg.train
+        return (f"fit {self.cfg.source}: {self.network.n_params:,} parameters, "
+                f"{len(self.splits.train)} train / {len(self.splits.val)} val / "
+                f"{len(self.splits.test)} test images, {t.epochs} epochs, batch {t.batch_size}, "
+                f"{t.dtype}")
+
+
+def _run_folder_path(cfg, out_dir, resume, resume_path):
+    """--out, else the resumed checkpoint's own run folder, else the config's [run] dir."""
+    if out_dir:
+        return out_dir
+    return run_dir_of_checkpoint(resume_path) if resume is not None else cfg.run.dir
+
+
+def _assemble(cfg, config_text, resume, *, data_dir, mirrors, progress):
+    """Data, network, optimizer, schedule and trainer as `cfg` says, at the start of the run or
+    at the position of the `resume` checkpoint."""
+    t = cfg.train
+    init_rng, data_rng, train_rng = random_streams(t.seed)
+    splits = prepare_data(cfg, data_rng, data_dir=data_dir, mirrors=mirrors, progress=progress)
+    network = build_model(cfg, init_rng)
+    optimizer = build_optimizer(cfg, network)
+    steps = steps_per_epoch(len(splits.train), t.batch_size)
+    schedule = LRSchedule(t.lr, t.lr_schedule, epochs=t.epochs, steps_per_epoch=steps,
+                          warmup_epochs=t.warmup_epochs, step_epochs=t.lr_step_epochs,
+                          gamma=t.lr_gamma)
+    trainer = Trainer(network, optimizer, schedule, splits, epochs=t.epochs,
+                      batch_size=t.batch_size, eval_batch_size=t.eval_batch_size, rng=train_rng,
+                      progress=progress, augment=build_augmenter(cfg))
+    if resume is not None:
+        state = _restore(network, optimizer, train_rng, resume, len(splits.train), steps)
+        run_id = resume.meta.get("run_id") or uuid.uuid4().hex
+    else:
+        state, run_id = TrainState(), uuid.uuid4().hex
+    return _Training(cfg, config_text, splits, network, optimizer, trainer, train_rng, state,
+                     run_id)
+
+
+def _begin(folder, training, *, resume, resume_path, replace, say):
+    """Under the lock: make the folder hold exactly the starting position's history, and log
+    where the run (re)starts."""
+    state = training.state
+    folder.begin(history=state.history, config_text=training.config_text, replace=replace)
+    if resume is not None:
+        if state.history and state.step_in_epoch == 0 and \
+                best_epoch(state.history) is state.history[-1]:
+            folder.repair_best(training.snapshot(state), state.epoch)
+        folder.log(f"resumed at epoch {state.epoch + 1}, step {state.step} from {resume_path}")
+        say(f"resuming {folder.path} at epoch {state.epoch + 1}, step {state.step}")
+    header = training.header()
+    folder.log(header)
+    say(header)
+
+
+def _train(folder, training, *, data_dir, echo):
+    """The epochs, each saved as it ends; a stop signal saves the exact position and raises
+    Interrupted with the message that says how to continue."""
+    epochs = training.cfg.train.epochs
+
+    def on_epoch_end(metrics, state):
+        line = epoch_line(metrics, epochs)
+        folder.save_epoch(training.snapshot(state), metrics, line=line,
+                          is_best=best_epoch(state.history) is metrics)
+        echo(line)  # the one line per epoch, shown even with --quiet
+
+    with stop_on_signals() as stop:
+        try:
+            training.trainer.fit(training.state, on_epoch_end, stop)
+        except Interrupted as stopped:
+            with stop.shielded():
+                folder.save_position(training.snapshot(stopped.state))
+                message = _stop_message(stopped, folder, data_dir)
+                folder.log(message)
+            raise Interrupted(stopped.state, message, stopped.signum) from None
+
+
+def _finish(folder, training, wall_seconds):
+    """Write summary.json (the mark of a finished run); returns it and the closing line."""
+    summary = _summary(training.cfg, folder, training.state, wall_seconds)
+    folder.write_summary(summary)
+    done = (f"done: best val_acc {100 * (summary['best']['val_acc'] or 0):.2f}% at epoch "
+            f"{summary['best']['epoch']}, final test_acc "
+            f"{100 * (summary['final']['test_acc'] or 0):.2f}%, "
+            f"{summary['wall_seconds']:.1f}s; checkpoints in {folder.checkpoints}")
+    _log_quietly(folder, done)
+    return summary, done
+
+
+@contextlib.contextmanager
+def _failures_explained(folder, training, data_dir):
+    """Divergence and failed writes get one line that says what is safe and what to do, also
+    written to train.log when it can be."""
+    try:
+        yield
+    except DivergedError as exc:
+        kept = (f"; the last good checkpoint is {folder.last} ({folder.describe()})"
+                if folder.holds_run() else "; no checkpoint was saved")
+        message = f"{exc}; {divergence_advice(training.cfg, training.splits)}{kept}"
+        _log_quietly(folder, message)
+        raise DivergedError(message) from None
+    except FolderNotWritable:
+        raise
+    except RunWriteError as exc:
+        message = f"{exc}; {folder.what_is_safe(data_dir, _fix_for(exc.error))}"
+        _log_quietly(folder, message)
+        raise RunWriteError(exc.path, exc.error, message) from None
+
+
 def fit(cfg, *, out_dir=None, resume=None, resume_path=None, config_path=None, overwrite=False,
         quiet=False, progress=None, data_dir=None, mirrors=(), echo=print):
     """Train as `cfg` says into a run folder, holding its lock throughout. resume: a loaded
@@ -232,90 +364,26 @@ def fit(cfg, *, out_dir=None, resume=None, resume_path=None, config_path=None, o
     wall_start = time.perf_counter()
     if resume is not None and resume_path is None:
         raise ValueError("resume needs resume_path")
-    target = out_dir or (run_dir_of_checkpoint(resume_path) if resume is not None else cfg.run.dir)
     config_text = config_to_ini(cfg)
     checks = dict(resume=resume, resume_path=resume_path, config_path=config_path,
                   overwrite=overwrite)
-    with RunFolder(target) as folder:
+    progress = (not quiet) if progress is None else progress
+    say = (lambda text: None) if quiet else echo
+    with RunFolder(_run_folder_path(cfg, out_dir, resume, resume_path)) as folder:
         # A busy or occupied folder is refused before the slow work; the folder itself is
         # made only once data and network are ready, so a failed download leaves nothing.
         folder.lock_if_present()
         _check_folder(folder, config_text, **checks)
-        progress = (not quiet) if progress is None else progress
-        say = (lambda text: None) if quiet else echo
-
-        init_rng, data_rng, train_rng = random_streams(cfg.train.seed)
-        splits = prepare_data(cfg, data_rng, data_dir=data_dir, mirrors=mirrors, progress=progress)
-        network = build_model(cfg, init_rng)
-        optimizer = build_optimizer(cfg, network)
-        steps = steps_per_epoch(len(splits.train), cfg.train.batch_size)
-        schedule = LRSchedule(cfg.train.lr, cfg.train.lr_schedule, epochs=cfg.train.epochs,
-                              steps_per_epoch=steps, warmup_epochs=cfg.train.warmup_epochs,
-                              step_epochs=cfg.train.lr_step_epochs, gamma=cfg.train.lr_gamma)
-        trainer = Trainer(network, optimizer, schedule, splits, epochs=cfg.train.epochs,
-                          batch_size=cfg.train.batch_size, eval_batch_size=cfg.train.eval_batch_size,
-                          rng=train_rng, progress=progress, augment=build_augmenter(cfg))
-        if resume is not None:
-            state = _restore(network, optimizer, train_rng, resume, len(splits.train), steps)
-            run_id = resume.meta.get("run_id") or uuid.uuid4().hex
-        else:
-            state, run_id = TrainState(), uuid.uuid4().hex
-
-        def snapshot(at):
-            return _snapshot(network, optimizer, at, train_rng, config_text, run_id)
-
-        try:
+        training = _assemble(cfg, config_text, resume, data_dir=data_dir, mirrors=mirrors,
+                             progress=progress)
+        with _failures_explained(folder, training, data_dir):
             folder.lock()
             _check_folder(folder, config_text, **checks)  # again: it may have changed meanwhile
             replace = overwrite and (resume is None or not folder.is_run_of(resume_path, resume.meta))
-            folder.begin(history=state.history, config_text=config_text, replace=replace)
-            if resume is not None:
-                if state.history and state.step_in_epoch == 0 and \
-                        best_epoch(state.history) is state.history[-1]:
-                    folder.repair_best(snapshot(state), state.epoch)
-                folder.log(f"resumed at epoch {state.epoch + 1}, step {state.step} from {resume_path}")
-                say(f"resuming {folder.path} at epoch {state.epoch + 1}, step {state.step}")
-            header = (f"fit {cfg.source}: {network.n_params:,} parameters, {len(splits.train)} train / "
-                      f"{len(splits.val)} val / {len(splits.test)} test images, {cfg.train.epochs} "
-                      f"epochs, batch {cfg.train.batch_size}, {cfg.train.dtype}")
-            folder.log(header)
-            say(header)
-
-            def on_epoch_end(metrics, state):
-                line = epoch_line(metrics, cfg.train.epochs)
-                folder.save_epoch(snapshot(state), metrics, line=line,
-                                  is_best=best_epoch(state.history) is metrics)
-                echo(line)  # the one line per epoch, shown even with --quiet
-
-            with stop_on_signals() as stop:
-                try:
-                    trainer.fit(state, on_epoch_end, stop)
-                except Interrupted as stopped:
-                    with stop.shielded():
-                        folder.save_position(snapshot(stopped.state))
-                        message = _stop_message(stopped, folder, data_dir)
-                        folder.log(message)
-                    raise Interrupted(stopped.state, message, stopped.signum) from None
-
-            summary = _summary(cfg, folder, state, time.perf_counter() - wall_start)
-            folder.write_summary(summary)
-            done = (f"done: best val_acc {100 * (summary['best']['val_acc'] or 0):.2f}% at epoch "
-                    f"{summary['best']['epoch']}, final test_acc "
-                    f"{100 * (summary['final']['test_acc'] or 0):.2f}%, "
-                    f"{summary['wall_seconds']:.1f}s; checkpoints in {folder.checkpoints}")
-            _log_quietly(folder, done)
-        except DivergedError as exc:
-            kept = (f"; the last good checkpoint is {folder.last} ({folder.describe()})"
-                    if folder.holds_run() else "; no checkpoint was saved")
-            message = f"{exc}; {divergence_advice(cfg, splits)}{kept}"
-            _log_quietly(folder, message)
-            raise DivergedError(message) from None
-        except FolderNotWritable:
-            raise
-        except RunWriteError as exc:
-            message = f"{exc}; {folder.what_is_safe(data_dir, _fix_for(exc.error))}"
-            _log_quietly(folder, message)
-            raise RunWriteError(exc.path, exc.error, message) from None
+            _begin(folder, training, resume=resume, resume_path=resume_path, replace=replace,
+                   say=say)
+            _train(folder, training, data_dir=data_dir, echo=echo)
+            summary, done = _finish(folder, training, time.perf_counter() - wall_start)
     say(done)
     return summary
 

@@ -112,6 +112,27 @@ def test_resolve_mirrors_precedence(monkeypatch):
     assert "yann.lecun.com" not in " ".join(resolve_mirrors())
 
 
+def test_fetch_mnist_takes_the_flags_before_the_config(monkeypatch, tmp_path, synthetic_mnist,
+                                                      mnist_server):
+    monkeypatch.setattr(download, "MNIST_FILES", synthetic_mnist.table)
+    monkeypatch.setattr(download, "DEFAULT_MIRRORS", ())
+    for name in ("CNNTRAIN_DATA_DIR", "CNNTRAIN_MNIST_MIRRORS"):
+        monkeypatch.delenv(name, raising=False)
+    dead = dead_mirror()
+    # The config's folder and mirror when no flag is given...
+    folder, paths = download.fetch_mnist(config_dir=str(tmp_path / "cfg"),
+                                         config_mirrors=[mnist_server.mirror("c")],
+                                         progress=False)
+    assert folder == tmp_path / "cfg" and sorted(paths) == sorted(synthetic_mnist.table)
+    assert_complete(folder, synthetic_mnist)
+    # ...and the flags' when given (the config's mirror, dead, would fail the download).
+    folder, _ = download.fetch_mnist(str(tmp_path / "flag"), [mnist_server.mirror("f")],
+                                     config_dir=str(tmp_path / "cfg"), config_mirrors=[dead],
+                                     progress=False)
+    assert folder == tmp_path / "flag"
+    assert_complete(folder, synthetic_mnist)
+
+
 def test_mnist_table_and_public_mirrors():
     assert MNIST_FILES["train-images-idx3-ubyte"] == (
         47040016, "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db")
