@@ -65,10 +65,11 @@ total=$REPLY
 # and `cnntrain summarize` lists the queued runs as not started.
 mkdir -p "$SWEEP_DIR"
 todo=()
+states=()  # each run's state before the sweep starts any (sweep_state's words)
 for ((i = 0; i < total; i++)); do
     sweep_combination "$i"
     sweep_prepare_run
-    sweep_state "$SWEEP_DIR/$SWEEP_RUN_NAME"
+    states[i]=$REPLY
     if [[ $REPLY != "done" ]]; then
         todo+=("$i")
     fi
@@ -104,9 +105,7 @@ trap stop_runs INT TERM HUP
 
 for ((i = 0; i < total; i++)); do
     ((stopping == 0)) || break
-    sweep_combination "$i"
-    sweep_state "$SWEEP_DIR/$SWEEP_RUN_NAME"
-    if [[ $REPLY == "done" ]]; then
+    if [[ ${states[i]} == "done" ]]; then
         sweep_run_one "$i"  # only says that it is skipped
         continue
     fi
@@ -129,7 +128,7 @@ for ((i = 0; i < total; i++)); do
     sweep_combination "$i"
     dir=$SWEEP_DIR/$SWEEP_RUN_NAME
     sweep_status_code "$dir"
-    if [[ -f $dir/summary.json ]]; then
+    if [[ $SWEEP_RUN_STATE == finished ]]; then
         finished=$((finished + 1))
     elif [[ -z $REPLY || $REPLY == 130 ]] && ((stopping)); then
         unfinished+=("$SWEEP_RUN_NAME")

@@ -8,11 +8,14 @@
 # A sourcing script sets SWEEP_PROG and defines usage() before calling sweep_parse_args; it
 # may define sweep_script_option FLAG (return 0 when it takes the flag) for flags of its own.
 #
-# Layout written into each run folder SWEEP_DIR/NAME, next to what `cnntrain fit` writes there:
+# Written into each run folder SWEEP_DIR/NAME, next to what `cnntrain fit` writes there:
 #   overrides.txt       the run's --set overrides, one per line (swept ones first)
 #   sweep-status.json   the last attempt: exit_code, error (last stderr line), action, seconds
 #   sweep-output.log    stdout and stderr of every attempt
 # and SWEEP_DIR/sweep.log collects the start/end lines of every run, timestamped.
+# cnntrain owns the run folder's layout and rules (cnntrain/runfolder.py, these names
+# included): the sweep asks `cnntrain runinfo` (sweep_ask) for a folder's state and its files'
+# paths instead of keeping a copy of them.
 
 SWEEP_CONFIG=""
 SWEEP_DIR=""
@@ -24,11 +27,13 @@ SWEEP_FIXED=()  # SECTION.KEY=VALUE given with --set
 CNNTRAIN_CMD=()
 SWEEP_RUN_NAME=""
 SWEEP_RUN_OVERRIDES=()
-
-# The files `cnntrain fit` may leave in a run folder before summary.json; mirrors
-# cnntrain.runfolder.RUN_FILES. Any of them without a checkpoint means a fit died before its
-# first epoch; fit starts such a folder again (the sweep still says --overwrite, harmlessly).
-SWEEP_RUN_FILES=(config.ini metrics.jsonl train.log checkpoints)
+SWEEP_INFO=()  # the answers of the last sweep_ask
+# Paths in the run folder last given to sweep_state:
+SWEEP_RUN_LAST=""            # its checkpoints/last.npz
+SWEEP_RUN_OVERRIDES_FILE=""  # overrides.txt
+SWEEP_RUN_STATUS_FILE=""     # sweep-status.json
+SWEEP_RUN_OUTPUT_FILE=""     # sweep-output.log
+SWEEP_RUN_STATE=""           # runinfo's state of the folder last given to sweep_status_code
 
 sweep_die() {  # EXIT_CODE MESSAGE
     printf '%s: %s\n' "$SWEEP_PROG" "$2" >&2
@@ -282,28 +287,43 @@ sweep_list() {  # print index, folder and overrides of every combination
 
 # --- run folders ----------------------------------------------------------------------------
 
-sweep_state() {  # RUN_DIR -> REPLY: done | resume | overwrite | fresh
-    local name
-    if [[ -f $1/summary.json ]]; then
-        REPLY="done"
-    elif [[ -f $1/checkpoints/last.npz ]]; then
-        REPLY=resume
-    else
-        REPLY=fresh
-        for name in "${SWEEP_RUN_FILES[@]}"; do
-            if [[ -e $1/$name ]]; then
-                REPLY=overwrite
-            fi
-        done
-    fi
+sweep_ask() {  # RUN_DIR FIELD... -> SWEEP_INFO: `cnntrain runinfo`'s answers, one per FIELD
+    local answers
+    ((${#CNNTRAIN_CMD[@]})) || sweep_find_cnntrain
+    answers=$("${CNNTRAIN_CMD[@]}" runinfo "$@" </dev/null) ||
+        sweep_die 2 "'${CNNTRAIN_CMD[*]} runinfo' could not answer about $1 (see above)"
+    mapfile -t SWEEP_INFO <<<"$answers"
 }
 
-sweep_prepare_run() {  # for the current combination: make its folder and record its overrides
-    local dir=$SWEEP_DIR/$SWEEP_RUN_NAME want have
+sweep_state() {  # RUN_DIR -> REPLY: done | resume | overwrite | fresh, and SWEEP_RUN_* paths
+    sweep_ask "$1" state last overrides sweep_status sweep_output
+    SWEEP_RUN_LAST=${SWEEP_INFO[1]}
+    SWEEP_RUN_OVERRIDES_FILE=${SWEEP_INFO[2]}
+    SWEEP_RUN_STATUS_FILE=${SWEEP_INFO[3]}
+    SWEEP_RUN_OUTPUT_FILE=${SWEEP_INFO[4]}
+    case ${SWEEP_INFO[0]} in
+        finished) REPLY="done" ;;
+        resumable) REPLY=resume ;;
+        # A fit's files without a checkpoint: a fit died before its first epoch; fit starts
+        # such a folder again (the sweep still says --overwrite, harmlessly).
+        leftovers) REPLY=overwrite ;;
+        empty) REPLY=fresh ;;
+        *) sweep_die 2 "cnntrain runinfo says $1 is '${SWEEP_INFO[0]}', a state this script does not know; update scripts/ with cnntrain" ;;
+    esac
+}
+
+sweep_temporary() {  # PATH -> the hidden temporary name it is written under first
+    printf '%s/.%s.tmp' "${1%/*}" "${1##*/}"
+}
+
+sweep_prepare_run() {  # make the current combination's folder and record its overrides
+    # -> REPLY: the folder's state, as sweep_state
+    local dir=$SWEEP_DIR/$SWEEP_RUN_NAME want have tmp
     want=$(printf '%s\n' "${SWEEP_RUN_OVERRIDES[@]}")
     mkdir -p "$dir"
-    if [[ -f $dir/overrides.txt ]]; then
-        have=$(<"$dir/overrides.txt")
+    sweep_state "$dir"
+    if [[ -f $SWEEP_RUN_OVERRIDES_FILE ]]; then
+        have=$(<"$SWEEP_RUN_OVERRIDES_FILE")
         if [[ $have != "$want" ]]; then
             # Same folder name, other fixed overrides: skipping or resuming it would pass off
             # a different run as this one.
@@ -311,12 +331,12 @@ sweep_prepare_run() {  # for the current combination: make its folder and record
         fi
         return 0
     fi
-    sweep_state "$dir"
     if [[ $REPLY != fresh ]]; then
         sweep_die 2 "$dir holds a run this sweep did not start; choose another -o SWEEP_DIR or remove that folder"
     fi
-    printf '%s\n' "$want" >"$dir/.overrides.txt.tmp"
-    mv -f "$dir/.overrides.txt.tmp" "$dir/overrides.txt"
+    tmp=$(sweep_temporary "$SWEEP_RUN_OVERRIDES_FILE")
+    printf '%s\n' "$want" >"$tmp"
+    mv -f "$tmp" "$SWEEP_RUN_OVERRIDES_FILE"
 }
 
 sweep_say() {  # LINE: to stdout and, timestamped, to SWEEP_DIR/sweep.log
@@ -332,20 +352,22 @@ sweep_json_string() {  # TEXT -> REPLY as a JSON string
     REPLY="\"${s//[[:cntrl:]]/}\""
 }
 
-sweep_write_status() {  # RUN_DIR EXIT_CODE ERROR ACTION SECONDS
-    local error
+sweep_write_status() {  # STATUS_FILE EXIT_CODE ERROR ACTION SECONDS
+    local error tmp
     sweep_json_string "$3"
     error=$REPLY
+    tmp=$(sweep_temporary "$1")
     printf '{\n  "exit_code": %d,\n  "error": %s,\n  "action": "%s",\n  "seconds": %d,\n  "finished": "%s"\n}\n' \
-        "$2" "$error" "$4" "$5" "$(date -u '+%Y-%m-%dT%H:%M:%SZ')" >"$1/.sweep-status.json.tmp"
-    mv -f "$1/.sweep-status.json.tmp" "$1/sweep-status.json"
+        "$2" "$error" "$4" "$5" "$(date -u '+%Y-%m-%dT%H:%M:%SZ')" >"$tmp"
+    mv -f "$tmp" "$1"
 }
 
-sweep_status_code() {  # RUN_DIR -> REPLY: the exit code of the last attempt, or "" if none
-    REPLY=""
-    if [[ -f $1/sweep-status.json ]]; then
-        REPLY=$(sed -n 's/^  "exit_code": \([0-9]*\),$/\1/p' "$1/sweep-status.json")
-    fi
+sweep_status_code() {  # RUN_DIR -> REPLY: the exit code of the last attempt, or "" if none;
+    # SWEEP_RUN_STATE: the folder's state as cnntrain runinfo names it (finished, ...)
+    sweep_ask "$1" exit_code state
+    REPLY=${SWEEP_INFO[0]}
+    # shellcheck disable=SC2034  # read by the sourcing script
+    SWEEP_RUN_STATE=${SWEEP_INFO[1]}
 }
 
 sweep_fetch_mnist() {
@@ -362,17 +384,16 @@ sweep_run_one() {  # INDEX: train, resume or skip combination #INDEX; returns fi
     local index=$1 dir action rc=0 started reason tag override args=()
     sweep_combination "$index"
     sweep_prepare_run
+    action=$REPLY
     dir=$SWEEP_DIR/$SWEEP_RUN_NAME
     tag="#$index $SWEEP_RUN_NAME"
-    sweep_state "$dir"
-    action=$REPLY
     case $action in
         done)
             sweep_say "skip    $tag: already done"
             return 0 ;;
         resume)
             # The checkpoint holds the resolved config, overrides included.
-            args=(fit --resume "$dir/checkpoints/last.npz" --quiet) ;;
+            args=(fit --resume "$SWEEP_RUN_LAST" --quiet) ;;
         *)
             args=(fit --config "$SWEEP_CONFIG")
             for override in "${SWEEP_RUN_OVERRIDES[@]}"; do
@@ -383,26 +404,26 @@ sweep_run_one() {  # INDEX: train, resume or skip combination #INDEX; returns fi
                 args+=(--overwrite)
             fi ;;
     esac
-    rm -f "$dir/sweep-status.json"
+    rm -f "$SWEEP_RUN_STATUS_FILE"
     if [[ $action == resume ]]; then
-        sweep_say "resume  $tag from checkpoints/last.npz"
+        sweep_say "resume  $tag from ${SWEEP_RUN_LAST#"$dir"/}"
     else
         sweep_say "start   $tag"
     fi
     printf '== %s %s: %s\n' "$(date '+%Y-%m-%d %H:%M:%S')" "$action" \
-        "${CNNTRAIN_CMD[*]} ${args[*]}" >>"$dir/sweep-output.log"
+        "${CNNTRAIN_CMD[*]} ${args[*]}" >>"$SWEEP_RUN_OUTPUT_FILE"
     started=$(date +%s)
-    "${CNNTRAIN_CMD[@]}" "${args[@]}" </dev/null >>"$dir/sweep-output.log" \
+    "${CNNTRAIN_CMD[@]}" "${args[@]}" </dev/null >>"$SWEEP_RUN_OUTPUT_FILE" \
         2>"$dir/.sweep-stderr" || rc=$?
     reason=$(awk 'NF { last = $0 } END { print last }' "$dir/.sweep-stderr")
-    cat "$dir/.sweep-stderr" >>"$dir/sweep-output.log"
+    cat "$dir/.sweep-stderr" >>"$SWEEP_RUN_OUTPUT_FILE"
     rm -f "$dir/.sweep-stderr"
     if ((rc > 128)) && [[ -z $reason ]]; then
         reason="killed by signal $((rc - 128))"
     elif ((rc != 0)) && [[ -z $reason ]]; then
         reason="exit code $rc"
     fi
-    sweep_write_status "$dir" "$rc" "$reason" "$action" "$(($(date +%s) - started))"
+    sweep_write_status "$SWEEP_RUN_STATUS_FILE" "$rc" "$reason" "$action" "$(($(date +%s) - started))"
     if ((rc == 0)); then
         sweep_say "done    $tag ($(($(date +%s) - started))s)"
     elif ((rc == 130)); then

@@ -2,6 +2,7 @@
 answers from (cnntrain.runfolder)."""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -111,3 +112,19 @@ def test_runinfo_imports_no_numpy_and_is_hidden_from_help():
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           check=True).stdout.strip() == "False"
     assert "runinfo" not in invoke("--help").output
+
+
+def test_the_sweep_scripts_keep_no_copy_of_the_run_folder_layout():
+    """They ask `cnntrain runinfo`; a file name in their code (outside comments and the
+    messages that point the user to a file) would be a second copy that can drift."""
+    from pathlib import Path
+    scripts = Path(__file__).resolve().parent.parent / "scripts"
+    names = [runfolder.CONFIG, runfolder.METRICS, runfolder.LOG, runfolder.SUMMARY, "last.npz",
+             "best.npz", runfolder.OVERRIDES, runfolder.SWEEP_STATUS]
+    for script in sorted(scripts.glob("sweep*.sh")):
+        for number, line in enumerate(script.read_text().splitlines(), 1):
+            code = re.sub(r"(^|\s)#.*$", "", line)  # a comment starts at a word
+            if code.lstrip().startswith("printf 'results:"):
+                continue
+            for name in names:
+                assert name not in code, f"{script.name}:{number}: {line.strip()}"
