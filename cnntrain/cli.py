@@ -187,7 +187,8 @@ def download(data_dir, mirrors, config_path, quiet, verify):
     from cnntrain.download import fetch_mnist
 
     cfg = _load_config(config_path, ()) if config_path else None
-    folder, paths = fetch_mnist(data_dir, mirrors, config_dir=cfg.data.dir or None if cfg else None,
+    folder, paths = fetch_mnist(data_dir, mirrors,
+                                config_dir=cfg.data.dir or None if cfg else None,
                                 config_mirrors=cfg.data.mirrors if cfg else (),
                                 progress=not quiet and sys.stderr.isatty(), verify=verify)
     how = ", each hashed again" if verify else ""

@@ -29,7 +29,8 @@ def init_weights(shape, fan_in, fan_out, *, rng, dtype=np.float32, scheme="he"):
     """Weights drawn by `scheme` from `rng`; without a generator, zeros (to be loaded later,
     e.g. from a checkpoint) rather than hidden, unseeded randomness."""
     if scheme not in INIT_SCHEMES:
-        raise ValueError(f"unknown init scheme {scheme!r}; expected one of {', '.join(INIT_SCHEMES)}")
+        raise ValueError(f"unknown init scheme {scheme!r}; expected one of "
+                         f"{', '.join(INIT_SCHEMES)}")
     if rng is None:
         return np.zeros(shape, dtype=dtype)
     if scheme == "he":

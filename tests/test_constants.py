@@ -29,7 +29,8 @@ def test_the_checksum_table_covers_exactly_the_named_files():
 
 @pytest.mark.parametrize("schedule", constants.SCHEDULES)
 def test_every_schedule_the_config_accepts_is_one_the_optimizer_runs(schedule):
-    cfg = parse_config(f"[model]\nlayers = flatten\n    dense 10\n[train]\nlr_schedule = {schedule}\n")
+    cfg = parse_config(f"[model]\nlayers = flatten\n    dense 10\n"
+                       f"[train]\nlr_schedule = {schedule}\n")
     assert cfg.train.lr_schedule == schedule
     assert LRSchedule(0.1, schedule, epochs=2, steps_per_epoch=3)(0) == pytest.approx(0.1)
     assert SCHEMA["train"]["lr_schedule"].kind.options == constants.SCHEDULES
