@@ -241,8 +241,22 @@ def summarize(paths, csv_path, sort_key):
 @click.option("-o", "--output", required=True, metavar="FILE.png", help="The picture to write.")
 @click.option("--filters", "filters_checkpoint", metavar="CHECKPOINT",
               help="Draw the first layer's learned kernels of CHECKPOINT instead of curves.")
-def plot(run_dirs, output, filters_checkpoint):
-    """Draw loss and accuracy curves of runs (overlaid), or a checkpoint's first-layer kernels.
+@click.option("--maps", "maps_checkpoint", metavar="CHECKPOINT",
+              help="Draw one picture's activation maps in every convolution and pooling layer "
+                   "of CHECKPOINT, with its prediction.")
+@click.option("--image", type=click.IntRange(min=0), metavar="N",
+              help="With --maps: MNIST test image N (default 0), or picture N of an --input "
+                   "stack.")
+@click.option("--input", "input_path", metavar="FILE",
+              help="With --maps: a picture file (or .npy / IDX) read as cnntrain predict does.")
+@click.option("--raw", is_flag=True, help="With --maps --input: the input already is a 28x28 "
+                                          "MNIST-like field.")
+@data_dir_option
+@mirror_option
+def plot(run_dirs, output, filters_checkpoint, maps_checkpoint, image, input_path, raw,
+         data_dir, mirrors):
+    """Draw loss and accuracy curves of runs (overlaid), a checkpoint's first-layer kernels,
+    or what a checkpoint's network sees of one picture.
 
     Needs matplotlib: pip install 'cnntrain[plot]'.
 
@@ -250,11 +264,24 @@ def plot(run_dirs, output, filters_checkpoint):
     Examples:
       cnntrain plot runs/lenet5 runs/lenet5-classic -o curves.png
       cnntrain plot --filters runs/lenet5/checkpoints/best.npz -o filters.png
+      cnntrain plot --maps runs/lenet5/checkpoints/best.npz --image 7 -o maps.png
+      cnntrain plot --maps runs/lenet5/checkpoints/best.npz --input my-digit.jpg -o maps.png
     """
     from cnntrain import plots
     from cnntrain.errors import ConfigError
 
     plots.require_matplotlib()
+    if (image is not None or input_path or raw) and not maps_checkpoint:
+        raise ConfigError("--image, --input and --raw go with --maps CHECKPOINT")
+    if maps_checkpoint:
+        if run_dirs or filters_checkpoint:
+            raise ConfigError("give --maps CHECKPOINT alone, without run folders or --filters")
+        from cnntrain.maps import draw_maps
+        digit, probability = draw_maps(maps_checkpoint, output, image=image,
+                                       input_path=input_path, raw=raw, data_dir=data_dir,
+                                       mirrors=mirrors)
+        click.echo(f"wrote {output} (predicted {digit}, {100 * probability:.1f}%)")
+        return
     if filters_checkpoint:
         if run_dirs:
             raise ConfigError("give either run folders or --filters CHECKPOINT, not both")
@@ -264,6 +291,62 @@ def plot(run_dirs, output, filters_checkpoint):
     else:
         raise ConfigError("give one or more run folders, or --filters CHECKPOINT")
     click.echo(f"wrote {output}")
+
+
+@cli.command(context_settings=CONTEXT_SETTINGS)
+@click.argument("checkpoint")
+@click.argument("inputs", nargs=-1, required=True, metavar="INPUT...")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@click.option("--top", type=click.IntRange(1, 10), default=3, show_default=True, metavar="K",
+              help="How many of the most likely digits to list.")
+@click.option("--raw", is_flag=True,
+              help="Inputs already are 28x28 MNIST-like pictures (white digit on black, "
+                   "centred): skip the preprocessing.")
+def predict(checkpoint, inputs, as_json, top, raw):
+    """Read the digit in pictures: one line per picture with the digit, its probability and
+    the top K.
+
+    INPUT: image files (PNG, JPEG, BMP, GIF, TIFF, PGM; need pip install 'cnntrain[images]'),
+    .npy arrays (one picture or a stack), MNIST IDX image files, or folders of them. Any
+    picture of one digit works, dark on light or light on dark, at any size and place: it is
+    cropped, scaled into 20x20 and centred in 28x28 as MNIST's digits were.
+
+    An input that cannot be read, or holds no ink, gets a one-line error and the others go
+    on; the exit code is then 1.
+
+    \b
+    Examples:
+      cnntrain predict runs/lenet5/checkpoints/best.npz my-digit.jpg
+      cnntrain predict runs/lenet5/checkpoints/best.npz scans/ --top 2 --json
+    """
+    from cnntrain.predict import predict_inputs
+
+    _, failed = predict_inputs(checkpoint, inputs, top=top, raw=raw, as_json=as_json,
+                               echo=click.echo, echo_error=lambda line: click.echo(line, err=True))
+    if failed:
+        sys.exit(1)
+
+
+@cli.command(context_settings=CONTEXT_SETTINGS)
+@click.argument("checkpoint")
+@click.option("-o", "--output", required=True, metavar="FILE.onnx", help="The model to write.")
+def export(checkpoint, output):
+    """Write a checkpoint's network as an ONNX model (opset 17) for other runtimes.
+
+    Input 'image': (N, 1, 28, 28) float32 in [0, 1], white digit on black, centred as MNIST
+    (the graph applies the checkpoint's normalisation itself). Outputs 'logits' and
+    'probabilities' (N, 10). The class names and the normalisation are in its metadata.
+    Needs onnx: pip install 'cnntrain[onnx]'.
+
+    \b
+    Example:
+      cnntrain export runs/lenet5/checkpoints/best.npz -o lenet5.onnx
+    """
+    from cnntrain.export import OPSET, export_checkpoint
+
+    summary = export_checkpoint(checkpoint, output)
+    click.echo(f"wrote {output}: {summary['name']}, {summary['parameters']:,} parameters, "
+               f"ONNX opset {OPSET}")
 
 
 @cli.command(context_settings=CONTEXT_SETTINGS)

@@ -60,8 +60,9 @@ class Predictor:
     logits(fields) -> (N, 10) in the network's dtype, before softmax.
     """
 
-    def __init__(self, network, *, mean, std, meta=None, path=None):
+    def __init__(self, network, *, mean, std, meta=None, path=None, config=None):
         self.network = network
+        self.config = config  # the checkpoint's resolved Config, when it came from one
         self.mean, self.std = float(mean), float(std)
         self.meta = dict(meta or {})
         self.path = None if path is None else Path(path)
@@ -74,7 +75,8 @@ class Predictor:
         ckpt = load_checkpoint(path)
         cfg = config_from_checkpoint(ckpt, path)
         network = network_from_checkpoint(ckpt, cfg, path)
-        return cls(network, mean=cfg.data.mean, std=cfg.data.std, meta=ckpt.meta, path=path)
+        return cls(network, mean=cfg.data.mean, std=cfg.data.std, meta=ckpt.meta, path=path,
+                   config=cfg)
 
     @property
     def field_shape(self):

@@ -27,7 +27,10 @@ from cnntrain.errors import CnnTrainError
 
 FIELD = 28       # MNIST's field, pixels per side
 BOX = 20         # the longer side of a digit inside it
-INK_FLOOR = 0.1  # ink weaker than this fraction of the paper-to-ink range is noise
+# Ink weaker than this fraction of the paper-to-ink range is noise. It also sets where the
+# crop's edges fall; measured on 1,000 MNIST test digits enlarged, moved, saved as PNG and
+# JPEG and read back, 0.2 classified like the originals more often than 0.05, 0.1 or 0.3.
+INK_FLOOR = 0.2
 MIN_CONTRAST = 0.1  # the ink must differ from the paper by this much of the full grey range
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".pgm", ".ppm",
@@ -159,10 +162,14 @@ def centre_of_mass(image):
 
 def paste_centred(digit, field=FIELD):
     """Paste (h, w) `digit` into a (field, field) zero field, moved by whole pixels so its
-    centre of mass lands as near the field's centre as it can while staying inside."""
+    centre of mass lands as near pixel (field // 2, field // 2) as it can while staying inside.
+
+    That pixel, (14, 14) in 0-based row and column indices, is where MNIST put it: over the
+    test set the centres of mass average (13.99, 14.01), with a spread of 0.29 pixels, not
+    the geometric centre (13.5, 13.5)."""
     h, w = digit.shape
     row, col = centre_of_mass(digit)
-    middle = (field - 1) / 2
+    middle = field // 2
     top = int(np.clip(np.floor(middle - row + 0.5), 0, field - h))
     left = int(np.clip(np.floor(middle - col + 0.5), 0, field - w))
     out = np.zeros((field, field))

@@ -1,0 +1,188 @@
+"""`cnntrain export`: a checkpoint's network as a standard ONNX model, in evaluation mode.
+
+The model (ONNX opset OPSET, IR version IR_VERSION, float32) takes
+    image: (N, 1, 28, 28) float32 in [0, 1], ink high (white digit on black), centred as
+           MNIST's digits are (cnntrain.preprocess.to_mnist_field makes such fields)
+and gives
+    logits:        (N, 10), the network's scores, equal to cnntrain's forward pass
+    probabilities: (N, 10), their softmax
+The checkpoint's normalisation, (x - mean) / std, is the first two nodes of the graph, so a
+runtime feeds plain [0, 1] pixels; the metadata repeats it (mean, std), with the class names,
+the input convention and the checkpoint it came from.
+
+Each layer class is translated by one function in EXPORTERS, the one table to extend when a
+layer kind is added; a network holding a layer it lacks is a one-line error naming the layer.
+onnx is optional: pip install 'cnntrain[onnx]'.
+"""
+
+import json
+
+import numpy as np
+
+from cnntrain import __version__
+from cnntrain import layers as L
+from cnntrain.errors import CnnTrainError
+from cnntrain.fileio import atomic_writer
+from cnntrain.inference import CLASS_NAMES, load_predictor
+
+OPSET = 17       # Conv, MaxPool, AveragePool, Gemm, Flatten and Softmax(axis) as used here
+IR_VERSION = 8   # the IR version of opset 17, so runtimes of that age can load the file
+INPUT, LOGITS, PROBABILITIES = "image", "logits", "probabilities"
+
+ONNX_HINT = "exporting needs the onnx package: pip install 'cnntrain[onnx]'"
+
+
+class MissingOnnx(CnnTrainError):
+    """onnx is not installed; one pip command fixes it."""
+
+    exit_code = 2
+
+
+class UnsupportedLayer(CnnTrainError):
+    """A layer the exporter has no translation for."""
+
+
+def require_onnx():
+    try:
+        import onnx
+    except ImportError:
+        raise MissingOnnx(ONNX_HINT) from None
+    return onnx
+
+
+class GraphBuilder:
+    """Collects nodes and float32 weights; each add() returns the name of its output."""
+
+    def __init__(self, onnx):
+        self.helper = onnx.helper
+        self.numpy_helper = onnx.numpy_helper
+        self.nodes, self.initializers = [], []
+
+    def weight(self, name, array):
+        array = np.ascontiguousarray(np.asarray(array, dtype=np.float32))
+        self.initializers.append(self.numpy_helper.from_array(array, name))
+        return name
+
+    def add(self, op, inputs, name, output=None, **attributes):
+        output = output or name
+        self.nodes.append(self.helper.make_node(op, list(inputs), [output], name=name,
+                                                **attributes))
+        return output
+
+
+# --------------------------------------------------------------------------- one per layer
+# Each: (builder, layer name, layer, input name) -> output name.
+
+
+def _conv(g, name, layer, x):
+    p = layer.padding
+    return g.add("Conv", [x, g.weight(f"{name}.W", layer.params["W"]),
+                          g.weight(f"{name}.b", layer.params["b"])], name,
+                 kernel_shape=list(layer.kernel_size), strides=[layer.stride] * 2,
+                 pads=[p, p, p, p])
+
+
+def _pool(op):
+    def export(g, name, layer, x):
+        k = layer.kernel_size
+        # Floor mode (ceil_mode 0) and no padding: leftover rows and columns are dropped,
+        # as cnntrain's pooling does.
+        return g.add(op, [x], name, kernel_shape=[k, k], strides=[layer.stride] * 2,
+                     ceil_mode=0)
+    return export
+
+
+def _dense(g, name, layer, x):
+    # cnntrain's W is (in, out): y = x @ W + b, which is Gemm without transposes.
+    return g.add("Gemm", [x, g.weight(f"{name}.W", layer.params["W"]),
+                          g.weight(f"{name}.b", layer.params["b"])], name)
+
+
+def _elementwise(op):
+    def export(g, name, layer, x):
+        return g.add(op, [x], name)
+    return export
+
+
+def _flatten(g, name, layer, x):
+    return g.add("Flatten", [x], name, axis=1)  # (N, C, H, W) -> (N, C*H*W) in C, H, W order
+
+
+EXPORTERS = {
+    L.Conv2D: _conv,
+    L.MaxPool2D: _pool("MaxPool"),
+    L.MeanPool2D: _pool("AveragePool"),
+    L.Dense: _dense,
+    L.ReLU: _elementwise("Relu"),
+    L.Tanh: _elementwise("Tanh"),
+    L.Sigmoid: _elementwise("Sigmoid"),
+    L.Flatten: _flatten,
+}
+
+
+def exporter_for(layer):
+    """The translation of a layer's exact class (a subclass may change the maths, so it is
+    never taken for its parent), or None."""
+    return EXPORTERS.get(type(layer))
+
+
+def check_exportable(network, source):
+    """UnsupportedLayer naming the first layer without a translation, before any work."""
+    for name, layer in network.layers:
+        if exporter_for(layer) is None:
+            known = ", ".join(sorted(cls.__name__ for cls in EXPORTERS))
+            raise UnsupportedLayer(f"{source}: cannot export layer {name} "
+                                   f"({type(layer).__name__}): the ONNX exporter has no "
+                                   f"translation for it (it translates {known})")
+
+
+def build_onnx(network, *, mean, std, metadata=None, source="the network"):
+    """A cnntrain Network -> a checked onnx ModelProto (see the module docstring)."""
+    onnx = require_onnx()
+    check_exportable(network, source)
+    helper = onnx.helper
+    g = GraphBuilder(onnx)
+    x = g.add("Sub", [INPUT, g.weight("normalise.mean", np.array(mean))], "normalise.sub")
+    x = g.add("Div", [x, g.weight("normalise.std", np.array(std))], "normalise.div")
+    for name, layer in network.layers:
+        x = exporter_for(layer)(g, name, layer, x)
+    g.nodes[-1].output[0] = LOGITS
+    g.add("Softmax", [LOGITS], "softmax", output=PROBABILITIES, axis=1)
+
+    float32 = onnx.TensorProto.FLOAT
+    shape = ["N", *network.input_shape]
+    n_out = network.summary()[-1].output_shape
+    graph = helper.make_graph(
+        g.nodes, "cnntrain", [helper.make_tensor_value_info(INPUT, float32, shape)],
+        [helper.make_tensor_value_info(LOGITS, float32, ["N", *n_out]),
+         helper.make_tensor_value_info(PROBABILITIES, float32, ["N", *n_out])],
+        initializer=g.initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
+                              ir_version=IR_VERSION, producer_name="cnntrain",
+                              producer_version=__version__)
+    model.doc_string = (f"input '{INPUT}': (N, {', '.join(map(str, network.input_shape))}) float32 "
+                        f"in [0, 1], ink high (white digit on black), centred as MNIST; the graph "
+                        f"normalises it itself ((x - {mean}) / {std}). Outputs '{LOGITS}' and "
+                        f"'{PROBABILITIES}' over classes {', '.join(CLASS_NAMES)}.")
+    props = {"classes": json.dumps(list(CLASS_NAMES)),
+             "input": model.doc_string,
+             "normalisation": json.dumps({"mean": mean, "std": std, "inside_graph": True}),
+             **(metadata or {})}
+    helper.set_model_props(model, {key: str(value) for key, value in props.items()})
+    onnx.checker.check_model(model)
+    return model
+
+
+def export_checkpoint(checkpoint, output):
+    """Write `checkpoint`'s network to `output` as ONNX (atomically); returns the summary."""
+    require_onnx()
+    predictor = load_predictor(checkpoint)
+    summary = predictor.summary()
+    metadata = {"source_checkpoint": str(checkpoint), "name": summary["name"],
+                "epoch": summary["epoch"], "test_accuracy": summary["test_accuracy"],
+                "opset": OPSET}
+    model = build_onnx(predictor.network, mean=predictor.mean, std=predictor.std,
+                       metadata=metadata, source=str(checkpoint))
+    with atomic_writer(output) as f:
+        f.write(model.SerializeToString())
+    return summary

@@ -1,0 +1,196 @@
+"""What the network sees: one picture's activation maps in every convolution and pooling layer.
+
+`cnntrain plot --maps CHECKPOINT [--image N | --input FILE] -o maps.png` draws, from top to
+bottom: the 28x28 field the network is given, with its probabilities per digit; then one row
+per convolution (after the activation that follows it, if one does) and per pooling layer,
+each map a small grey image. Every row is scaled to its own range (black = its minimum,
+white = its maximum, both shown), so the maps of one layer can be compared with each other.
+
+The picture's pixel size depends only on the network: WIDTH wide, and a header, the input row
+and one band per layer (MAX_COLUMNS maps a line) tall. matplotlib as for cnntrain.plots.
+"""
+
+import math
+
+import numpy as np
+
+from cnntrain import layers as L
+from cnntrain.errors import ConfigError
+from cnntrain.plots import _check_output, _figure, _save, require_matplotlib
+
+WIDTH = 1200
+HEADER = 70
+INPUT_ROW = 240
+LABEL_WIDTH = 170   # the layer's name and shape, left of its maps
+MAX_COLUMNS = 16
+MAX_TILE = 100
+BAND_TITLE = 8
+
+
+def is_map_layer(layer):
+    return isinstance(layer, (L.Conv2D, L._Pool2D))
+
+
+def activation_maps(network, field_input):
+    """One picture through the network, layer by layer in evaluation mode.
+
+    field_input: (1, C, H, W) normalised network input -> (logits (1, K), [(title, maps
+    (C', H', W'))]) for every convolution (taken after an activation right behind it) and
+    every pooling layer, in network order.
+    """
+    x, rows = field_input, []
+    named = network.layers
+    for index, (name, layer) in enumerate(named):
+        x = layer.forward(x, train=False)
+        before = named[index - 1] if index else (None, None)
+        after = named[index + 1][1] if index + 1 < len(named) else None
+        if isinstance(layer, L._Pool2D):
+            rows.append((name, np.array(x[0])))
+        elif isinstance(layer, L.Conv2D) and not isinstance(after, L._Activation):
+            rows.append((name, np.array(x[0])))
+        elif isinstance(layer, L._Activation) and isinstance(before[1], L.Conv2D):
+            rows.append((f"{before[0]} + {name}", np.array(x[0])))
+    return x, rows
+
+
+def _band_height(n_maps):
+    lines = math.ceil(n_maps / MAX_COLUMNS)
+    return BAND_TITLE + lines * (_tile(n_maps) + 6) + 8
+
+
+def _tile(n_maps):
+    columns = min(n_maps, MAX_COLUMNS)
+    return int(min(MAX_TILE, (WIDTH - LABEL_WIDTH - 20) / columns - 6))
+
+
+def maps_height(rows):
+    """Pixel height of the picture for these rows of maps."""
+    return HEADER + INPUT_ROW + sum(_band_height(len(maps)) for _, maps in rows)
+
+
+def plot_maps(predictor, field, output, *, title, label=None, picture=None):
+    """Draw `field` ((28, 28) in [0, 1], ink high) as `predictor`'s network sees it; with
+    `picture` (grey levels in [0, 1]), the picture the field was made from beside it."""
+    _check_output(output)
+    require_matplotlib()
+    logits, rows = activation_maps(predictor.network, predictor.normalise(field[None]))
+    if not rows:
+        raise ConfigError(f"{predictor.path}: the network has no convolution or pooling "
+                          "layer, so there are no maps to draw")
+    probabilities = predictor.probabilities(field[None])[0]
+    digit = int(np.argmax(probabilities))
+    width, height = WIDTH, maps_height(rows)
+    figure = _figure(width, height)
+
+    def axes(left, top, w, h):
+        return figure.add_axes([left / width, 1 - (top + h) / height, w / width, h / height])
+
+    headline = f"predicted {digit} ({100 * probabilities[digit]:.1f}%)"
+    if label is not None:
+        headline += f", true label {label}"
+    figure.text(0.5, 1 - 22 / height, headline, ha="center", va="center", fontsize=14,
+                weight="bold", color="black" if label in (None, digit) else "firebrick")
+    figure.text(0.5, 1 - 48 / height, title, ha="center", va="center", fontsize=9, color="0.3")
+
+    top, left = HEADER, LABEL_WIDTH
+    figure.text(10 / width, 1 - (top + 110) / height, "input", fontsize=11, weight="bold",
+                va="center")
+    if picture is not None:
+        ax = axes(left, top + 10, 200, 200)
+        ax.imshow(picture, cmap="gray", vmin=0, vmax=1, interpolation="bilinear")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_title(f"the picture, {picture.shape[1]}x{picture.shape[0]}", fontsize=9)
+        left += 240
+    ax = axes(left, top + 10, 200, 200)
+    ax.imshow(field, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_title("what the network gets: 28x28, [0, 1]", fontsize=9)
+    left += 280
+    bars = axes(left, top + 20, min(520, width - left - 30), 180)
+    colours = ["tab:blue" if d != digit else "tab:orange" for d in range(len(probabilities))]
+    bars.bar(range(len(probabilities)), probabilities, color=colours)
+    bars.set_xticks(range(len(probabilities)))
+    bars.set_ylim(0, 1.15)  # room for the labels above the bars
+    bars.set_yticks([0, 0.25, 0.5, 0.75, 1])
+    bars.set_ylabel("probability")
+    bars.set_title("probability per digit", fontsize=9)
+    for d, p in enumerate(probabilities):
+        if p >= 0.01:
+            bars.text(d, p + 0.02, f"{100 * p:.0f}%", ha="center", fontsize=8)
+    top += INPUT_ROW
+
+    for row_title, maps in rows:
+        n = len(maps)
+        tile = _tile(n)
+        low, high = float(maps.min()), float(maps.max())
+        span = high - low or 1.0
+        c, h, w = maps.shape
+        figure.text(10 / width, 1 - (top + BAND_TITLE + 14) / height, row_title, fontsize=11,
+                    weight="bold", va="center")
+        figure.text(10 / width, 1 - (top + BAND_TITLE + 34) / height,
+                    f"{c} maps {h}x{w}", fontsize=9, va="center", color="0.3")
+        figure.text(10 / width, 1 - (top + BAND_TITLE + 52) / height,
+                    f"black {low:.2f}, white {high:.2f}", fontsize=8, va="center", color="0.3")
+        for i, single in enumerate(maps):
+            line, column = divmod(i, MAX_COLUMNS)
+            ax = axes(LABEL_WIDTH + column * (tile + 6), top + BAND_TITLE + line * (tile + 6),
+                      tile, tile)
+            ax.imshow(single, cmap="gray", vmin=low, vmax=low + span, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+        top += _band_height(n)
+    _save(figure, output)
+    return digit, float(probabilities[digit])
+
+
+def load_field(*, image=None, input_path=None, raw=False, data_dir=None, mirrors=(),
+               config_dir=None, config_mirrors=()):
+    """The picture to draw -> (field (28, 28) in [0, 1], true label or None, description,
+    the picture as read when it came from a file (grey levels in [0, 1]) or None).
+
+    input_path: a file as `cnntrain predict` reads it; `image` then picks one picture of a
+    stack (default the first). Otherwise MNIST test image `image` (default 0).
+    """
+    from cnntrain import data
+    from cnntrain.predict import to_field
+    from cnntrain.preprocess import grey_levels, read_input
+
+    if input_path is not None:
+        entries = read_input(input_path)
+        index = image or 0
+        if not 0 <= index < len(entries):
+            raise ConfigError(f"{input_path} holds {len(entries)} picture(s); --image "
+                              f"{index} is out of range")
+        label_text, grey = entries[index]
+        return to_field(grey, label_text, raw), None, label_text, grey_levels(grey)
+    index = 0 if image is None else image
+    folder = data.resolve_data_dir(data_dir, config_dir)
+    data.ensure_mnist(folder, data.resolve_mirrors(mirrors, config_mirrors), progress=False)
+    images = data.read_idx(folder / "t10k-images-idx3-ubyte")
+    labels = data.read_idx(folder / "t10k-labels-idx1-ubyte")
+    if not 0 <= index < len(images):
+        raise ConfigError(f"--image {index} is out of range: the MNIST test set has images "
+                          f"0..{len(images) - 1}")
+    return (images[index] / np.float32(255), int(labels[index]), f"MNIST test image {index}",
+            None)
+
+
+def draw_maps(checkpoint, output, *, image=None, input_path=None, raw=False, data_dir=None,
+              mirrors=()):
+    """`cnntrain plot --maps`: load the checkpoint and the picture, draw; -> (digit, p)."""
+    from cnntrain.inference import load_predictor
+
+    _check_output(output)
+    require_matplotlib()
+    predictor = load_predictor(checkpoint)
+    cfg = predictor.config
+    field, label, what, picture = load_field(image=image, input_path=input_path, raw=raw,
+                                    data_dir=data_dir, mirrors=mirrors,
+                                    config_dir=cfg.data.dir or None,
+                                    config_mirrors=cfg.data.mirrors)
+    summary = predictor.summary()
+    title = f"{what} through {checkpoint} ({summary['name']}, after epoch {summary['epoch']})"
+    return plot_maps(predictor, np.asarray(field, dtype=np.float32), output, title=title,
+                     label=label, picture=picture)

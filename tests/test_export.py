@@ -1,0 +1,187 @@
+"""ONNX export: onnxruntime gives cnntrain's logits on real test images, for the shipped
+architectures and for every layer kind the model module knows."""
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime
+import pytest
+
+from cnntrain import export, model
+from cnntrain.config import load_config
+from cnntrain.data import read_idx
+from cnntrain.inference import Predictor
+from cnntrain.layers import Layer
+from cnntrain.losses import SoftmaxCrossEntropy
+from cnntrain.run import build_optimizer
+from tests.checkpoints import make_network, save_network, write_checkpoint
+from tests.clitools import assert_one_line_error, invoke, small_config
+
+REPO = Path(__file__).resolve().parents[1]
+N_IMAGES = 1000
+STEPS = 5  # a few SGD steps move the weights off their initial values; parity, not accuracy
+
+
+def layer_kinds():
+    """Every layer kind the model module can build: today the keys of the layer-list grammar.
+    When the layers become a registry, read the registry here: a kind it gains must then get
+    an example below and an entry in export.EXPORTERS, or these tests fail."""
+    return sorted(model._GRAMMAR)
+
+
+# One small network per layer kind, each holding that kind (several hold more than one).
+EXAMPLES = {
+    "conv": ["conv 3 3 stride=2 pad=1", "relu", "conv 4 2x3", "flatten", "dense 10"],
+    "maxpool": ["conv 3 5", "maxpool 3 stride=2", "relu", "flatten", "dense 10"],
+    "meanpool": ["conv 3 3", "tanh", "meanpool 3", "flatten", "dense 10"],
+    "dense": ["flatten", "dense 16", "relu", "dense 10"],
+    "relu": ["conv 2 3", "relu", "maxpool 2", "flatten", "dense 10"],
+    "tanh": ["conv 2 3", "tanh", "meanpool 2", "flatten", "dense 10", "tanh"],
+    "sigmoid": ["conv 2 5 pad=2", "sigmoid", "maxpool 2", "flatten", "dense 12", "sigmoid",
+                "dense 10"],
+    "flatten": ["flatten", "dense 10"],
+}
+
+
+@pytest.fixture(scope="module")
+def test_images(real_mnist_dir):
+    """The first 1,000 real test images as [0, 1] fields, and training batches."""
+    fields = read_idx(real_mnist_dir / "t10k-images-idx3-ubyte")[:N_IMAGES] / 255.0
+    train = read_idx(real_mnist_dir / "train-images-idx3-ubyte")[:STEPS * 64] / 255.0
+    labels = read_idx(real_mnist_dir / "train-labels-idx1-ubyte")[:STEPS * 64].astype(np.int64)
+    return fields.astype(np.float32), train, labels
+
+
+def trained_checkpoint(path, config_text, train, labels):
+    """The config's initial network after STEPS SGD steps on real digits, saved to path."""
+    network, cfg = make_network(config_text=config_text)
+    optimizer, loss = build_optimizer(cfg, network), SoftmaxCrossEntropy()
+    x = ((train - cfg.data.mean) / cfg.data.std)[:, None].astype(network.dtype)
+    for step in range(STEPS):
+        batch = slice(64 * step, 64 * (step + 1))
+        loss.forward(network.forward(x[batch]), labels[batch])
+        network.backward(loss.backward())
+        optimizer.step(network.grads)
+    save_network(path, network, cfg)
+    return network
+
+
+def onnx_outputs(path, fields):
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    logits, probabilities = session.run([export.LOGITS, export.PROBABILITIES],
+                                        {export.INPUT: fields[:, None].astype(np.float32)})
+    return logits, probabilities
+
+
+def assert_parity(checkpoint, output, fields):
+    result = invoke("export", checkpoint, "-o", output)
+    assert result.exit_code == 0, result.output
+    assert f"ONNX opset {export.OPSET}" in result.stdout
+    logits, probabilities = onnx_outputs(output, fields)
+    predictor = Predictor.from_checkpoint(checkpoint)
+    expected = np.asarray(predictor.logits(fields), dtype=np.float64)
+    scale = max(1.0, float(np.abs(expected).max()))
+    np.testing.assert_allclose(logits, expected, rtol=1e-4, atol=1e-5 * scale)
+    np.testing.assert_allclose(probabilities, predictor.probabilities(fields), atol=1e-5)
+    assert (logits.argmax(axis=1) == expected.argmax(axis=1)).mean() >= 0.999
+
+
+@pytest.mark.parametrize("config", ["lenet5.ini", "lenet5-classic.ini"])
+def test_shipped_architectures_match_onnxruntime_on_real_images(config, test_images, tmp_path):
+    fields, train, labels = test_images
+    text = (REPO / "configs" / config).read_text()
+    trained_checkpoint(tmp_path / "model.npz", text, train, labels)
+    assert_parity(tmp_path / "model.npz", tmp_path / "model.onnx", fields)
+
+
+def uncovered_layer_kinds():
+    """Layer kinds without an example network, or whose example builds a layer that
+    export.EXPORTERS cannot translate."""
+    uncovered = []
+    for kind in layer_kinds():
+        if kind not in EXAMPLES:
+            uncovered.append(f"{kind} (no example network in tests/test_export.py)")
+            continue
+        network = model.build_network(EXAMPLES[kind], rng=np.random.default_rng(0))
+        uncovered += [f"{kind}: {name} ({type(layer).__name__}) has no exporter entry"
+                      for name, layer in network.layers if export.exporter_for(layer) is None]
+    return uncovered
+
+
+def test_every_layer_kind_has_an_example_and_an_exporter():
+    assert uncovered_layer_kinds() == []
+
+
+def test_a_new_layer_kind_without_exporter_fails_the_coverage_check(monkeypatch):
+    monkeypatch.setitem(model._GRAMMAR, "swish", ((), ()))
+    assert uncovered_layer_kinds() == ["swish (no example network in tests/test_export.py)"]
+    monkeypatch.setitem(EXAMPLES, "swish", ["flatten", "dense 10"])
+    monkeypatch.delitem(export.EXPORTERS, model.L.Dense)
+    assert "swish: dense1 (Dense) has no exporter entry" in uncovered_layer_kinds()
+
+
+@pytest.mark.parametrize("kind", layer_kinds())
+def test_every_layer_kind_matches_onnxruntime_on_real_images(kind, test_images, tmp_path):
+    assert kind in EXAMPLES, f"layer kind '{kind}' has no example network"
+    fields, train, labels = test_images
+    text = small_config(EXAMPLES[kind], data={"val_size": 100, "mean": 0.2, "std": 0.4})
+    trained_checkpoint(tmp_path / "model.npz", text, train, labels)
+    assert_parity(tmp_path / "model.npz", tmp_path / "model.onnx", fields)
+
+
+def test_float64_networks_export_as_float32(test_images, tmp_path):
+    fields, train, labels = test_images
+    text = small_config(train={"dtype": "float64", "seed": 1})
+    trained_checkpoint(tmp_path / "model.npz", text, train, labels)
+    assert_parity(tmp_path / "model.npz", tmp_path / "model.onnx", fields)
+
+
+def test_metadata_holds_classes_normalisation_and_source(tmp_path):
+    history = [{"epoch": 1, "test_acc": 0.5}]
+    write_checkpoint(tmp_path / "m.npz", history=history,
+                     data={"val_size": 100, "mean": 0.25, "std": 0.5})
+    assert invoke("export", tmp_path / "m.npz", "-o", tmp_path / "m.onnx").exit_code == 0
+    saved = onnx.load(str(tmp_path / "m.onnx"))
+    assert [(o.domain, o.version) for o in saved.opset_import] == [("", export.OPSET)]
+    props = {p.key: p.value for p in saved.metadata_props}
+    assert json.loads(props["classes"]) == [str(d) for d in range(10)]
+    assert json.loads(props["normalisation"]) == {"mean": 0.25, "std": 0.5, "inside_graph": True}
+    assert props["source_checkpoint"] == str(tmp_path / "m.npz") and props["epoch"] == "1"
+    assert props["test_accuracy"] == "0.5"
+    assert [i.name for i in saved.graph.input] == ["image"]
+    assert [o.name for o in saved.graph.output] == ["logits", "probabilities"]
+    assert [n.op_type for n in saved.graph.node][:2] == ["Sub", "Div"]
+
+
+def test_a_layer_without_translation_is_a_one_line_error_naming_it(tmp_path, monkeypatch):
+    write_checkpoint(tmp_path / "m.npz")
+    monkeypatch.delitem(export.EXPORTERS, model.L.MaxPool2D)
+    result = invoke("export", tmp_path / "m.npz", "-o", tmp_path / "m.onnx")
+    assert_one_line_error(result, 1, "m.npz", "cannot export layer maxpool1 (MaxPool2D)")
+    assert not (tmp_path / "m.onnx").exists()
+
+    class Mystery(Layer):
+        pass
+
+    network = model.build_network(["flatten", "dense 10"])
+    network.layers.insert(1, ("mystery1", Mystery()))
+    with pytest.raises(export.UnsupportedLayer, match=r"layer mystery1 \(Mystery\)"):
+        export.build_onnx(network, mean=0.0, std=1.0)
+
+
+def test_without_onnx_the_error_names_the_extra(tmp_path, monkeypatch):
+    write_checkpoint(tmp_path / "m.npz")
+    monkeypatch.setitem(sys.modules, "onnx", None)
+    result = invoke("export", tmp_path / "m.npz", "-o", tmp_path / "m.onnx")
+    assert_one_line_error(result, 2, "pip install 'cnntrain[onnx]'")
+
+
+def test_export_keeps_an_existing_file_when_it_fails(tmp_path, monkeypatch):
+    write_checkpoint(tmp_path / "m.npz")
+    (tmp_path / "m.onnx").write_bytes(b"the user's older model")
+    monkeypatch.delitem(export.EXPORTERS, model.L.Dense)
+    assert invoke("export", tmp_path / "m.npz", "-o", tmp_path / "m.onnx").exit_code == 1
+    assert (tmp_path / "m.onnx").read_bytes() == b"the user's older model"

@@ -1,0 +1,85 @@
+"""`cnntrain plot --maps`: the activation maps are the layers' real outputs, and the picture
+is a whole PNG of the documented size."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cnntrain import functional as fn
+from cnntrain import maps
+from cnntrain.inference import Predictor
+from tests.checkpoints import make_network, write_checkpoint
+from tests.clitools import assert_one_line_error, invoke
+from tests.test_plots import not_blank, png_size
+from tests.test_preprocess import SEVEN, canvas
+
+
+def test_maps_are_each_conv_after_its_activation_and_each_pooling_layer():
+    network, _ = make_network(["conv 3 5 pad=2", "relu", "maxpool 2", "conv 4 3", "meanpool 2",
+                               "tanh", "flatten", "dense 10"])
+    x = np.random.default_rng(0).standard_normal((1, 1, 28, 28)).astype(np.float32)
+    logits, rows = maps.activation_maps(network, x)
+    assert [title for title, _ in rows] == ["conv1 + relu1", "maxpool1", "conv2", "meanpool1"]
+    np.testing.assert_array_equal(logits, network.forward(x, train=False))
+    layers = dict(network.layers)
+    conv1, _ = fn.correlate2d(x, layers["conv1"].params["W"], layers["conv1"].params["b"], 1, 2)
+    np.testing.assert_allclose(rows[0][1], np.maximum(conv1, 0)[0], rtol=1e-6)
+    pooled, _ = fn.maxpool2d(np.maximum(conv1, 0), 2, 2)
+    np.testing.assert_allclose(rows[1][1], pooled[0], rtol=1e-6)
+    conv2, _ = fn.correlate2d(pooled, layers["conv2"].params["W"], layers["conv2"].params["b"],
+                              1, 0)
+    np.testing.assert_allclose(rows[2][1], conv2[0], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(rows[3][1], fn.meanpool2d(conv2, 2, 2)[0], rtol=1e-5, atol=1e-6)
+    assert [m.shape for _, m in rows] == [(3, 28, 28), (3, 14, 14), (4, 12, 12), (4, 6, 6)]
+
+
+def test_plot_maps_of_a_picture_file(tmp_path):
+    checkpoint = tmp_path / "run" / "checkpoints" / "best.npz"
+    write_checkpoint(checkpoint)
+    Image.fromarray(canvas((120, 90), np.kron(SEVEN, np.ones((5, 5))), 20, 30)).save(
+        tmp_path / "seven.png")
+    result = invoke("plot", "--maps", checkpoint, "--input", tmp_path / "seven.png",
+                    "-o", tmp_path / "maps.png")
+    assert result.exit_code == 0, result.output
+    predictor = Predictor.from_checkpoint(checkpoint)
+    from cnntrain.preprocess import load_image, to_mnist_field
+    field = to_mnist_field(load_image(tmp_path / "seven.png"))
+    probabilities = predictor.probabilities(field[None])[0]
+    digit = int(probabilities.argmax())
+    assert f"predicted {digit}, {100 * probabilities[digit]:.1f}%" in result.stdout
+    _, rows = maps.activation_maps(predictor.network, predictor.normalise(field[None]))
+    assert png_size(tmp_path / "maps.png") == (maps.WIDTH, maps.maps_height(rows))
+    assert not_blank(tmp_path / "maps.png")
+
+
+def test_plot_maps_of_an_mnist_test_image(tmp_path, real_mnist_dir):
+    checkpoint = tmp_path / "m.npz"
+    write_checkpoint(checkpoint)
+    result = invoke("plot", "--maps", checkpoint, "--image", 3, "--data-dir", real_mnist_dir,
+                    "-o", tmp_path / "maps.png")
+    assert result.exit_code == 0, result.output
+    assert png_size(tmp_path / "maps.png")[0] == maps.WIDTH and not_blank(tmp_path / "maps.png")
+    out_of_range = invoke("plot", "--maps", checkpoint, "--image", 10000, "--data-dir",
+                          real_mnist_dir, "-o", tmp_path / "x.png")
+    assert_one_line_error(out_of_range, 2, "--image 10000 is out of range", "0..9999")
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--image", "2"], "go with --maps"),
+    (["--maps", "{ckpt}", "{ckpt}"], "without run folders"),
+    (["--maps", "{ckpt}", "--input", "{stack}", "--image", "5"], "holds 2 picture(s)"),
+    (["--maps", "{dense}", "--input", "{stack}"], "no convolution or pooling layer"),
+    (["--maps", "{ckpt}", "--input", "{blank}"], "no ink"),
+])
+def test_plot_maps_errors_are_one_line(tmp_path, args, fragment):
+    write_checkpoint(tmp_path / "m.npz")
+    write_checkpoint(tmp_path / "dense.npz", ["flatten", "dense 10"])
+    np.save(tmp_path / "stack.npy", np.stack([canvas((28, 28), SEVEN, 2, 2)] * 2))
+    np.save(tmp_path / "blank.npy", np.zeros((28, 28)))
+    names = {"ckpt": tmp_path / "m.npz", "dense": tmp_path / "dense.npz",
+             "stack": tmp_path / "stack.npy", "blank": tmp_path / "blank.npy"}
+    args = [a.format(**names) for a in args]
+    result = invoke("plot", *args, "-o", tmp_path / "maps.png")
+    assert result.exit_code != 0
+    assert_one_line_error(result, result.exit_code, fragment)
+    assert not (tmp_path / "maps.png").exists()
