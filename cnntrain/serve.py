@@ -26,6 +26,7 @@ import json
 import re
 import signal
 import socket
+import socketserver
 import struct
 import sys
 import threading
@@ -45,8 +46,8 @@ DRAIN_BYTES = 8 * 1024 * 1024      # an oversized body up to this is read and dr
 SOCKET_TIMEOUT = 20.0              # seconds a client may stay silent mid-request or idle
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 LOOPBACK_NAMES = ("localhost",)
-PILLOW_MISSING = ("PNG input needs Pillow on the server (pip install Pillow); or send "
-                  "{\"width\", \"height\", \"pixels\"} grey levels, which need nothing")
+PILLOW_MISSING = ("PNG input needs Pillow on the server (pip install 'cnntrain[images]'); "
+                  "or send {\"width\", \"height\", \"pixels\"} grey levels, which need nothing")
 PAGE_RESOURCE = "static/draw.html"
 
 
@@ -452,6 +453,11 @@ class DigitServer(http.server.ThreadingHTTPServer):
         if ":" in host:
             self.address_family = socket.AF_INET6
         super().__init__((host.strip("[]"), port), Handler)
+
+    def server_bind(self):
+        """Bind without HTTPServer's reverse DNS lookup of the address (slow off loopback)."""
+        socketserver.TCPServer.server_bind(self)
+        self.server_name, self.server_port = self.server_address[:2]
 
     @property
     def url(self):
