@@ -31,6 +31,7 @@ import struct
 import sys
 import threading
 import time
+import traceback
 from http import HTTPStatus
 from importlib import resources
 
@@ -348,40 +349,49 @@ class Handler(http.server.BaseHTTPRequestHandler):
                                     "name (127.0.0.1, localhost, [::1])")
         return path
 
-    def do_GET(self):
+    def _answer(self, route, allow):
+        """Run route(); a RequestError becomes its 4xx, anything else (a bug) a 500 with the
+        traceback in the log, so the client always gets an answer."""
         try:
-            path = self._route()
-            if path in ("/", "/index.html"):
-                self._send(200, self.server.page, "text/html; charset=utf-8",
-                           [("Content-Security-Policy", self.server.page_policy),
-                            ("X-Frame-Options", "DENY")])
-            elif path == "/api/model":
-                self._send(200, self.server.summary_json, "application/json")
-            elif path == "/api/predict":
-                raise RequestError(405, "POST your image to /api/predict (JSON)")
-            else:
-                raise RequestError(404, "no such page; the page is at / and the API at "
-                                        "/api/model and /api/predict")
+            route(self._route())
         except RequestError as exc:
-            self._refuse(exc.status, exc.message,
-                         [("Allow", "POST")] if exc.status == 405 else ())
+            self._refuse(exc.status, exc.message, [("Allow", allow)] if exc.status == 405 else ())
+        except (ConnectionError, TimeoutError):
+            raise  # the client went away: handle_error logs one line
+        except Exception:
+            self.server.log("internal error:\n" + traceback.format_exc().rstrip())
+            self.close_connection = True
+            self._refuse(500, "internal error; the server's log has the details")
+
+    def do_GET(self):
+        self._answer(self._get, allow="POST")
 
     do_HEAD = do_GET
 
     def do_POST(self):
-        try:
-            path = self._route()
-            if path != "/api/predict":
-                if path in ("/", "/index.html", "/api/model"):
-                    raise RequestError(405, "this path answers GET only")
-                raise RequestError(404, "no such API; POST images to /api/predict")
-            body = self._read_body()
-            result = predict_grey(self.server.predictor, grey_from_request(parse_json_body(body)),
-                                  self.server.predict_lock)
-            self._send_json(result)
-        except RequestError as exc:
-            self._refuse(exc.status, exc.message,
-                         [("Allow", "GET")] if exc.status == 405 else ())
+        self._answer(self._post, allow="GET")
+
+    def _get(self, path):
+        if path in ("/", "/index.html"):
+            self._send(200, self.server.page, "text/html; charset=utf-8",
+                       [("Content-Security-Policy", self.server.page_policy),
+                        ("X-Frame-Options", "DENY")])
+        elif path == "/api/model":
+            self._send(200, self.server.summary_json, "application/json")
+        elif path == "/api/predict":
+            raise RequestError(405, "POST your image to /api/predict (JSON)")
+        else:
+            raise RequestError(404, "no such page; the page is at / and the API at "
+                                    "/api/model and /api/predict")
+
+    def _post(self, path):
+        if path != "/api/predict":
+            if path in ("/", "/index.html", "/api/model"):
+                raise RequestError(405, "this path answers GET only")
+            raise RequestError(404, "no such API; POST images to /api/predict")
+        request = parse_json_body(self._read_body())
+        grey = grey_from_request(request)
+        self._send_json(predict_grey(self.server.predictor, grey, self.server.predict_lock))
 
     def _refuse_method(self):
         self.close_connection = True

@@ -184,6 +184,41 @@ def test_png_without_pillow_is_a_clear_415_and_arrays_still_work(running, digits
     assert status == 200
 
 
+def test_a_bug_is_a_500_answer_with_the_traceback_in_the_log(running, digits, monkeypatch):
+    def broken(fields):
+        raise RuntimeError("a bug in the network")
+
+    monkeypatch.setattr(running.predictor, "probabilities", broken)
+    mark = running.log.mark()
+    status, headers, body = request(running, "POST", "/api/predict",
+                                    json_body=grey_request(digits[0][0]))
+    assert_refusal(status, headers, body, 500, "internal error")
+    assert b"a bug" not in body  # the details stay in the log
+    log = "\n".join(running.log.since(mark))
+    assert "Traceback" in log and "RuntimeError: a bug in the network" in log
+
+
+def test_ipv6_loopback_works_when_the_machine_has_it(digit_checkpoint):
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6 on this machine")
+    try:
+        server = RunningServer(digit_checkpoint, host="::1")
+    except OSError as exc:
+        pytest.skip(f"no IPv6 loopback here: {exc}")
+    with server:
+        assert server.url == f"http://[::1]:{server.port}/"
+        status, _, body = request(server, "GET", "/api/model", headers={"Host": f"[::1]:{server.port}"})
+        assert status == 200 and json.loads(body)["name"] == "quick"
+        status, _, _ = request(server, "GET", "/", headers={"Host": "example.com"})
+        assert status == 421
+
+
+def test_head_answers_the_headers_of_get_without_a_body(running):
+    status, headers, body = request(running, "HEAD", "/")
+    assert status == 200 and body == b""
+    assert int(headers["Content-Length"]) == len(request(running, "GET", "/")[2])
+
+
 def test_keep_alive_connection_answers_many_requests(running, digits):
     conn = http.client.HTTPConnection(running.host, running.port, timeout=30)
     try:
