@@ -27,10 +27,6 @@ MAX_TILE = 100
 BAND_TITLE = 8
 
 
-def is_map_layer(layer):
-    return isinstance(layer, (L.Conv2D, L._Pool2D))
-
-
 def activation_maps(network, field_input):
     """One picture through the network, layer by layer in evaluation mode.
 

@@ -232,6 +232,8 @@ def load_image(path):
     except UnidentifiedImageError:
         raise InputError(f"{path}: not an image Pillow can read (PNG, JPEG, BMP, GIF, TIFF, "
                          "PGM...)") from None
+    except Image.DecompressionBombError as exc:
+        raise InputError(f"{path}: too large to read safely ({exc})") from None
     except (OSError, ValueError, SyntaxError) as exc:
         raise InputError(f"{path}: unreadable image ({exc})") from None
     return grey

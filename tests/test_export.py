@@ -11,7 +11,6 @@ import onnxruntime
 import pytest
 
 from cnntrain import export, model
-from cnntrain.config import load_config
 from cnntrain.data import read_idx
 from cnntrain.inference import Predictor
 from cnntrain.layers import Layer

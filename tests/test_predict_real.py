@@ -21,7 +21,7 @@ from tests.clitools import invoke
 REPO = Path(__file__).resolve().parents[1]
 SHORT_LENET5 = ["--set", "data.train_size=40000", "--set", "train.epochs=3"]  # on quick.ini
 SHORT_LENET5_MIN_ACCURACY = 0.985  # measured: 98.9% on the 10,000 test images
-SAME_AS_ORIGINAL = 0.99            # the bar; measured 99.2-99.6% over redraw seeds 0-3
+SAME_AS_ORIGINAL = 0.99            # the bar; measured 99.4-99.6% over redraw seeds 0-3
 N_DIGITS = 1000
 
 
@@ -74,6 +74,9 @@ def test_test_digits_redrawn_by_hand_are_classified_like_the_originals(short_len
     after = np.array([r["digit"] for r in redrawn])
     assert len(before) == len(after) == N_DIGITS
     same = (before == after).mean()
+    print(f"short LeNet-5: {accuracy:.2%} test accuracy; re-drawn digits classified like the "
+          f"originals: {same:.1%} (PNG {(before == after)[::2].mean():.1%}, JPEG "
+          f"{(before == after)[1::2].mean():.1%})")
     assert same >= SAME_AS_ORIGINAL, f"{same:.1%} classified like the originals"
     for kind in (slice(0, None, 2), slice(1, None, 2)):  # PNG and JPEG each
         assert (before[kind] == after[kind]).mean() >= SAME_AS_ORIGINAL - 0.01

@@ -223,3 +223,12 @@ def test_preprocess_does_not_import_pillow_at_module_level():
     code = ("import sys; import cnntrain.preprocess, cnntrain.inference; "
             "sys.exit('PIL' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_a_picture_too_large_to_read_safely_is_an_input_error(tmp_path, monkeypatch):
+    from PIL import Image
+
+    Image.fromarray(canvas((40, 40), SEVEN, 5, 5)).save(tmp_path / "huge.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 1,600 pixels is then a "bomb"
+    with pytest.raises(InputError, match="huge.png: too large to read safely"):
+        pp.read_input(tmp_path / "huge.png")
