@@ -21,6 +21,7 @@ import base64
 import binascii
 import hashlib
 import http.server
+import io
 import ipaddress
 import json
 import re
@@ -32,6 +33,7 @@ import sys
 import threading
 import time
 import traceback
+import warnings
 from http import HTTPStatus
 from importlib import resources
 
@@ -189,8 +191,7 @@ def grey_from_png(request):
         from PIL import Image
     except ImportError:
         raise RequestError(415, PILLOW_MISSING) from None
-    import io
-    import warnings
+    from cnntrain.preprocess import picture_grey
 
     try:
         with warnings.catch_warnings():
@@ -198,10 +199,7 @@ def grey_from_png(request):
             with Image.open(io.BytesIO(data), formats=["PNG"]) as picture:
                 _check_size(*picture.size)
                 picture.load()
-                if picture.mode in ("RGBA", "LA", "PA") or "transparency" in picture.info:
-                    white = Image.new("RGBA", picture.size, (255, 255, 255, 255))
-                    picture = Image.alpha_composite(white, picture.convert("RGBA"))
-                grey = np.asarray(picture.convert("L"), dtype=np.float32) / 255.0
+                grey = picture_grey(picture)
     except RequestError:
         raise
     except (Image.DecompressionBombWarning, Image.DecompressionBombError):

@@ -15,7 +15,6 @@ import socket
 import struct
 import subprocess
 import sys
-import threading
 import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
@@ -155,7 +154,7 @@ def test_grey_levels_are_read_and_answered_as_the_predictor_would(running, digit
     assert correct >= 19, f"{correct}/20 enlarged, moved test digits recognised"
 
 
-def test_png_input_grey_and_transparent_and_as_data_url(running, digits):
+def test_png_input_grey_transparent_16_bit_and_as_data_url(running, digits):
     images, labels = digits
     page = as_paper_scan(images[0], 3, (100, 100), (10, 14))
     _, expected = expected_answer(running.predictor, page)
@@ -164,7 +163,8 @@ def test_png_input_grey_and_transparent_and_as_data_url(running, digits):
     rgba = np.zeros(page.shape + (4,), dtype=np.uint8)
     rgba[..., 3] = 255 - page
     clear_png = base64.b64encode(png_bytes(rgba, "RGBA")).decode()
-    for payload in (grey_png, "data:image/png;base64," + grey_png, clear_png):
+    deep_png = base64.b64encode(png_bytes(page.astype(np.uint16) * 257, None)).decode()
+    for payload in (grey_png, "data:image/png;base64," + grey_png, clear_png, deep_png):
         status, _, body = request(running, "POST", "/api/predict", json_body={"png": payload})
         assert status == 200, body
         answer = json.loads(body)
