@@ -272,6 +272,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
     server_version = "cnntrain-serve"
     error_message_format = ""  # never used: send_error is replaced below
 
+    def setup(self):
+        self.timeout = self.server.socket_timeout
+        super().setup()
+
     # ---- answers
 
     def _send(self, status, body, content_type, extra=()):
@@ -449,8 +453,9 @@ class DigitServer(http.server.ThreadingHTTPServer):
     allow_reuse_address = True
 
     def __init__(self, predictor, host="127.0.0.1", port=8000, *, log=None,
-                 max_body_bytes=MAX_BODY_BYTES):
+                 max_body_bytes=MAX_BODY_BYTES, socket_timeout=SOCKET_TIMEOUT):
         self.predictor = predictor
+        self.socket_timeout = socket_timeout
         self.predict_lock = threading.Lock()
         self.summary_json = json_bytes(predictor.summary())
         self.page, self.page_policy = load_page()

@@ -37,10 +37,10 @@ class RunningServer:
     """DigitServer(Predictor.from_checkpoint(checkpoint)) serving on 127.0.0.1:<free port>
     in a thread until the `with` block ends."""
 
-    def __init__(self, checkpoint, host="127.0.0.1"):
+    def __init__(self, checkpoint, host="127.0.0.1", **options):
         self.predictor = Predictor.from_checkpoint(checkpoint)
         self.log = LogLines()
-        self.server = DigitServer(self.predictor, host, 0, log=self.log)
+        self.server = DigitServer(self.predictor, host, 0, log=self.log, **options)
         self.url = self.server.url
         self.host, self.port = self.server.server_address[:2]
         self._thread = threading.Thread(target=self.server.serve_forever,

@@ -408,6 +408,26 @@ def test_a_client_that_vanishes_mid_body_costs_one_log_line(running):
     assert not any("Traceback" in line for line in lines), lines
 
 
+def test_silent_clients_are_dropped_after_the_timeout_with_one_log_line(digit_checkpoint):
+    with RunningServer(digit_checkpoint, socket_timeout=0.3) as server:
+        for opening in (b"GET / HT",  # stalls in the request line
+                        b"POST /api/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: "
+                        b"application/json\r\nContent-Length: 50\r\n\r\n{\"width\""):  # mid-body
+            mark = server.log.mark()
+            with socket.create_connection((server.host, server.port), timeout=10) as sock:
+                sock.sendall(opening)
+                started = time.perf_counter()
+                assert sock.recv(1000) == b""  # the server hangs up on its own
+                assert time.perf_counter() - started < 5
+            deadline = time.monotonic() + 5
+            while not server.log.since(mark) and time.monotonic() < deadline:
+                time.sleep(0.01)
+            lines = server.log.since(mark)
+            assert len(lines) == 1 and "Request timed out" in lines[0], lines
+        status, _, _ = request(server, "GET", "/api/model")
+        assert status == 200  # and it still serves
+
+
 # --------------------------------------------------------------------------- load
 
 
