@@ -22,7 +22,7 @@ import numpy as np
 from cnntrain import __version__
 from cnntrain import layers as L
 from cnntrain.errors import CnnTrainError
-from cnntrain.fileio import atomic_writer
+from cnntrain.fileio import atomic_writer, refuse_overwriting
 from cnntrain.inference import CLASS_NAMES, load_predictor
 
 OPSET = 17       # Conv, MaxPool, AveragePool, Gemm, Flatten and Softmax(axis) as used here
@@ -176,6 +176,7 @@ def build_onnx(network, *, mean, std, metadata=None, source="the network"):
 def export_checkpoint(checkpoint, output):
     """Write `checkpoint`'s network to `output` as ONNX (atomically); returns the summary."""
     require_onnx()
+    refuse_overwriting(output, checkpoint)
     predictor = load_predictor(checkpoint)
     summary = predictor.summary()
     metadata = {"source_checkpoint": str(checkpoint), "name": summary["name"],

@@ -55,6 +55,23 @@ def atomic_writer(path, mode="wb"):
     fsync_dir(path.parent)
 
 
+def refuse_overwriting(output, *inputs):
+    """ConfigError if `output` is one of the `inputs` files (same file by any path), which
+    writing it would destroy."""
+    from cnntrain.errors import ConfigError
+
+    for given in inputs:
+        if given is None:
+            continue
+        try:
+            same = os.path.samefile(output, given)
+        except OSError:  # one of them does not exist: nothing to destroy
+            same = False
+        if same:
+            raise ConfigError(f"{output} is the input {given}; writing it would destroy it, "
+                              "choose another output file")
+
+
 def atomic_write_text(path, text):
     with atomic_writer(path, "w") as f:
         f.write(text)

@@ -9,6 +9,7 @@ training applied them, so callers never see normalisation.
 """
 
 import json
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -58,6 +59,9 @@ class Predictor:
 
     probabilities(fields: (N, 28, 28) floats in [0, 1]) -> (N, 10) float64, rows sum to 1.
     logits(fields) -> (N, 10) in the network's dtype, before softmax.
+
+    Safe to call from several threads: the layers reuse scratch arrays from call to call, so
+    forward passes take turns (a lock), each still computing its whole batch at once.
     """
 
     def __init__(self, network, *, mean, std, meta=None, path=None, config=None):
@@ -66,6 +70,7 @@ class Predictor:
         self.mean, self.std = float(mean), float(std)
         self.meta = dict(meta or {})
         self.path = None if path is None else Path(path)
+        self._forward_lock = threading.Lock()
 
     @classmethod
     def from_checkpoint(cls, path):
@@ -96,7 +101,9 @@ class Predictor:
         return x[:, None].astype(self.network.dtype)
 
     def logits(self, fields):
-        return self.network.forward(self.normalise(fields), train=False)
+        x = self.normalise(fields)
+        with self._forward_lock:
+            return self.network.forward(x, train=False)
 
     def probabilities(self, fields):
         return fn.softmax(np.asarray(self.logits(fields), dtype=np.float64))

@@ -176,9 +176,11 @@ def load_field(*, image=None, input_path=None, raw=False, data_dir=None, mirrors
 def draw_maps(checkpoint, output, *, image=None, input_path=None, raw=False, data_dir=None,
               mirrors=()):
     """`cnntrain plot --maps`: load the checkpoint and the picture, draw; -> (digit, p)."""
+    from cnntrain.fileio import refuse_overwriting
     from cnntrain.inference import load_predictor
 
     _check_output(output)
+    refuse_overwriting(output, checkpoint, input_path)
     require_matplotlib()
     predictor = load_predictor(checkpoint)
     cfg = predictor.config

@@ -7,13 +7,14 @@ same steps to any grey picture of one digit, so the network sees what it was tra
 
   1. grey levels to [0, 1]; the border tells the paper from the ink: a light border means dark
      ink on light paper, which is inverted (MNIST's raw pixels are white ink on black, 0 = paper)
-  2. the paper's own level (the border's median) becomes 0 and the darkest ink 1; what stays
-     below INK_FLOOR of that range is noise (paper texture, JPEG ringing) and becomes 0, and
-     so do isolated specks (no stroke is a lone pixel)
+  2. the paper's own level (a plane fitted to the border, so uneven light is taken out)
+     becomes 0 and the strongest ink 1; what stays below INK_FLOOR of that range is noise
+     (paper texture, JPEG ringing) and becomes 0, and so do isolated specks (no stroke is a
+     lone pixel)
   3. crop to the ink's bounding box
   4. resample, keeping the aspect ratio and anti-aliased, so the longer side is 20 pixels
-  5. paste into a 28x28 field with the ink's centre of mass on the field's centre (whole
-     pixels, as MNIST did)
+  5. paste into a 28x28 field with the ink's centre of mass on pixel (14, 14), where MNIST's
+     digits have theirs (whole pixels, as MNIST did)
 
 Readers: image files through Pillow (optional: pip install 'cnntrain[images]'), .npy arrays
 (one image or a stack) and MNIST's IDX image files. numpy only at import time.
@@ -81,24 +82,50 @@ def grey_levels(grey):
     return grey.astype(np.float64)
 
 
-def border(image):
-    """The outermost ring of pixels of (H, W), as a flat array."""
-    if min(image.shape) <= 2:
-        return image.ravel()
-    return np.concatenate([image[0], image[-1], image[1:-1, 0], image[1:-1, -1]])
+def border_pixels(image):
+    """(rows, columns) of the outermost ring of pixels of (H, W), every pixel once."""
+    h, w = image.shape
+    if h <= 2 or w <= 2:  # every pixel is on the border
+        rows, cols = np.indices((h, w))
+        return rows.ravel(), cols.ravel()
+    across, down = np.arange(w), np.arange(1, h - 1)
+    rows = np.concatenate([np.zeros(w, int), np.full(w, h - 1), down, down])
+    cols = np.concatenate([across, across, np.zeros(h - 2, int), np.full(h - 2, w - 1)])
+    return rows, cols
+
+
+def paper_levels(image):
+    """The paper's level at every pixel of (H, W): a plane a + b*row + c*column fitted to
+    the border, so a page lit unevenly (brighter on one side, as photos are) reads as even
+    paper. Starting from the border's median, each of two fits leaves out the border pixels
+    far from the previous one (ink touching the edge), so a stroke there does not tilt it."""
+    rows, cols = border_pixels(image)
+    values = image[rows, cols]
+    h, w = image.shape
+    design = np.column_stack([np.ones(len(values)), rows / max(h - 1, 1), cols / max(w - 1, 1)])
+    coef = np.array([np.median(values), 0.0, 0.0])  # first guess: even paper
+    for _ in range(2):
+        residual = np.abs(values - design @ coef)
+        spread = 1.4826 * np.median(residual)  # the residuals' standard deviation, robustly
+        keep = residual <= max(3 * spread, 0.02)
+        coef = np.linalg.lstsq(design[keep], values[keep], rcond=None)[0]
+    down = coef[1] * np.arange(h)[:, None] / max(h - 1, 1)
+    across = coef[2] * np.arange(w)[None, :] / max(w - 1, 1)
+    return coef[0] + down + across
 
 
 def ink_levels(grey):
     """(H, W) grey levels, either polarity -> (H, W) float64 ink in [0, 1] (paper 0, the
     strongest ink 1); NoInkError when nothing stands out from the paper."""
     image = grey_levels(grey)
-    paper = float(np.median(border(image)))
-    if paper > 0.5:  # light paper: dark ink, inverted so ink is high as in MNIST
-        image, paper = 1.0 - image, 1.0 - paper
-    strongest = float(image.max())
-    if strongest - paper < MIN_CONTRAST:
+    rows, cols = border_pixels(image)
+    if np.median(image[rows, cols]) > 0.5:  # light paper: dark ink, inverted so ink is high
+        image = 1.0 - image
+    lifted = image - paper_levels(image)
+    strongest = float(lifted.max())
+    if strongest < MIN_CONTRAST:
         raise NoInkError("no ink: the picture is blank (nothing differs from its background)")
-    ink = (image - paper) / (strongest - paper)
+    ink = lifted / strongest
     ink[ink < INK_FLOOR] = 0.0
     ink[~strokes(ink > 0)] = 0.0
     if not ink.any():

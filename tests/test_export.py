@@ -184,3 +184,11 @@ def test_export_keeps_an_existing_file_when_it_fails(tmp_path, monkeypatch):
     monkeypatch.delitem(export.EXPORTERS, model.L.Dense)
     assert invoke("export", tmp_path / "m.npz", "-o", tmp_path / "m.onnx").exit_code == 1
     assert (tmp_path / "m.onnx").read_bytes() == b"the user's older model"
+
+
+def test_export_never_writes_over_its_checkpoint(tmp_path):
+    write_checkpoint(tmp_path / "m.npz")
+    before = (tmp_path / "m.npz").read_bytes()
+    result = invoke("export", tmp_path / "m.npz", "-o", tmp_path / "." / "m.npz")
+    assert_one_line_error(result, 2, "is the input", "choose another output file")
+    assert (tmp_path / "m.npz").read_bytes() == before

@@ -88,3 +88,16 @@ def test_bad_checkpoints_are_the_existing_one_line_errors(tmp_path, content, fra
     with pytest.raises(CheckpointError, match=fragment) as caught:
         load_predictor(path)
     assert str(path) in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_threads_sharing_a_predictor_get_their_own_answers(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    write_checkpoint(tmp_path / "m.npz")
+    predictor = Predictor.from_checkpoint(tmp_path / "m.npz")
+    batches = [fields(n, seed) for seed, n in enumerate([1, 5, 200, 3, 130, 7, 64, 1] * 4)]
+    alone = [predictor.probabilities(batch) for batch in batches]
+    with ThreadPoolExecutor(8) as pool:
+        together = list(pool.map(predictor.probabilities, batches))
+    for one, other in zip(alone, together):
+        np.testing.assert_array_equal(one, other)

@@ -70,6 +70,7 @@ def test_plot_maps_of_an_mnist_test_image(tmp_path, real_mnist_dir):
     (["--maps", "{ckpt}", "--input", "{stack}", "--image", "5"], "holds 2 picture(s)"),
     (["--maps", "{dense}", "--input", "{stack}"], "no convolution or pooling layer"),
     (["--maps", "{ckpt}", "--input", "{blank}"], "no ink"),
+    (["--maps", "{ckpt}", "--input", "{out}"], "is the input"),
 ])
 def test_plot_maps_errors_are_one_line(tmp_path, args, fragment):
     write_checkpoint(tmp_path / "m.npz")
@@ -77,9 +78,16 @@ def test_plot_maps_errors_are_one_line(tmp_path, args, fragment):
     np.save(tmp_path / "stack.npy", np.stack([canvas((28, 28), SEVEN, 2, 2)] * 2))
     np.save(tmp_path / "blank.npy", np.zeros((28, 28)))
     names = {"ckpt": tmp_path / "m.npz", "dense": tmp_path / "dense.npz",
-             "stack": tmp_path / "stack.npy", "blank": tmp_path / "blank.npy"}
+             "stack": tmp_path / "stack.npy", "blank": tmp_path / "blank.npy",
+             "out": tmp_path / "maps.png"}
+    if "{out}" in args:  # the user's own picture, given as input and as output
+        Image.fromarray(canvas((40, 40), SEVEN, 5, 5)).save(tmp_path / "maps.png")
+    before = (tmp_path / "maps.png").read_bytes() if "{out}" in args else None
     args = [a.format(**names) for a in args]
     result = invoke("plot", *args, "-o", tmp_path / "maps.png")
     assert result.exit_code != 0
     assert_one_line_error(result, result.exit_code, fragment)
-    assert not (tmp_path / "maps.png").exists()
+    if before is None:
+        assert not (tmp_path / "maps.png").exists()
+    else:
+        assert (tmp_path / "maps.png").read_bytes() == before

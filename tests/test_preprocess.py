@@ -164,7 +164,8 @@ def test_load_image_reads_grey_colour_transparent_and_16_bit_pictures(tmp_path):
     Image.fromarray(rgba, "RGBA").save(tmp_path / "alpha.png")
     Image.fromarray(picture.astype(np.uint16) * 257).save(tmp_path / "deep.tif")
     Image.fromarray(picture).save(tmp_path / "grey.pgm")
-    for name in ("grey.png", "rgb.bmp", "alpha.png", "deep.tif", "grey.pgm"):
+    Image.fromarray(picture).convert("P").save(tmp_path / "palette.gif")
+    for name in ("grey.png", "rgb.bmp", "alpha.png", "deep.tif", "grey.pgm", "palette.gif"):
         grey = pp.load_image(tmp_path / name)
         assert grey.shape == (50, 40) and grey.dtype == np.float32, name
         np.testing.assert_allclose(to_mnist_field(grey), expected, atol=1e-5, err_msg=name)
@@ -232,3 +233,18 @@ def test_a_picture_too_large_to_read_safely_is_an_input_error(tmp_path, monkeypa
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 1,600 pixels is then a "bomb"
     with pytest.raises(InputError, match="huge.png: too large to read safely"):
         pp.read_input(tmp_path / "huge.png")
+
+
+def test_paper_lit_unevenly_reads_as_even_paper():
+    clean = to_mnist_field(canvas((90, 70), SEVEN, 30, 10))
+    light = np.linspace(-45, 45, 150)[None, :] + np.linspace(-20, 20, 120)[:, None]
+    photo = canvas((120, 150), np.kron(SEVEN, np.ones((4, 4))), 8, 30, paper=190, ink=50,
+                   dtype=np.float64) + light
+    field = to_mnist_field(np.clip(photo, 0, 255).astype(np.uint8))
+    assert bbox_size(field) == (20, 15)  # the darker side of the page is not ink
+    assert np.abs(field - clean).mean() < 0.06
+    with pytest.raises(NoInkError):  # unevenly lit blank paper is still blank
+        to_mnist_field(np.clip(190 + light, 0, 255).astype(np.uint8))
+    # Ink touching the edge does not tilt the paper's plane.
+    edge = to_mnist_field(canvas((60, 60), np.kron(SEVEN, np.ones((4, 4))), 0, 0))
+    assert bbox_size(edge) == (20, 15) and np.abs(edge - clean).mean() < 0.06
