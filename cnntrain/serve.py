@@ -220,9 +220,9 @@ def grey_from_request(request):
                             "{\"png\": \"<base64>\"}")
 
 
-def predict_grey(predictor, grey, lock):
-    """(H, W) grey levels -> the /api/predict answer. `lock` serialises the network, whose
-    layers keep per-call state, across the server's threads."""
+def predict_grey(predictor, grey):
+    """(H, W) grey levels -> the /api/predict answer. The server's threads share `predictor`:
+    a Predictor lets their forward passes take turns."""
     from cnntrain.preprocess import NoInkError, to_mnist_field
 
     try:
@@ -231,8 +231,7 @@ def predict_grey(predictor, grey, lock):
         raise RequestError(422, str(exc)) from None
     except (CnnTrainError, ValueError) as exc:
         raise RequestError(400, str(exc).splitlines()[0]) from None
-    with lock:
-        probabilities = np.asarray(predictor.probabilities(field[None]), dtype=np.float64)[0]
+    probabilities = np.asarray(predictor.probabilities(field[None]), dtype=np.float64)[0]
     return {
         "prediction": int(np.argmax(probabilities)),
         "probabilities": [round(float(p), 6) for p in probabilities],
@@ -393,7 +392,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
             raise RequestError(404, "no such API; POST images to /api/predict")
         request = parse_json_body(self._read_body())
         grey = grey_from_request(request)
-        self._send_json(predict_grey(self.server.predictor, grey, self.server.predict_lock))
+        self._send_json(predict_grey(self.server.predictor, grey))
 
     def _refuse_method(self):
         self.close_connection = True
@@ -447,7 +446,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
 class DigitServer(http.server.ThreadingHTTPServer):
     """A ThreadingHTTPServer serving one predictor. `predictor` has .probabilities(fields)
-    (N, 28, 28) -> (N, 10) and .summary() -> dict; `log` takes one line at a time."""
+    (N, 28, 28) -> (N, 10), safe to call from several threads (as a Predictor is), and
+    .summary() -> dict; `log` takes one line at a time."""
 
     daemon_threads = True      # a stuck client never keeps the process alive after a stop
     allow_reuse_address = True
@@ -456,7 +456,6 @@ class DigitServer(http.server.ThreadingHTTPServer):
                  max_body_bytes=MAX_BODY_BYTES, socket_timeout=SOCKET_TIMEOUT):
         self.predictor = predictor
         self.socket_timeout = socket_timeout
-        self.predict_lock = threading.Lock()
         self.summary_json = json_bytes(predictor.summary())
         self.page, self.page_policy = load_page()
         self.max_body_bytes = max_body_bytes
