@@ -276,3 +276,13 @@ def test_drawing_real_digits_in_chromium(browser, digit_checkpoint, real_mnist_d
     errors = [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
     assert not errors, errors  # e.g. a Content-Security-Policy refusal of the page's own script
     assert time.monotonic() - started < 60
+
+
+def test_a_missing_browser_skips_only_when_not_required(monkeypatch):
+    monkeypatch.setattr(shutil, "which", lambda name, *args, **kwargs: None)
+    monkeypatch.setenv("CNNTRAIN_REQUIRE_BROWSER", "1")
+    with pytest.raises(pytest.fail.Exception, match="chromium and chromedriver not installed"):
+        browser_paths()
+    monkeypatch.delenv("CNNTRAIN_REQUIRE_BROWSER")
+    with pytest.raises(pytest.skip.Exception, match="apt-get install chromium chromium-driver"):
+        browser_paths()
