@@ -357,6 +357,34 @@ def export(checkpoint, output):
                f"ONNX opset {OPSET}")
 
 
+@cli.command(context_settings=CONTEXT_SETTINGS)
+@click.argument("checkpoint")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="The address to listen on. Anything but loopback makes the page reachable "
+                   "from other machines (a warning says so).")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535),
+              help="The TCP port; 0 picks a free one.")
+def serve(checkpoint, host, port):
+    """Serve a page to draw digits on and watch CHECKPOINT classify them, with a JSON API.
+
+    Open the printed address in a browser. The API: GET /api/model (the model's summary);
+    POST /api/predict with {"width": W, "height": H, "pixels": [grey levels 0..255]} or
+    {"png": "<base64>"} (PNG needs Pillow) returns the probabilities, the prediction and the
+    28x28 field the network saw.
+
+    Ctrl-C or SIGTERM stops the server; the exit code is then 0.
+
+    \b
+    Examples:
+      cnntrain serve runs/lenet5/checkpoints/best.npz
+      cnntrain serve runs/lenet5/checkpoints/best.npz --port 8080
+    """
+    from cnntrain import serve as server
+
+    server.run(checkpoint, host, port, echo=click.echo,
+               warn=lambda line: click.echo(line, err=True))
+
+
 @cli.command(hidden=True, context_settings=CONTEXT_SETTINGS)
 @click.argument("run_dir")
 @click.argument("fields", nargs=-1, required=True, metavar="FIELD...")

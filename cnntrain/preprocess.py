@@ -230,6 +230,25 @@ def require_pillow():
     return Image
 
 
+def picture_grey(picture):
+    """An open Pillow picture -> (H, W) float32 grey levels in [0, 1]: 16-bit and float
+    pictures scaled to their range, transparent parts as white paper. Shared by load_image
+    and `cnntrain serve`'s PNG input."""
+    from PIL import Image
+
+    if picture.mode in ("I;16", "I;16B", "I;16L", "I"):
+        grey = np.asarray(picture, dtype=np.float64)
+        top = 65535.0 if picture.mode.startswith("I;16") else max(float(grey.max()), 1.0)
+        return np.clip(grey / top, 0, 1).astype(np.float32)
+    if picture.mode == "F":
+        grey = np.asarray(picture, dtype=np.float64)
+        return np.clip(grey / max(float(grey.max()), 1.0), 0, 1).astype(np.float32)
+    if picture.mode in ("RGBA", "LA", "PA") or "transparency" in picture.info:
+        white = Image.new("RGBA", picture.size, (255, 255, 255, 255))
+        picture = Image.alpha_composite(white, picture.convert("RGBA"))
+    return np.asarray(picture.convert("L"), dtype=np.float32) / 255.0
+
+
 def load_image(path):
     """An image file (PNG, JPEG, BMP, GIF, TIFF, PGM, ...) -> (H, W) float32 grey levels in
     [0, 1]. The first frame of an animation; transparent parts count as white paper; a photo's
@@ -241,18 +260,7 @@ def load_image(path):
     try:
         with Image.open(path) as picture:
             picture.seek(0)
-            picture = ImageOps.exif_transpose(picture)
-            if picture.mode in ("I;16", "I;16B", "I;16L", "I"):
-                grey = np.asarray(picture, dtype=np.float64)
-                top = 65535.0 if picture.mode.startswith("I;16") else max(float(grey.max()), 1.0)
-                return np.clip(grey / top, 0, 1).astype(np.float32)
-            if picture.mode == "F":
-                grey = np.asarray(picture, dtype=np.float64)
-                return np.clip(grey / max(float(grey.max()), 1.0), 0, 1).astype(np.float32)
-            if picture.mode in ("RGBA", "LA", "PA") or "transparency" in picture.info:
-                white = Image.new("RGBA", picture.size, (255, 255, 255, 255))
-                picture = Image.alpha_composite(white, picture.convert("RGBA"))
-            grey = np.asarray(picture.convert("L"), dtype=np.float32) / 255.0
+            grey = picture_grey(ImageOps.exif_transpose(picture))
     except FileNotFoundError:
         raise InputError(f"{path}: no such file") from None
     except IsADirectoryError:
