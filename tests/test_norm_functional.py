@@ -224,3 +224,33 @@ def test_dropout_matches_torch_given_the_same_mask():
 def test_dropout_rejects_probabilities_outside_0_1(p):
     with pytest.raises(ValueError, match="dropout probability"):
         fn.dropout_mask((2, 2), p, np.random.default_rng(0))
+
+
+# ------------------------------------------------------------------------ the fast path
+
+def batch_innermost(a):
+    """The same logical array stored (C, H, W, N) in memory, as the fast convolutions make it."""
+    return np.ascontiguousarray(a.transpose(1, 2, 3, 0)).transpose(3, 0, 1, 2) if a.ndim == 4 else a
+
+
+@pytest.mark.parametrize("layout", ["nchw", "batch-innermost"])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_fast_batchnorm_agrees_with_the_textbook(shape, layout):
+    from cnntrain import fast_norm
+
+    rng = np.random.default_rng(12)
+    x, G = batch(rng, shape), rng.standard_normal(shape)
+    if layout == "batch-innermost":
+        x, G = batch_innermost(x), batch_innermost(G)
+    gamma, beta = affine(rng, shape[1])
+    y, cache, mean, var = fn.batchnorm(x, gamma, beta)
+    y_fast, cache_fast, mean_fast, var_fast = fast_norm.batchnorm(x, gamma, beta)
+    for ours, fast in [(y, y_fast), (mean, mean_fast), (var, var_fast), (cache[0], cache_fast[0]),
+                       (cache[1], cache_fast[1])]:
+        np.testing.assert_allclose(fast, ours, rtol=1e-12, atol=1e-12)
+    for ours, fast in zip(fn.batchnorm_backward(G, cache, gamma),
+                          fast_norm.batchnorm_backward(G, cache_fast, gamma)):
+        np.testing.assert_allclose(fast, ours, rtol=1e-10, atol=1e-12)
+    if layout == "batch-innermost" and len(shape) == 4:
+        # the output keeps the layout the next fast layer reads without copying
+        assert np.shares_memory(y_fast, y_fast.transpose(1, 2, 3, 0).reshape(shape[1], -1))
