@@ -46,7 +46,7 @@ def with_section(section, body):
     return MINIMAL + f"[{section}]\n{body}\n"
 
 
-class FakeLayerSpecError(ConfigError):
+class FakeLayerLineError(ConfigError):
     def __init__(self, line_no, line, reason):
         self.line_no, self.line, self.reason = line_no, line, reason
         super().__init__(f"layer line {line_no}: {reason}")
@@ -60,14 +60,14 @@ def fake_model(monkeypatch):
     def check_layers(lines, input_shape=(1, 28, 28)):
         calls.append((list(lines), input_shape))
         if lines == ["whole"]:
-            raise FakeLayerSpecError(0, "", "the list as a whole is wrong")
+            raise FakeLayerLineError(0, "", "the list as a whole is wrong")
         for number, line in enumerate(lines, start=1):
             if " 0" in line:
-                raise FakeLayerSpecError(number, line, "size must be >= 1, got 0")
+                raise FakeLayerLineError(number, line, "size must be >= 1, got 0")
         return []
 
     fake = types.ModuleType("cnntrain.model")
-    fake.check_layers, fake.LayerSpecError = check_layers, FakeLayerSpecError
+    fake.check_layers, fake.LayerLineError = check_layers, FakeLayerLineError
     monkeypatch.setitem(sys.modules, "cnntrain.model", fake)
     monkeypatch.setattr(cnntrain, "model", fake, raising=False)
     return calls
@@ -552,7 +552,7 @@ def test_layers_are_checked_only_after_the_other_keys(fake_model):
 
 
 def test_real_check_layers_error_is_wrapped():
-    pytest.importorskip("cnntrain.model")
+    import cnntrain.model  # noqa: F401  (a broken import must fail here, not skip)
     text = "[model]\nlayers =\n    conv 6 5\n    relu\n    maxpool 0\n    flatten\n    dense 10\n"
     message = error_of(C.parse_config, text, source="configs/x.ini")
     assert message.startswith("configs/x.ini: [model] layers, line 3 'maxpool 0': ")

@@ -5,7 +5,7 @@ import pytest
 
 from cnntrain import layers as L
 from cnntrain.losses import SoftmaxCrossEntropy
-from cnntrain.model import LayerSpecError, Network, build_network, check_layers
+from cnntrain.model import LayerLineError, Network, build_network, check_layers
 from tests.gradcheck import numeric_gradient, relative_error
 
 LENET5 = """
@@ -49,7 +49,7 @@ def test_layer_list_separators_are_equivalent():
     one_line = "conv 6 5 pad=2 / relu / maxpool 2 / conv 16 5 / relu / maxpool 2 / flatten / dense 120 / relu / dense 84 / relu / dense 10"
     a = build_network(one_line, rng=np.random.default_rng(3))
     b = build_network(LENET5, rng=np.random.default_rng(3))
-    assert a.spec == b.spec
+    assert a.lines == b.lines
     for name in a.params:
         np.testing.assert_array_equal(a.params[name], b.params[name])
 
@@ -141,7 +141,7 @@ def test_load_params_checks_names_and_shapes():
     ("", 0, "the layer list is empty"),
 ])
 def test_layer_list_mistakes_name_the_line_and_the_shapes(layers, line_no, message):
-    with pytest.raises(LayerSpecError) as caught:
+    with pytest.raises(LayerLineError) as caught:
         check_layers(layers)
     assert caught.value.line_no == line_no
     assert message in caught.value.reason
