@@ -84,7 +84,7 @@ def _batch_innermost(shape, dtype, work=None, name=None, zeros=False):
     return _buffer(work, name, (C, H, W, N), dtype, zeros).transpose(3, 0, 1, 2)
 
 
-def pad2d(x, pad, work=None):
+def _pad2d(x, pad, work=None):
     """x: (N, C, H, W) -> (N, C, H + 2*pad, W + 2*pad), zeros around; x itself when pad is 0.
 
     The padded copy is stored batch-innermost; with a work dict it is reused, and only its
@@ -98,7 +98,7 @@ def pad2d(x, pad, work=None):
     return xp
 
 
-def im2col(x, kh, kw, stride=1, pad=0, work=None):
+def _im2col(x, kh, kw, stride=1, pad=0, work=None):
     """Unfold every kh x kw patch of the padded input into a column.
 
     x: (N, C, H, W) -> cols: (C*kh*kw, out_h*out_w*N), with
@@ -110,7 +110,7 @@ def im2col(x, kh, kw, stride=1, pad=0, work=None):
     N, C, H, W = x.shape
     out_h = conv_output_size(H, kh, stride, pad)
     out_w = conv_output_size(W, kw, stride, pad)
-    xp = pad2d(x, pad, work).transpose(1, 2, 3, 0)  # (C, H + 2*pad, W + 2*pad, N) view
+    xp = _pad2d(x, pad, work).transpose(1, 2, 3, 0)  # (C, H + 2*pad, W + 2*pad, N) view
     cols = _buffer(work, "cols", (C, kh, kw, out_h, out_w, N), x.dtype)
     for i in range(kh):
         for j in range(kw):
@@ -119,7 +119,7 @@ def im2col(x, kh, kw, stride=1, pad=0, work=None):
     return cols.reshape(C * kh * kw, out_h * out_w * N)
 
 
-def col2im(dcols, x_shape, kh, kw, stride=1, pad=0):
+def _col2im(dcols, x_shape, kh, kw, stride=1, pad=0):
     """The adjoint of im2col: add every column back onto the patch it came from.
 
     dcols: (C*kh*kw, out_h*out_w*N) -> dx: (N, C, H, W), stored batch-innermost.
@@ -188,7 +188,7 @@ def conv_forward(x, W, b, stride=1, pad=0, work=None):
     N, C, H, Wd = x.shape
     F, C_w, kh, kw = W.shape
     assert C == C_w, f"input has {C} channels, kernels expect {C_w}"
-    cols = im2col(x, kh, kw, stride, pad, work)
+    cols = _im2col(x, kh, kw, stride, pad, work)
     out_h = conv_output_size(H, kh, stride, pad)
     out_w = conv_output_size(Wd, kw, stride, pad)
     y = np.empty((F, out_h * out_w * N), dtype=x.dtype)
@@ -215,7 +215,7 @@ def conv_input_grad(dout, W, x_shape, stride=1, pad=0, work=None):
     rows = _as_filter_rows(dout)
     dcols = _buffer(work, "dcols", (C * kh * kw, rows.shape[1]), dout.dtype)
     _matmul_pieces(W.reshape(F, C * kh * kw).T, rows, out=dcols)
-    return col2im(dcols, x_shape, kh, kw, stride, pad)
+    return _col2im(dcols, x_shape, kh, kw, stride, pad)
 
 
 def conv_kernel_grad(cols, dout, kernel_shape):

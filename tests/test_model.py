@@ -24,8 +24,8 @@ dense 10
 """
 
 
-def lenet(dtype=np.float64, seed=0):
-    return build_network(LENET5, rng=np.random.default_rng(seed), dtype=dtype)
+def lenet(dtype=np.float64, seed=0, kernels="fast"):
+    return build_network(LENET5, rng=np.random.default_rng(seed), dtype=dtype, kernels=kernels)
 
 
 def test_lenet5_layers_names_and_parameter_counts():
@@ -83,9 +83,10 @@ def test_forward_is_the_composition_of_the_layers_and_backward_skips_the_input_g
     assert net.backward(np.ones((3, 10)), input_grad=True).shape == x.shape
 
 
-def test_whole_lenet5_plus_loss_finite_differences():
+@pytest.mark.parametrize("kernels", ["fast", "reference"])
+def test_whole_lenet5_plus_loss_finite_differences(kernels):
     rng = np.random.default_rng(11)
-    net = lenet(seed=11)
+    net = lenet(seed=11, kernels=kernels)
     for name, p in net.params.items():
         if name.endswith(".b"):
             p[...] = 0.1 * rng.standard_normal(p.shape)
