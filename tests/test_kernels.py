@@ -158,3 +158,27 @@ def test_the_reference_path_runs_no_reordered_relu():
 def test_unknown_kernels_are_refused():
     with pytest.raises(ValueError, match="unknown kernels 'slow'"):
         build_network(LENET5, kernels="slow")
+
+
+def test_training_on_the_textbook_path_learns_as_the_fast_one(tmp_path, monkeypatch, synthetic_mnist,
+                                                             synthetic_mnist_dir):
+    """`[train] kernels = reference` trains a whole run through the CLI to the accuracy of the
+    fast path (float32: the trajectories drift apart by rounding, so not to the same bits)."""
+    import json
+
+    from tests.clitools import invoke, small_config, use_synthetic_mnist
+
+    use_synthetic_mnist(monkeypatch, synthetic_mnist, synthetic_mnist_dir)
+    config = tmp_path / "small.ini"
+    config.write_text(small_config(train={"epochs": 2}))
+    finals = {}
+    for kernels in ("fast", "reference"):
+        out = tmp_path / kernels
+        result = invoke("fit", "--config", config, "-q", "--set", f"train.kernels={kernels}",
+                        "--out", out)
+        assert result.exit_code == 0, result.output
+        assert f"kernels = {kernels}" in (out / "config.ini").read_text()
+        finals[kernels] = json.loads((out / "summary.json").read_text())["final"]
+    assert finals["fast"]["test_acc"] > 0.5  # ten classes: chance is 0.1
+    assert abs(finals["reference"]["test_acc"] - finals["fast"]["test_acc"]) <= 0.03
+    assert finals["reference"]["train_loss"] == pytest.approx(finals["fast"]["train_loss"], rel=0.02)
