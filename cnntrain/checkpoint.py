@@ -2,11 +2,13 @@
 
 Entries:
   param/NAME      the network's parameters, by name ("param/conv1.W")
+  buffer/NAME     the layers' buffers (running statistics and the like), by name
   optim/NAME.v    the optimizer's velocities ("optim/conv1.W.v")
   epoch_order     the current epoch's shuffled order of training examples (int64)
   meta.json       UTF-8 JSON as a uint8 array: format version, epoch, step, position in the
                   epoch, running sums of the epoch, generator state, resolved config text,
-                  metrics so far
+                  metrics so far, and ("layer_rngs") the state of the generator of each
+                  layer that needs randomness
 
 Writing is atomic (temporary file in the same folder, fsync, rename); reading uses
 allow_pickle=False and checks every entry, so a foreign, truncated or hostile file is an
@@ -31,6 +33,7 @@ class Checkpoint:
 
     params: dict
     optimizer: dict = field(default_factory=dict)
+    buffers: dict = field(default_factory=dict)
     epoch_order: np.ndarray = None
     meta: dict = field(default_factory=dict)
 
@@ -44,6 +47,8 @@ def save_checkpoint(path, ckpt):
     would append '.npz' and the rename would miss it."""
     meta = dict(ckpt.meta, format_version=FORMAT_VERSION)
     arrays = {f"param/{name}": np.ascontiguousarray(value) for name, value in ckpt.params.items()}
+    arrays.update({f"buffer/{name}": np.ascontiguousarray(value)
+                   for name, value in ckpt.buffers.items()})
     arrays.update({f"optim/{name}": value for name, value in ckpt.optimizer.items()})
     if ckpt.epoch_order is not None:
         arrays["epoch_order"] = np.asarray(ckpt.epoch_order, dtype=np.int64)
@@ -91,17 +96,20 @@ def load_checkpoint(path):
         if key not in meta:
             raise CheckpointError(f"{path}: not a cnntrain checkpoint (meta.json lacks '{key}')")
 
-    params, optimizer, order = {}, {}, arrays.pop("epoch_order", None)
+    params, buffers, optimizer, order = {}, {}, {}, arrays.pop("epoch_order", None)
     for name, value in arrays.items():
         if value.dtype.kind not in "fiu":
             raise CheckpointError(f"{path}: entry {name} holds {value.dtype} data, not numbers")
         prefix, _, key = name.partition("/")
         if prefix == "param":
             params[key] = value
+        elif prefix == "buffer":
+            buffers[key] = value
         elif prefix == "optim":
             optimizer[key] = value
         else:
             raise CheckpointError(f"{path}: unexpected entry '{name}'; not a cnntrain checkpoint")
     if not params:
         raise CheckpointError(f"{path}: holds no parameters; not a cnntrain checkpoint")
-    return Checkpoint(params=params, optimizer=optimizer, epoch_order=order, meta=meta)
+    return Checkpoint(params=params, optimizer=optimizer, buffers=buffers, epoch_order=order,
+                      meta=meta)

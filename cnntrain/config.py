@@ -286,6 +286,9 @@ SCHEMA: Dict[str, Dict[str, Key]] = {
         "warmup_epochs": Key(Float(0), 0.0, "linear warm-up from 0 to lr; 0 = none", "1"),
         "seed": Key(Int(0), 0, "seed of every random choice (init, shuffling, augmentation)"),
         "dtype": Key(Choice("float32", "float64"), "float32", "floating-point precision"),
+        "kernels": Key(Choice("fast", "reference"), "fast",
+                       "the layers' maths: fast (cnntrain/fast.py) or the plain textbook "
+                       "functions (cnntrain/functional.py), same results, slower"),
     },
     "run": {
         "dir": Key(Text(allow_empty=False), "runs/lenet5",

@@ -1,13 +1,8 @@
-"""The network: an ordered list of named layers, and the builder that reads it from text.
+"""The network: an ordered list of named layers, and the generic builder that reads it from text.
 
-A layer list has one layer per line (or ' / ' between layers on one line):
-
-    conv F K [stride=S] [pad=P]   F kernels of K x K (or KxK2), cross-correlation
-    maxpool K [stride=S]          max pooling, stride defaults to K
-    meanpool K [stride=S]         mean pooling, stride defaults to K
-    dense OUT                     fully connected, input size inferred
-    relu | tanh | sigmoid         activations
-    flatten                       (C, H, W) -> (C*H*W,), needed before the first dense
+A layer list has one layer per line (or ' / ' between layers on one line). Its grammar is the
+registry of layer classes in cnntrain.layers: each class declares its word, its numbers and
+options (see grammar_table()), and builds itself from its parsed line and input shape.
 
 Each layer's input size is inferred from the input shape, (1, 28, 28) for MNIST, and each
 gets a name from its kind and a running count (conv1, relu1, ..., dense3), so parameters
@@ -25,7 +20,7 @@ from cnntrain.errors import ConfigError
 MNIST_SHAPE = (1, 28, 28)
 
 
-class LayerSpecError(ConfigError):
+class LayerLineError(ConfigError):
     """A line of a layer list is wrong. line_no is 1-based within the list."""
 
     def __init__(self, line_no, line, reason):
@@ -34,14 +29,13 @@ class LayerSpecError(ConfigError):
 
 
 @dataclass(frozen=True)
-class LayerSpec:
-    """One parsed line: the layer kind, positional ints and key=value ints."""
+class LayerLine:
+    """One parsed line: the layer kind and every field's value by name (defaults filled in)."""
 
     line_no: int
     line: str
     kind: str
-    args: tuple
-    options: dict
+    values: dict
 
 
 @dataclass(frozen=True)
@@ -55,23 +49,11 @@ class LayerSummary:
     multiply_adds: int
 
 
-# kind -> (positional argument names, allowed options)
-_GRAMMAR = {
-    "conv": (("filters", "kernel"), ("stride", "pad")),
-    "maxpool": (("kernel",), ("stride",)),
-    "meanpool": (("kernel",), ("stride",)),
-    "dense": (("out",), ()),
-    "relu": ((), ()),
-    "tanh": ((), ()),
-    "sigmoid": ((), ()),
-    "flatten": ((), ()),
-}
-_USAGE = {
-    "conv": "conv FILTERS KERNEL [stride=S] [pad=P]",
-    "maxpool": "maxpool KERNEL [stride=S]",
-    "meanpool": "meanpool KERNEL [stride=S]",
-    "dense": "dense OUT",
-}
+def grammar_table():
+    """The layer grammar, one line per registered kind: usage, then what it is (README's table)."""
+    rows = [(cls.usage(), cls.about) for cls in L.REGISTRY.values()]
+    width = max(len(usage) for usage, _ in rows) + 2
+    return "\n".join(f"{usage:<{width}}{about}".rstrip() for usage, about in rows)
 
 
 def split_layer_lines(text_or_lines):
@@ -84,134 +66,129 @@ def split_layer_lines(text_or_lines):
     return lines
 
 
-def _positive_int(text, what, spec_line):
-    line_no, line = spec_line
-    try:
-        value = int(text)
-    except ValueError:
-        raise LayerSpecError(line_no, line, f"{what} must be a whole number, got '{text}'") from None
-    if value < (0 if what == "pad" else 1):
-        bound = ">= 0" if what == "pad" else ">= 1"
-        raise LayerSpecError(line_no, line, f"{what} must be {bound}, got {value}")
-    return value
-
-
 def parse_layer_line(line_no, line):
-    """'conv 6 5 pad=2' -> LayerSpec(kind='conv', args=(6, (5, 5)), options={'pad': 2})."""
+    """'conv 6 5 pad=2' -> LayerLine(kind='conv', values={filters: 6, kernel: (5, 5), stride: 1, pad: 2})."""
+    def fail(reason):
+        raise LayerLineError(line_no, line, reason)
+
     words = line.split()
     kind = words[0].lower()
-    if kind not in _GRAMMAR:
-        close = difflib.get_close_matches(kind, _GRAMMAR, n=1)
+    if kind not in L.REGISTRY:
+        close = difflib.get_close_matches(kind, L.REGISTRY, n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else ""
-        raise LayerSpecError(line_no, line, f"unknown layer '{kind}'{hint}; known layers: "
-                                            f"{', '.join(_GRAMMAR)}")
-    arg_names, option_names = _GRAMMAR[kind]
+        fail(f"unknown layer '{kind}'{hint}; known layers: {', '.join(L.REGISTRY)}")
+    cls = L.REGISTRY[kind]
     positional = [w for w in words[1:] if "=" not in w]
-    usage = _USAGE.get(kind, kind)
-    if len(positional) != len(arg_names):
-        raise LayerSpecError(line_no, line, f"expected {len(arg_names)} number(s), "
-                                            f"got {len(positional)}; usage: {usage}")
-    args = []
-    for name, text in zip(arg_names, positional):
-        if name == "kernel" and kind == "conv" and "x" in text.lower():
-            kh, _, kw = text.lower().partition("x")
-            args.append((_positive_int(kh, name, (line_no, line)),
-                         _positive_int(kw, name, (line_no, line))))
-        else:
-            value = _positive_int(text, name, (line_no, line))
-            args.append((value, value) if (name == "kernel" and kind == "conv") else value)
-    options = {}
-    for word in (w for w in words[1:] if "=" in w):
-        key, _, text = word.partition("=")
-        if key not in option_names:
-            allowed = ", ".join(option_names) or "none"
-            raise LayerSpecError(line_no, line, f"unknown option '{key}' for {kind} "
-                                                f"(allowed: {allowed}); usage: {usage}")
-        options[key] = _positive_int(text, key, (line_no, line))
-    return LayerSpec(line_no, line, kind, tuple(args), options)
+    if len(positional) != len(cls.args):
+        fail(f"expected {len(cls.args)} number(s), got {len(positional)}; usage: {cls.usage()}")
+    values = {option.name: option.default for option in cls.options}
+    try:
+        for field, text in zip(cls.args, positional):
+            values[field.name] = field.parse(text)
+        options = {option.name: option for option in cls.options}
+        given = set()
+        for word in (w for w in words[1:] if "=" in w):
+            key, _, text = word.partition("=")
+            if key not in options:
+                fail(f"unknown option '{key}' for {kind} (allowed: {', '.join(options) or 'none'}); "
+                     f"usage: {cls.usage()}")
+            if key in given:
+                fail(f"option '{key}' is given twice; keep one")
+            given.add(key)
+            values[key] = options[key].parse(text)
+    except ValueError as exc:
+        fail(str(exc))
+    return LayerLine(line_no, line, kind, values)
 
 
 def parse_layers(text_or_lines):
-    """A layer list -> [LayerSpec]; LayerSpecError on the first bad line."""
+    """A layer list -> [LayerLine]; LayerLineError on the first bad line."""
     lines = split_layer_lines(text_or_lines)
     if not lines:
-        raise LayerSpecError(0, "", "the layer list is empty")
+        raise LayerLineError(0, "", "the layer list is empty")
     return [parse_layer_line(i, line) for i, line in enumerate(lines, 1)]
 
 
-def _make_layer(spec, input_shape, rng, dtype, init):
-    """One LayerSpec on a per-example input shape -> a layer, or LayerSpecError naming shapes."""
+def _make_layer(line, input_shape, context):
+    """One LayerLine on a per-example input shape -> (layer, output shape), or LayerLineError."""
     def fail(reason):
-        raise LayerSpecError(spec.line_no, spec.line, reason)
+        raise LayerLineError(line.line_no, line.line, reason)
 
-    kind = spec.kind
-    if kind in ("conv", "maxpool", "meanpool") and len(input_shape) != 3:
-        fail(f"{kind} needs a (C, H, W) input but gets {input_shape}; "
-             "put convolutions and pooling before the first flatten")
-    if kind == "dense" and len(input_shape) != 1:
-        fail(f"dense needs a flat input but gets {input_shape}; add a 'flatten' line before it")
-    if kind == "flatten" and len(input_shape) != 3:
-        fail(f"flatten needs a (C, H, W) input but gets {input_shape}")
-
-    if kind == "conv":
-        filters, kernel = spec.args
-        layer = L.Conv2D(input_shape[0], filters, kernel, stride=spec.options.get("stride", 1),
-                         padding=spec.options.get("pad", 0), rng=rng, dtype=dtype, init=init)
-    elif kind in ("maxpool", "meanpool"):
-        cls = L.MaxPool2D if kind == "maxpool" else L.MeanPool2D
-        layer = cls(spec.args[0], spec.options.get("stride"))
-    elif kind == "dense":
-        layer = L.Dense(input_shape[0], spec.args[0], rng=rng, dtype=dtype, init=init)
-    else:
-        layer = {"relu": L.ReLU, "tanh": L.Tanh, "sigmoid": L.Sigmoid, "flatten": L.Flatten}[kind]()
-
+    cls = L.REGISTRY[line.kind]
+    if cls.input_rank is not None and len(input_shape) != cls.input_rank:
+        wanted = "a (C, H, W)" if cls.input_rank == 3 else "a flat" if cls.input_rank == 1 \
+            else f"a rank-{cls.input_rank}"
+        hint = f"; {cls.input_hint}" if cls.input_hint else ""
+        fail(f"{line.kind} needs {wanted} input but gets {input_shape}{hint}")
+    try:
+        layer = cls.build(line, input_shape, context)
+    except ValueError as exc:
+        fail(str(exc))
     output_shape = layer.output_shape(input_shape)
     if min(output_shape) < 1:
         window = getattr(layer, "kernel_size", None)
-        fail(f"the {window} window does not fit the input {input_shape} "
-             f"(output would be {output_shape})")
+        what = f"the {window} window" if window is not None else "it"
+        fail(f"{what} does not fit the input {input_shape} (output would be {output_shape})")
     return layer, output_shape
 
 
-def resolve_init(init, specs):
-    """'auto' -> He for networks with ReLU, Glorot for tanh/sigmoid networks."""
+def resolve_init(init, lines):
+    """'auto' -> He for networks with a layer that asks for it (ReLU), else Glorot (tanh/sigmoid)."""
     if init != "auto":
         return init
-    return "he" if any(s.kind == "relu" for s in specs) else "glorot"
+    return "he" if any(L.REGISTRY[line.kind].init_hint == "he" for line in lines) else "glorot"
+
+
+def layer_generator(seeds, index):
+    """The generator of the layer at `index` (0-based) from the run's layer seeds (a
+    numpy.random.SeedSequence): its own child stream, independent of every other layer's."""
+    return np.random.default_rng(np.random.SeedSequence(seeds.entropy,
+                                                        spawn_key=seeds.spawn_key + (index,)))
 
 
 class Network:
     """An ordered list of named layers.
 
     forward(x: (N, *input_shape)) -> logits; backward(dout) runs the layers in reverse.
-    params / grads: dicts "layer.key" -> the layers' own arrays (not copies).
+    The layers' arrays, by "layer.key" name (the layers' own arrays, not copies):
+    params / grads (trained), buffers (checkpointed, never trained); random_layers: layer
+    name -> each layer that needs randomness (its generator is `layer.rng`).
 
     Two things are done for speed, neither changes a result:
-    - A ReLU directly followed by a max pooling runs after it instead (_execution_order):
-      the numbers are the same, and the ReLU touches a quarter as many of them.
+    - With the fast kernels, a ReLU directly followed by a max pooling runs after it
+      instead (_execution_order): the numbers are the same, and the ReLU touches a quarter
+      as many of them.
     - Inference (train=False) runs the batch in even chunks of at most EVAL_CHUNK images,
       one after the other, and concatenates the outputs: every image is computed on its own
       in every layer, and a chunk's scratch arrays stay small enough for the CPU cache,
       where a whole evaluation batch of 1000 images (75 MB of conv1 columns) would not.
     """
 
-    EVAL_CHUNK = 128  # measured: 1000-image batches ran fastest in chunks of 125-250
+    EVAL_CHUNK = 128  # scripts/bench.py's evaluation figure is what this was tuned on
 
-    def __init__(self, named_layers, input_shape=MNIST_SHAPE, spec=()):
+    def __init__(self, named_layers, input_shape=MNIST_SHAPE, lines=()):
         self.layers = list(named_layers)
         self.input_shape = tuple(input_shape)
-        self.spec = tuple(spec)
-        self.params = {f"{name}.{k}": v for name, layer in self.layers for k, v in layer.params.items()}
-        self.grads = {f"{name}.{k}": v for name, layer in self.layers for k, v in layer.grads.items()}
+        self.lines = tuple(lines)
+        self.params = self._named("params")
+        self.grads = self._named("grads")
+        self.buffers = self._named("buffers")
+        self.decay_groups = {f"{name}.{k}": group for name, layer in self.layers
+                             for k, group in layer.decay.items()}
+        self.random_layers = {name: layer for name, layer in self.layers if layer.needs_rng}
         self._order = self._execution_order()
+
+    def _named(self, kind):
+        return {f"{name}.{k}": v for name, layer in self.layers
+                for k, v in getattr(layer, kind).items()}
 
     @property
     def dtype(self):
         return next(iter(self.params.values())).dtype
 
     def _execution_order(self):
-        """The layers in the order forward runs them: as listed, except that a ReLU directly
-        before a max pooling is run after it.
+        """The layers in the order forward runs them: as listed, except that with the fast
+        kernels a ReLU directly before a max pooling is run after it.
 
         Exact in both directions. Forward: max pooling and ReLU both pick values without
         changing them, and max(relu(a), relu(b)) = relu(max(a, b)). Backward: where a
@@ -220,7 +197,9 @@ class Network:
         """
         layers = [layer for _, layer in self.layers]
         for i in range(len(layers) - 1):
-            if type(layers[i]) is L.ReLU and type(layers[i + 1]) is L.MaxPool2D:
+            pair = layers[i:i + 2]
+            if ([type(layer) for layer in pair] == [L.ReLU, L.MaxPool2D]
+                    and all(layer.kernels is L.KERNELS["fast"] for layer in pair)):
                 layers[i], layers[i + 1] = layers[i + 1], layers[i]
         return layers
 
@@ -245,25 +224,50 @@ class Network:
             dout = layer.backward(dout, input_grad=input_grad or index != last)
         return dout
 
+    def decayed(self, decay_biases=True):
+        """Names of the parameters weight decay applies to, as their layers declare them."""
+        groups = ("weight", "bias") if decay_biases else ("weight",)
+        return [name for name, group in self.decay_groups.items() if group in groups]
+
+    @staticmethod
+    def _load(target, arrays, what):
+        missing = sorted(set(target) - set(arrays))
+        extra = sorted(set(arrays) - set(target))
+        if missing or extra:
+            raise ValueError(f"{what} names differ: missing {missing}, unexpected {extra}")
+        for name, value in arrays.items():
+            if value.shape != target[name].shape:
+                raise ValueError(f"{name} has shape {value.shape}, the network expects "
+                                 f"{target[name].shape}")
+            target[name][...] = value
+
     def load_params(self, arrays):
         """Copy arrays (name -> ndarray) into the parameters, checking names and shapes."""
-        missing = sorted(set(self.params) - set(arrays))
-        extra = sorted(set(arrays) - set(self.params))
-        if missing or extra:
-            raise ValueError(f"parameter names differ: missing {missing}, unexpected {extra}")
-        for name, value in arrays.items():
-            if value.shape != self.params[name].shape:
-                raise ValueError(f"{name} has shape {value.shape}, the network expects "
-                                 f"{self.params[name].shape}")
-            self.params[name][...] = value
+        self._load(self.params, arrays, "parameter")
+
+    def load_buffers(self, arrays):
+        """Copy arrays (name -> ndarray) into the buffers, checking names and shapes."""
+        self._load(self.buffers, arrays, "buffer")
+
+    def random_state(self):
+        """Layer name -> the bit generator state of each layer's generator (JSON-ready)."""
+        return {name: layer._generator().bit_generator.state
+                for name, layer in self.random_layers.items()}
+
+    def load_random_state(self, states):
+        """Restore what random_state returned, checking the layer names."""
+        if set(states) != set(self.random_layers):
+            raise ValueError(f"random generator names differ: saved {sorted(states)}, the "
+                             f"network has {sorted(self.random_layers)}")
+        for name, state in states.items():
+            self.random_layers[name]._generator().bit_generator.state = state
 
     def summary(self):
         """[LayerSummary] for each layer: output shape, parameters, multiply-adds per example."""
         rows, shape = [], self.input_shape
         for name, layer in self.layers:
             out = layer.output_shape(shape)
-            rows.append(LayerSummary(name, repr(layer), out,
-                                     sum(p.size for p in layer.params.values()),
+            rows.append(LayerSummary(name, repr(layer), out, layer.n_params,
                                      layer.multiply_adds(shape)))
             shape = out
         return rows
@@ -274,28 +278,36 @@ class Network:
 
 
 def build_network(text_or_lines, input_shape=MNIST_SHAPE, *, rng=None, dtype=np.float32,
-                  init="auto"):
-    """A layer list -> Network, weights drawn from rng (zeros without one, to be loaded)."""
-    specs = parse_layers(text_or_lines)
-    scheme = resolve_init(init, specs)
+                  init="auto", kernels="fast", seeds=None):
+    """A layer list -> Network.
+
+    rng draws the weights (zeros without one, to be loaded); kernels picks the maths
+    ('fast' or 'reference'); seeds (a numpy.random.SeedSequence, e.g. run.layer_seeds) gives
+    each layer that needs randomness its own generator (none without it: such a layer can
+    then only run inference).
+    """
+    lines = parse_layers(text_or_lines)
+    context = L.BuildContext(rng=rng, dtype=dtype, init=resolve_init(init, lines),
+                             kernels=L.kernels_module(kernels))
     counts, named, shape = {}, [], tuple(input_shape)
-    for spec in specs:
-        layer, shape = _make_layer(spec, shape, rng, dtype, scheme)
-        counts[spec.kind] = counts.get(spec.kind, 0) + 1
-        named.append((f"{spec.kind}{counts[spec.kind]}", layer))
-    return Network(named, input_shape, spec=[s.line for s in specs])
+    for index, line in enumerate(lines):
+        layer, shape = _make_layer(line, shape, context)
+        if layer.needs_rng and seeds is not None:
+            layer.rng = layer_generator(seeds, index)
+        counts[line.kind] = counts.get(line.kind, 0) + 1
+        named.append((f"{line.kind}{counts[line.kind]}", layer))
+    return Network(named, input_shape, lines=[line.line for line in lines])
 
 
 def check_layers(text_or_lines, input_shape=MNIST_SHAPE, n_classes=10):
-    """Validate a layer list without drawing weights -> [LayerSummary]; LayerSpecError if wrong.
+    """Validate a layer list without drawing weights -> [LayerSummary]; LayerLineError if wrong.
 
     The last layer must produce one score per class (n_classes; None skips that check).
     """
     network = build_network(text_or_lines, input_shape, rng=None, dtype=np.float32)
     rows = network.summary()
     if n_classes is not None and rows[-1].output_shape != (n_classes,):
-        line_no = len(network.spec)
-        raise LayerSpecError(line_no, network.spec[-1],
+        raise LayerLineError(len(network.lines), network.lines[-1],
                              f"the last layer must output {n_classes} class scores, but outputs "
                              f"{rows[-1].output_shape}; end the list with 'dense {n_classes}'")
     return rows

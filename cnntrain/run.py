@@ -38,6 +38,12 @@ def random_streams(seed):
     return tuple(np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(3))
 
 
+def layer_seeds(seed):
+    """The seed's fourth child stream (after random_streams' three), from which each layer
+    that needs randomness gets a stream of its own (model.layer_generator)."""
+    return np.random.SeedSequence(seed, spawn_key=(3,))
+
+
 def prepare_data(cfg, data_rng, *, data_dir=None, mirrors=(), progress=True):
     """Download (if needed), verify and load MNIST as the config asks."""
     folder = data.resolve_data_dir(data_dir, cfg.data.dir or None)
@@ -59,17 +65,18 @@ def build_augmenter(cfg):
                      fill=-cfg.data.mean / cfg.data.std)
 
 
-def build_model(cfg, init_rng=None):
-    """The network the config describes (zero weights without a generator, to be loaded)."""
+def build_model(cfg, init_rng=None, seeds=None):
+    """The network the config describes (zero weights without a generator, to be loaded;
+    seeds: layer_seeds, for layers that need randomness in training)."""
     return build_network(cfg.model.layers, rng=init_rng, dtype=np.dtype(cfg.train.dtype),
-                         init=cfg.model.init)
+                         init=cfg.model.init, kernels=cfg.train.kernels, seeds=seeds)
 
 
 def build_optimizer(cfg, network):
     """SGD over the network's parameters with the config's momentum and weight decay."""
     t = cfg.train
     return SGD(network.params, t.lr, momentum=t.momentum, weight_decay=t.weight_decay,
-               nesterov=t.nesterov, decay_biases=t.decay_biases)
+               nesterov=t.nesterov, decayed=network.decayed(t.decay_biases))
 
 
 def holds_results(folder):
@@ -123,9 +130,11 @@ class RunFolder:
 
 
 def _snapshot(network, optimizer, state, rng, config_text):
-    return Checkpoint(params=network.params, optimizer=optimizer.state_dict(),
-                      epoch_order=state.order,
-                      meta=dict(state.to_meta(), config=config_text, rng=rng.bit_generator.state))
+    meta = dict(state.to_meta(), config=config_text, rng=rng.bit_generator.state)
+    if network.random_layers:
+        meta["layer_rngs"] = network.random_state()
+    return Checkpoint(params=network.params, buffers=network.buffers,
+                      optimizer=optimizer.state_dict(), epoch_order=state.order, meta=meta)
 
 
 def fit(cfg, *, out_dir=None, resume=None, overwrite=False, quiet=False, progress=None,
@@ -142,7 +151,7 @@ def fit(cfg, *, out_dir=None, resume=None, overwrite=False, quiet=False, progres
 
     init_rng, data_rng, train_rng = random_streams(cfg.train.seed)
     splits = prepare_data(cfg, data_rng, data_dir=data_dir, mirrors=mirrors, progress=progress)
-    network = build_model(cfg, init_rng)
+    network = build_model(cfg, init_rng, layer_seeds(cfg.train.seed))
     optimizer = build_optimizer(cfg, network)
     schedule = LRSchedule(cfg.train.lr, cfg.train.lr_schedule, epochs=cfg.train.epochs,
                           steps_per_epoch=steps_per_epoch(len(splits.train), cfg.train.batch_size),
@@ -159,6 +168,8 @@ def fit(cfg, *, out_dir=None, resume=None, overwrite=False, quiet=False, progres
     if resume is not None:
         try:
             network.load_params(resume.params)
+            network.load_buffers(resume.buffers)
+            network.load_random_state(resume.meta.get("layer_rngs", {}))
             optimizer.load_state_dict(resume.optimizer)
             train_rng.bit_generator.state = resume.meta["rng"]
             state = TrainState.from_meta(resume.meta, resume.epoch_order)
@@ -229,6 +240,7 @@ def evaluate_checkpoint(path, *, split="test", batch_size=None, data_dir=None, m
     network = build_model(cfg)
     try:
         network.load_params(ckpt.params)
+        network.load_buffers(ckpt.buffers)
     except ValueError as exc:
         raise CnnTrainError(f"{path}: its weights do not fit its own layer list ({exc})") from None
     _, data_rng, _ = random_streams(cfg.train.seed)
