@@ -39,7 +39,9 @@ def test_every_layer_of_the_configured_network_passes(config):
 
 def test_a_wrong_backward_fails_its_row_and_exits_1(config, monkeypatch):
     """ReLU's derivative off by a little (the slope 1.01): only the ReLU rows fail."""
-    monkeypatch.setattr(L.ReLU, "derivative", staticmethod(lambda dout, y: 1.01 * dout * (y > 0)))
+    backward = L.ReLU.backward
+    monkeypatch.setattr(L.ReLU, "backward", lambda self, dout, input_grad=True:
+                        1.01 * backward(self, dout, input_grad))
     result = invoke("gradcheck", "--config", config, "--probes", 20)
     assert result.exit_code == 1
     rows = table_rows(result.stdout)
@@ -77,12 +79,19 @@ def test_the_checked_network_is_float64_and_the_weights_are_left_as_they_were():
 
 def test_ties_in_max_pooling_are_counted_as_kinks_not_errors():
     """A window of equal values has no derivative; the check skips those probes and says how
-    many, and the distinct windows still agree."""
-    x = np.zeros((1, 1, 4, 4))
-    x[0, 0, 2:, 2:] = [[1.0, 2.0], [3.0, 4.0]]  # one window with a clear maximum, three tied
+    many, and the windows with a clear maximum still agree."""
+    x = np.arange(16.0).reshape(1, 1, 4, 4)
+    x[0, 0, :2, :2] = 5.0  # one tied window, three with a clear maximum
     result = gradcheck.check_layer("maxpool1", L.MaxPool2D(2), x, np.random.default_rng(0))
-    assert result.kinks == 12  # the tied windows' 12 entries
+    assert result.kinks == 4
     assert result.passed and result.errors["input"] < 1e-9
+
+
+def test_a_layer_that_is_mostly_kinks_fails_rather_than_passing_on_what_is_left():
+    x = np.zeros((1, 1, 4, 4))
+    x[0, 0, 2:, 2:] = [[1.0, 2.0], [3.0, 4.0]]  # three tied windows: 12 of 16 probes are kinks
+    result = gradcheck.check_layer("maxpool1", L.MaxPool2D(2), x, np.random.default_rng(0))
+    assert result.kinks == 12 and result.errors["input"] == float("inf") and not result.passed
 
 
 def test_gradcheck_on_real_mnist_images(real_mnist_dir):
@@ -91,3 +100,31 @@ def test_gradcheck_on_real_mnist_images(real_mnist_dir):
     assert result.exit_code == 0, result.output
     rows = table_rows(result.stdout)
     assert len(rows) == 12 and all("ok" in words for words in rows.values())
+
+
+def test_dropout_is_checked_with_a_fixed_mask_and_batchnorm_keeps_its_running_statistics():
+    from cnntrain.model import build_network
+    from cnntrain.run import layer_seeds
+
+    rng = np.random.default_rng(1)
+    network = build_network(["conv 3 3", "batchnorm", "relu", "flatten", "dense 12", "batchnorm",
+                             "dropout 0.5", "dense 10"], input_shape=(1, 6, 6), rng=rng,
+                            dtype=np.float64, seeds=layer_seeds(0))
+    dropout = network.layers[6][1]
+    generator_state = dropout.rng.bit_generator.state
+    buffers = {k: v.copy() for k, v in network.buffers.items()}
+    results = gradcheck.check_network(network, rng.standard_normal((5, 1, 6, 6)), probes=20)
+    assert all(r.passed for r in results), gradcheck.format_table(results)
+    assert set(results[1].errors) == {"input", "gamma", "beta"}
+    assert dropout.rng.bit_generator.state == generator_state
+    for key, value in buffers.items():
+        np.testing.assert_array_equal(network.buffers[key], value)
+    # A fresh mask at every probe would make the differences noise: the check would fail.
+    frozen = gradcheck._FrozenState
+    monkeypatch = pytest.MonkeyPatch()
+    monkeypatch.setattr(frozen, "forward", lambda self, x: self.layer.forward(x, train=True))
+    try:
+        broken = gradcheck.check_layer("dropout1", dropout, rng.standard_normal((5, 12)), rng)
+    finally:
+        monkeypatch.undo()
+    assert not broken.passed

@@ -1,4 +1,4 @@
-"""Dropout and batch-normalisation maths (cnntrain.functional_norm) against loop oracles, finite
+"""Dropout and batch-normalisation maths (cnntrain.functional) against loop oracles, finite
 differences in float64 and PyTorch in both modes."""
 
 import os
@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from cnntrain import functional_norm as fn
+from cnntrain import functional as fn
 from tests import oracle_norm
 from tests.gradcheck import numeric_gradient, relative_error
 
@@ -236,7 +236,7 @@ def batch_innermost(a):
 @pytest.mark.parametrize("layout", ["nchw", "batch-innermost"])
 @pytest.mark.parametrize("shape", SHAPES)
 def test_fast_batchnorm_agrees_with_the_textbook(shape, layout):
-    from cnntrain import fast_norm
+    from cnntrain import fast
 
     rng = np.random.default_rng(12)
     x, G = batch(rng, shape), rng.standard_normal(shape)
@@ -244,13 +244,13 @@ def test_fast_batchnorm_agrees_with_the_textbook(shape, layout):
         x, G = batch_innermost(x), batch_innermost(G)
     gamma, beta = affine(rng, shape[1])
     y, cache, mean, var = fn.batchnorm(x, gamma, beta)
-    y_fast, cache_fast, mean_fast, var_fast = fast_norm.batchnorm(x, gamma, beta)
-    for ours, fast in [(y, y_fast), (mean, mean_fast), (var, var_fast), (cache[0], cache_fast[0]),
+    y_fast, cache_fast, mean_fast, var_fast = fast.batchnorm(x, gamma, beta)
+    for ours, quick in [(y, y_fast), (mean, mean_fast), (var, var_fast), (cache[0], cache_fast[0]),
                        (cache[1], cache_fast[1])]:
-        np.testing.assert_allclose(fast, ours, rtol=1e-12, atol=1e-12)
-    for ours, fast in zip(fn.batchnorm_backward(G, cache, gamma),
-                          fast_norm.batchnorm_backward(G, cache_fast, gamma)):
-        np.testing.assert_allclose(fast, ours, rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(quick, ours, rtol=1e-12, atol=1e-12)
+    for ours, quick in zip(fn.batchnorm_backward(G, cache, gamma),
+                          fast.batchnorm_backward(G, cache_fast, gamma)):
+        np.testing.assert_allclose(quick, ours, rtol=1e-10, atol=1e-12)
     if layout == "batch-innermost" and len(shape) == 4:
         # the output keeps the layout the next fast layer reads without copying
         assert np.shares_memory(y_fast, y_fast.transpose(1, 2, 3, 0).reshape(shape[1], -1))
