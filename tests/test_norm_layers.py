@@ -11,6 +11,7 @@ import pytest
 from cnntrain import layers as L
 from cnntrain.checkpoint import load_checkpoint
 from cnntrain.model import LayerLineError, build_network, check_layers
+from cnntrain.losses import SoftmaxCrossEntropy
 from cnntrain.optim import SGD
 from cnntrain.run import layer_seeds
 from tests.clitools import invoke, small_config, use_synthetic_mnist
@@ -284,3 +285,77 @@ def test_a_run_with_dropout_and_batchnorm_resumes_bit_identical(
     summary = json.loads((straight / "summary.json").read_text())
     assert report["accuracy"] == pytest.approx(summary["final"]["test_acc"], abs=1e-12)
     assert report["loss"] == pytest.approx(summary["final"]["test_loss"], rel=1e-6)
+
+
+# ------------------------------------------------------- a whole network against PyTorch
+
+class _GivenMask:
+    """Stands in for torch.nn.Dropout: multiplies by the mask our layer drew (torch would
+    draw its own)."""
+
+    def __init__(self):
+        self.mask = None
+
+    def __call__(self, x):
+        return x * torch.from_numpy(self.mask) if self.mask is not None else x
+
+
+@pytest.mark.parametrize("kernels", KERNELS)
+def test_a_network_with_batchnorm_and_dropout_trains_as_pytorchs(kernels):
+    """Five SGD steps (momentum, weight decay on conv and dense only, as the layers declare),
+    then evaluation: parameters, running statistics and outputs as PyTorch's, float64."""
+    lines = ["conv 4 5 pad=2", "batchnorm", "relu", "maxpool 2", "flatten", "dense 20",
+             "batchnorm momentum=0.2", "relu", "dropout 0.3", "dense 10"]
+    rng = np.random.default_rng(7)
+    net = build_network(lines, input_shape=(1, 12, 12), rng=rng, dtype=np.float64,
+                        kernels=kernels, seeds=layer_seeds(7))
+    modules = [layer.torch_module(torch.nn).double() for _, layer in net.layers]
+    given = _GivenMask()
+    modules[8] = given
+    decayed, undecayed = [], []
+    for (name, layer), module in zip(net.layers, modules):
+        for key, value in layer.params.items():
+            torch_key = {"W": "weight", "b": "bias", "gamma": "weight", "beta": "bias"}[key]
+            param = getattr(module, torch_key)
+            with torch.no_grad():
+                param.copy_(torch.from_numpy(np.ascontiguousarray(
+                    value.T if isinstance(layer, L.Dense) and key == "W" else value)))
+            (decayed if f"{name}.{key}" in net.decayed() else undecayed).append(param)
+    assert len(undecayed) == 4  # the two batch norms' gamma and beta
+
+    def torch_forward(x):
+        for module in modules:
+            x = module(x)
+        return x
+
+    opt = SGD(net.params, 0.05, momentum=0.9, weight_decay=5e-3, decayed=net.decayed())
+    topt = torch.optim.SGD([{"params": decayed, "weight_decay": 5e-3},
+                            {"params": undecayed, "weight_decay": 0.0}], lr=0.05, momentum=0.9)
+    loss = SoftmaxCrossEntropy()
+    for module in modules[:8]:
+        module.train()
+    for _ in range(5):
+        x, y = rng.standard_normal((8, 1, 12, 12)), rng.integers(0, 10, 8)
+        loss.forward(net.forward(x), y)
+        given.mask = net.layers[8][1]._cache[0]  # the mask our dropout drew for this batch
+        net.backward(loss.backward())
+        opt.step(net.grads)
+        topt.zero_grad()
+        torch.nn.functional.cross_entropy(torch_forward(torch.from_numpy(x)), torch.from_numpy(y)).backward()
+        topt.step()
+    for (name, layer), module in zip(net.layers, modules):
+        for key, value in layer.params.items():
+            torch_key = {"W": "weight", "b": "bias", "gamma": "weight", "beta": "bias"}[key]
+            theirs = getattr(module, torch_key).detach().numpy()
+            ours = value.T if isinstance(layer, L.Dense) and key == "W" else value
+            np.testing.assert_allclose(ours, theirs, rtol=1e-9, atol=1e-12, err_msg=f"{name}.{key}")
+        for key in layer.buffers:
+            np.testing.assert_allclose(layer.buffers[key], getattr(module, key).numpy(), rtol=1e-10,
+                                       err_msg=f"{name}.{key}")
+    for module in modules[:8]:
+        module.eval()
+    given.mask = None
+    x = rng.standard_normal((6, 1, 12, 12))
+    with torch.no_grad():
+        np.testing.assert_allclose(net.forward(x, train=False), torch_forward(torch.from_numpy(x)).numpy(),
+                                   rtol=1e-9, atol=1e-12)
