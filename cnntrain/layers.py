@@ -54,8 +54,9 @@ def kernels_module(kernels):
 class Field:
     """One number on a grammar line: positional (no default) or an option name=value.
 
-    kind int or float; lo/hi the allowed range; pair=True also takes 'KxK2' (a (h, w) pair);
-    metavar is the placeholder in the usage string.
+    type int or float; lo/hi the allowed range (None: unbounded); default for options;
+    pair=True makes 'K' the pair (K, K) and also takes 'HxW'; metavar is the placeholder in
+    the usage string (default: the name in capitals, its first letter for an option).
     """
 
     name: str
