@@ -203,13 +203,13 @@ def info(config_path, overrides):
     cfg = _load_config(config_path, overrides)
     rows = check_layers(cfg.model.layers)
     click.echo(f"{cfg.source}: input (1, 28, 28), {cfg.train.dtype}")
-    click.echo(f"{'layer':<10}{'definition':<40}{'output':>16}{'params':>10}{'mult-adds':>12}")
+    click.echo(f"{'layer':<12}{'definition':<40}{'output':>16}{'params':>10}{'mult-adds':>12}")
     for row in rows:
         shape = " x ".join(map(str, row.output_shape))
-        click.echo(f"{row.name:<10}{row.layer:<40}{shape:>16}{row.params:>10,}{row.multiply_adds:>12,}")
+        click.echo(f"{row.name:<12}{row.layer:<40}{shape:>16}{row.params:>10,}{row.multiply_adds:>12,}")
     total_params = sum(r.params for r in rows)
     total_macs = sum(r.multiply_adds for r in rows)
-    click.echo(f"{'total':<10}{'':<40}{'':>16}{total_params:>10,}{total_macs:>12,}")
+    click.echo(f"{'total':<12}{'':<40}{'':>16}{total_params:>10,}{total_macs:>12,}")
 
 
 @cli.command(context_settings=CONTEXT_SETTINGS)

@@ -414,11 +414,10 @@ def batchnorm(x, gamma, beta, eps=functional.BATCHNORM_EPS):
     inv_m = x.dtype.type(1 / m)
     mean = (rows @ ones) * inv_m
     x_hat = rows - mean[:, None]
-    y = np.square(x_hat)
-    var = (y @ ones) * inv_m
+    var = np.einsum("ij,ij->i", x_hat, x_hat) * inv_m  # no squared copy written out
     inv_std = 1 / np.sqrt(var + x.dtype.type(eps))
     x_hat *= inv_std[:, None]
-    np.multiply(x_hat, gamma[:, None], out=y)
+    y = np.multiply(x_hat, gamma[:, None])
     y += beta[:, None]
     return _as_input_shape(y, x), (_as_input_shape(x_hat, x), inv_std), mean, var
 

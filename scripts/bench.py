@@ -207,8 +207,17 @@ class Torch:
         self.tx, self.ty = torch.from_numpy(np.ascontiguousarray(tx)), torch.from_numpy(ty)
         self.ex, self.ey = torch.from_numpy(np.ascontiguousarray(ex)), torch.from_numpy(ey)
         t = cfg.train
-        self.opt = torch.optim.SGD(self.model.parameters(), lr=t.lr, momentum=t.momentum,
-                                   weight_decay=t.weight_decay, nesterov=t.nesterov)
+        # Weight decay where our layers declare it (batch norm's gamma and beta go without),
+        # pairing each of our parameters with its module's in order (W/gamma -> weight,
+        # b/beta -> bias).
+        decayed = set(network.decayed(t.decay_biases))
+        groups = {True: [], False: []}
+        for (name, layer), module in zip(network.layers, self.model):
+            for key, param in zip(layer.params, module.parameters()):
+                groups[f"{name}.{key}" in decayed].append(param)
+        self.opt = torch.optim.SGD([{"params": groups[True], "weight_decay": t.weight_decay},
+                                    {"params": groups[False], "weight_decay": 0.0}],
+                                   lr=t.lr, momentum=t.momentum, nesterov=t.nesterov)
         self.batches = Batches(len(ty), batch, np.random.default_rng(ARGS.seed))
         self.description = f"torch {torch.__version__}, {torch.get_num_threads()} threads"
 
