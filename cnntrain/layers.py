@@ -114,6 +114,7 @@ class Layer:
     input_hint = ""      # what to do when the input has the wrong rank
     needs_rng = False    # True: the builder gives it `self.rng`, whose state is checkpointed
     init_hint = None     # "he" if networks with this layer should default to He init
+    min_batch = 1        # the fewest examples a training batch may hold (see run.check_batches)
 
     def __init__(self, *, kernels="fast"):
         self.kernels = kernels_module(kernels)
@@ -577,8 +578,12 @@ class BatchNorm(Layer):
     def build(cls, line, input_shape, context):
         if len(input_shape) not in (1, 3):
             raise ValueError(f"batchnorm needs a (C, H, W) or flat input, got {input_shape}")
-        return cls(input_shape[0], **line.values, spatial=len(input_shape) == 3,
-                   dtype=context.dtype, kernels=context.kernels)
+        layer = cls(input_shape[0], **line.values, spatial=len(input_shape) == 3,
+                    dtype=context.dtype, kernels=context.kernels)
+        # A statistic over one value has no variance: after a dense layer (or on 1 x 1 maps)
+        # each training batch needs two examples.
+        layer.min_batch = 2 if math.prod(input_shape[1:]) == 1 else 1
+        return layer
 
     def forward(self, x, train=True):
         self._check_dtype(x)

@@ -72,6 +72,20 @@ def build_model(cfg, init_rng=None, seeds=None):
                          init=cfg.model.init, kernels=cfg.train.kernels, seeds=seeds)
 
 
+def check_batches(network, n_train, batch_size):
+    """ConfigError if a training batch would be too small for a layer (batch norm after a
+    dense layer needs two examples): checked before training rather than failing mid-epoch."""
+    last = n_train % batch_size or batch_size
+    smallest = min(batch_size, last, n_train)
+    for (name, layer), line in zip(network.layers, network.lines):
+        if smallest < layer.min_batch:
+            raise ConfigError(
+                f"layer {name} ('{line}') needs at least {layer.min_batch} images in every "
+                f"training batch, but with {n_train} training images and batch_size "
+                f"{batch_size} a batch holds {smallest}; change [train] batch_size or "
+                "[data] train_size")
+
+
 def build_optimizer(cfg, network):
     """SGD over the network's parameters with the config's momentum and weight decay."""
     t = cfg.train
@@ -152,6 +166,7 @@ def fit(cfg, *, out_dir=None, resume=None, overwrite=False, quiet=False, progres
     init_rng, data_rng, train_rng = random_streams(cfg.train.seed)
     splits = prepare_data(cfg, data_rng, data_dir=data_dir, mirrors=mirrors, progress=progress)
     network = build_model(cfg, init_rng, layer_seeds(cfg.train.seed))
+    check_batches(network, len(splits.train), cfg.train.batch_size)
     optimizer = build_optimizer(cfg, network)
     schedule = LRSchedule(cfg.train.lr, cfg.train.lr_schedule, epochs=cfg.train.epochs,
                           steps_per_epoch=steps_per_epoch(len(splits.train), cfg.train.batch_size),

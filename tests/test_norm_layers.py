@@ -14,7 +14,7 @@ from cnntrain.model import LayerLineError, build_network, check_layers
 from cnntrain.losses import SoftmaxCrossEntropy
 from cnntrain.optim import SGD
 from cnntrain.run import layer_seeds
-from tests.clitools import invoke, small_config, use_synthetic_mnist
+from tests.clitools import assert_one_line_error, invoke, small_config, use_synthetic_mnist
 from tests.gradcheck import numeric_gradient, relative_error
 
 if os.environ.get("CNNTRAIN_REQUIRE_TORCH") == "1":
@@ -359,3 +359,29 @@ def test_a_network_with_batchnorm_and_dropout_trains_as_pytorchs(kernels):
     with torch.no_grad():
         np.testing.assert_allclose(net.forward(x, train=False), torch_forward(torch.from_numpy(x)).numpy(),
                                    rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("sets,held", [(["train.batch_size=1"], 1), (["train.batch_size=499"], 1)])
+def test_a_batch_too_small_for_batch_norm_is_a_config_error_before_training(
+        tmp_path, monkeypatch, synthetic_mnist, synthetic_mnist_dir, sets, held):
+    """500 training images: batch 499 leaves a last batch of 1, which batch norm after a dense
+    layer cannot normalise; said before any training, as a one-line error."""
+    use_synthetic_mnist(monkeypatch, synthetic_mnist, synthetic_mnist_dir)
+    config = tmp_path / "norm.ini"
+    config.write_text(small_config(LAYERS))
+    args = [arg for s in sets for arg in ("--set", s)]
+    result = invoke("fit", "--config", config, "-q", "--out", tmp_path / "run", *args)
+    assert_one_line_error(result, 2, "layer batchnorm3 ('batchnorm') needs at least 2 images",
+                          f"a batch holds {held}", "[train] batch_size")
+    assert not (tmp_path / "run").exists()
+
+
+def test_batch_norm_after_a_convolution_takes_a_last_batch_of_one_image(
+        tmp_path, monkeypatch, synthetic_mnist, synthetic_mnist_dir):
+    """Over (N, H, W), one image still gives H*W values per channel."""
+    use_synthetic_mnist(monkeypatch, synthetic_mnist, synthetic_mnist_dir)
+    config = tmp_path / "conv.ini"
+    config.write_text(small_config(LAYERS[:9] + ["dense 10"],
+                                   train={"epochs": 1, "batch_size": 499}))
+    result = invoke("fit", "--config", config, "-q", "--out", tmp_path / "run")
+    assert result.exit_code == 0, result.output
