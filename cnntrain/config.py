@@ -288,7 +288,7 @@ SCHEMA: Dict[str, Dict[str, Key]] = {
         "dtype": Key(Choice("float32", "float64"), "float32", "floating-point precision"),
         "kernels": Key(Choice("fast", "reference"), "fast",
                        "the layers' maths: fast (cnntrain/fast.py) or the plain textbook "
-                       "functions (cnntrain/functional.py), same results, slower"),
+                       "functions (cnntrain/functional.py): the same maths, slower"),
     },
     "run": {
         "dir": Key(Text(allow_empty=False), "runs/lenet5",
