@@ -380,8 +380,8 @@ def dense_backward(dout, x, W):
 
 # --- batch normalisation: each channel's values as one row of a (C, m) matrix. For the
 # batch-innermost maps ((C, H, W, N) in memory) that matrix is a view, each row one contiguous
-# run, so the per-channel sums are BLAS products with a vector of ones and the element-wise
-# steps stream through memory once each, with the temporaries reused. Results come back as
+# run, so the per-channel sums are BLAS products with a vector of ones (or einsum's row-wise
+# dot products) and each element-wise step is one pass through memory. Results come back as
 # (N, C, H, W) views of (C, m) arrays, the layout the next fast layer expects.
 
 

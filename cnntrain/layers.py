@@ -552,8 +552,9 @@ class BatchNorm(Layer):
     statistics towards them: running = (1 - momentum) * running + momentum * batch, with the
     unbiased variance (PyTorch's rule and defaults). Evaluation normalises with the running
     statistics. gamma and beta are trained; by default (decay=0) weight decay leaves them
-    alone, since shrinking gamma only rescales what the next layer sees. The running mean
-    and variance are buffers: checkpointed, never trained.
+    alone, the usual practice: they set each channel's scale and offset, which is not the
+    network's capacity that weight decay is there to limit. The running mean and variance
+    are buffers: checkpointed, never trained.
     """
 
     kind = "batchnorm"
