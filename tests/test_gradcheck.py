@@ -128,3 +128,18 @@ def test_dropout_is_checked_with_a_fixed_mask_and_batchnorm_keeps_its_running_st
     finally:
         monkeypatch.undo()
     assert not broken.passed
+
+
+def test_the_textbook_kernels_are_checked_when_the_config_picks_them(config, monkeypatch):
+    """With [train] kernels = reference the check runs cnntrain.functional: a slip there
+    fails it, while the fast kernels would have passed."""
+    from cnntrain import functional
+
+    assert invoke("gradcheck", "--config", config, "--probes", 10, "--set",
+                  "train.kernels=reference").exit_code == 0
+    correct = functional.conv_bias_grad
+    monkeypatch.setattr(functional, "conv_bias_grad", lambda dout: 1.01 * correct(dout))
+    result = invoke("gradcheck", "--config", config, "--probes", 10, "--set", "train.kernels=reference")
+    assert result.exit_code == 1
+    assert sorted(n for n, words in table_rows(result.stdout).items() if "FAIL" in words) == ["conv1", "conv2"]
+    assert invoke("gradcheck", "--config", config, "--probes", 10).exit_code == 0
