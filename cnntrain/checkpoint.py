@@ -2,11 +2,13 @@
 
 Entries:
   param/NAME      the network's parameters, by name ("param/conv1.W")
+  buffer/NAME     the layers' buffers (running statistics and the like), by name
   optim/NAME.v    the optimizer's velocities ("optim/conv1.W.v")
   epoch_order     the current epoch's shuffled order of training examples (int64)
   meta.json       UTF-8 JSON as a uint8 array: format version, epoch, step, position in the
                   epoch, running sums of the epoch, generator state, resolved config text,
-                  metrics so far
+                  metrics so far, and ("layer_rngs") the state of the generator of each
+                  layer that needs randomness
 
 Writing is atomic (temporary file in the same folder, fsync, rename); reading uses
 allow_pickle=False and checks every entry, so a foreign, truncated or hostile file is an
@@ -36,6 +38,7 @@ class Checkpoint:
 
     params: dict
     optimizer: dict = field(default_factory=dict)
+    buffers: dict = field(default_factory=dict)
     epoch_order: np.ndarray = None
     meta: dict = field(default_factory=dict)
 
@@ -44,9 +47,10 @@ class Checkpoint:
         return self.meta["config"]
 
 
-def non_finite_entry(params, optimizer=None):
-    """The name of the first parameter (or velocity) holding NaN or inf, or None."""
-    for prefix, arrays in (("param/", params), ("optim/", optimizer or {})):
+def non_finite_entry(params, optimizer=None, buffers=None):
+    """The name of the first parameter (or velocity, or buffer) holding NaN or inf, or None."""
+    for prefix, arrays in (("param/", params), ("optim/", optimizer or {}),
+                           ("buffer/", buffers or {})):
         for name, value in arrays.items():
             if value.dtype.kind == "f" and not np.isfinite(value).all():
                 return prefix + name
@@ -130,11 +134,13 @@ def save_checkpoint(path, ckpt):
     """Write ckpt to path atomically. np.savez is given an open file: with a file name it
     would append '.npz' and the rename would miss it. A model with NaN or infinite weights is
     never written: a checkpoint is always something that can be evaluated and continued."""
-    bad = non_finite_entry(ckpt.params, ckpt.optimizer)
+    bad = non_finite_entry(ckpt.params, ckpt.optimizer, ckpt.buffers)
     if bad:
         raise NonFiniteModelError(f"not saving {path}: {bad} holds NaN or infinite values")
     meta = dict(ckpt.meta, format_version=FORMAT_VERSION)
     arrays = {f"param/{name}": np.ascontiguousarray(value) for name, value in ckpt.params.items()}
+    arrays.update({f"buffer/{name}": np.ascontiguousarray(value)
+                   for name, value in ckpt.buffers.items()})
     arrays.update({f"optim/{name}": value for name, value in ckpt.optimizer.items()})
     if ckpt.epoch_order is not None:
         arrays["epoch_order"] = np.asarray(ckpt.epoch_order, dtype=np.int64)
@@ -189,22 +195,25 @@ def load_checkpoint(path):
         raise CheckpointError(f"{path}: {problem}; the file was edited or damaged, "
                               "use another checkpoint")
 
-    params, optimizer = {}, {}
+    params, buffers, optimizer = {}, {}, {}
     for name, value in arrays.items():
         if value.dtype.kind not in "fiu":
             raise CheckpointError(f"{path}: entry {name} holds {value.dtype} data, not numbers")
         prefix, _, key = name.partition("/")
         if prefix == "param":
             params[key] = value
+        elif prefix == "buffer":
+            buffers[key] = value
         elif prefix == "optim":
             optimizer[key] = value
         else:
             raise CheckpointError(f"{path}: unexpected entry '{name}'; not a cnntrain checkpoint")
     if not params:
         raise CheckpointError(f"{path}: holds no parameters; not a cnntrain checkpoint")
-    bad = non_finite_entry(params, optimizer)
+    bad = non_finite_entry(params, optimizer, buffers)
     if bad:
         raise CheckpointError(f"{path}: {bad} holds NaN or infinite values (a diverged model), "
                               "so it can be neither evaluated nor continued; use an earlier "
                               "checkpoint or train again with a lower learning rate")
-    return Checkpoint(params=params, optimizer=optimizer, epoch_order=order, meta=meta)
+    return Checkpoint(params=params, optimizer=optimizer, buffers=buffers, epoch_order=order,
+                      meta=meta)

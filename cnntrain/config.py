@@ -284,6 +284,9 @@ SCHEMA: Dict[str, Dict[str, Key]] = {
         "warmup_epochs": Key(Float(0), 0.0, "linear warm-up from 0 to lr; 0 = none", "1"),
         "seed": Key(Int(0), 0, "seed of every random choice (init, shuffling, augmentation)"),
         "dtype": Key(Choice("float32", "float64"), "float32", "floating-point precision"),
+        "kernels": Key(Choice("fast", "reference"), "fast",
+                       "the layers' maths: fast (cnntrain/fast.py) or the plain textbook "
+                       "functions (cnntrain/functional.py): the same maths, slower"),
     },
     "run": {
         "dir": Key(Text(allow_empty=False), "runs/lenet5",
@@ -555,7 +558,7 @@ def _check_layers(layers: Tuple[str, ...], values: _Values, cfg: Dict[str, Dict[
         model.check_layers(list(layers), input_shape=INPUT_SHAPE,
                            batch_size=min(train["batch_size"], train_images),
                            eval_batch_size=train["eval_batch_size"], dtype=train["dtype"])
-    except ConfigError as exc:  # LayerSpecError, or any other complaint about the list
+    except ConfigError as exc:  # LayerLineError, or any other complaint about the list
         where = values.where("model", "layers")
         line_no = getattr(exc, "line_no", None)
         if not line_no:  # 0 or absent: a complaint about the list as a whole

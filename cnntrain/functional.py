@@ -1,41 +1,20 @@
-"""Pure array maths of a CNN: every forward and backward equation, each in exactly one place.
+"""The textbook maths of a CNN: every forward and backward equation, each in one plain function.
 
-No state and no I/O: functions take arrays and return arrays, so each equation can be read,
-tested against a naive loop and checked by finite differences on its own.
+No state and no I/O: functions take NCHW arrays and return arrays, so each equation can be
+read beside the README's table, tested against a loop oracle and checked by finite
+differences on its own. `[train] kernels = reference` trains with these; the default,
+`kernels = fast`, runs cnntrain.fast, which computes the same equations with the same
+signatures, rearranged for speed (and takes the functions it does not speed up from here).
 
 Shape names: N batch, C input channels, H x W input size, F filters (output channels),
 kh x kw kernel size, out_h x out_w output size. Gradients are dout, dx, dW, db.
 
-Layout note. Convolutions are computed as one matrix product over "columns" (im2col). The
-columns are ordered (C, kh, kw) x (out_h, out_w, N), images varying fastest, so the product
-W @ cols lands in (F, out_h, out_w, N) memory order, and the result is returned as an
-(N, F, out_h, out_w) *view* of it instead of being copied into NCHW order. The logical
-shape is always NCHW and every function here accepts any memory order, but this one, with
-the batch innermost, is what makes the slice copies of im2col, col2im and pooling fast: a
-window row of W positions is one contiguous run of W*N numbers instead of N runs of W, and
-NumPy pays per run. It also makes flattening free (see Flatten) and saves a transposing copy
-of every activation in both directions.
-
-Speed without changing the maths. Scratch arrays (the padded input, the columns) can be
-kept by the caller in a `work` dict and are then reused from call to call; what a function
-returns to its caller is always a fresh array, except `cols`, which the caller keeps only
-until the matching backward.
+The `work` argument of the convolutions is the fast path's scratch space; it is accepted
+and ignored here, so that both modules can be called the same way.
 """
 
-import math
-
 import numpy as np
-
-# OpenBLAS (0.3.x, x86-64) computes a product with M*N*K <= 1e6 by kernels that read the
-# operands where they lie; bigger products are first copied into packed panels. When the
-# other operand is tiny (conv1's 6 x 25 kernels) each packed number takes part in only a
-# few multiply-adds, and the copy costs more than the arithmetic: on the bench machine
-# 6x25x50176 took 490-700 us whole and 245 us in pieces of 6656 columns. So such products
-# are cut along their long side into pieces below that size (_matmul_pieces); products with
-# a bigger small operand (conv2's 16 x 150) are left whole, where OpenBLAS can also use
-# several threads. The pieces depend on the shapes only, never on the data or the machine.
-GEMM_PIECE = 1_000_000
-GEMM_PIECE_MAX_SMALL = 1000  # cut into pieces only if the small operand has fewer entries
+from numpy.lib.stride_tricks import sliding_window_view
 
 
 def conv_output_size(size, kernel, stride=1, pad=0):
@@ -43,304 +22,154 @@ def conv_output_size(size, kernel, stride=1, pad=0):
     return (size + 2 * pad - kernel) // stride + 1
 
 
-def _offset_slices(i, j, stride, out_h, out_w):
-    """The slices that pick rows i + stride*y (y < out_h) and columns j + stride*x (x < out_w)."""
-    return (slice(i, i + stride * (out_h - 1) + 1, stride),
-            slice(j, j + stride * (out_w - 1) + 1, stride))
+def _strided(start, stride, count):
+    """The slice start, start + stride, ..., count positions in all."""
+    return slice(start, start + stride * (count - 1) + 1, stride)
 
 
-def _window(a, i, j, stride, out_h, out_w):
-    """The strided view a[..., i + stride*y, j + stride*x] for y < out_h, x < out_w."""
-    return a[(Ellipsis,) + _offset_slices(i, j, stride, out_h, out_w)]
+# --- convolution --------------------------------------------------------------------------
 
+def im2col(x, kh, kw, stride=1, pad=0):
+    """Every kh x kw patch of the zero-padded input, flattened into one row per output position.
 
-def _buffer(work, name, shape, dtype, zeros=False):
-    """A scratch array kept in the caller's `work` dict (a new one when work is None).
-
-    Reused from call to call, so a training step does not allocate, zero and fault in the
-    same large arrays again; its memory only grows, so a smaller batch (the last of an epoch)
-    reuses it too. With zeros=True the array starts zeroed, and the caller relies on the
-    parts it never writes staying zero (they are zeroed again whenever the shape changes).
+    x: (N, C, H, W) -> cols: (N*out_h*out_w, C*kh*kw), with
+    cols[(n, p, q), (c, i, j)] = x_padded[n, c, stride*p + i, stride*q + j].
     """
-    shape, size = tuple(shape), math.prod(shape)
-    if work is None:
-        return (np.zeros if zeros else np.empty)(shape, dtype=dtype)
-    memory, last_shape = work.get(name, (None, None))
-    if memory is None or memory.dtype != dtype or memory.size < size:
-        memory = (np.zeros if zeros else np.empty)(size, dtype=dtype)
-        last_shape = shape
-    buf = memory[:size].reshape(shape)
-    if last_shape != shape and zeros:
-        buf[...] = 0
-    work[name] = (memory, shape)
-    return buf
-
-
-def _batch_innermost(shape, dtype, work=None, name=None, zeros=False):
-    """An (N, C, H, W) array stored as (C, H, W, N) in memory (the layout note above)."""
-    N, C, H, W = shape
-    return _buffer(work, name, (C, H, W, N), dtype, zeros).transpose(3, 0, 1, 2)
-
-
-def pad2d(x, pad, work=None):
-    """x: (N, C, H, W) -> (N, C, H + 2*pad, W + 2*pad), zeros around; x itself when pad is 0.
-
-    The padded copy is stored batch-innermost; with a work dict it is reused, and only its
-    interior is rewritten (the border stays zero).
-    """
-    if pad == 0:
-        return x
-    N, C, H, W = x.shape
-    xp = _batch_innermost((N, C, H + 2 * pad, W + 2 * pad), x.dtype, work, "padded", zeros=True)
-    xp[:, :, pad:pad + H, pad:pad + W] = x
-    return xp
-
-
-def im2col(x, kh, kw, stride=1, pad=0, work=None):
-    """Unfold every kh x kw patch of the padded input into a column.
-
-    x: (N, C, H, W) -> cols: (C*kh*kw, out_h*out_w*N), with
-    cols[(c, i, j), (y, x, n)] = x_padded[n, c, stride*y + i, stride*x + j].
-
-    Built with one vectorised slice copy per kernel offset (kh*kw copies), never a loop over
-    pixels or images. With a work dict, cols is a buffer reused by the next call.
-    """
-    N, C, H, W = x.shape
-    out_h = conv_output_size(H, kh, stride, pad)
-    out_w = conv_output_size(W, kw, stride, pad)
-    xp = pad2d(x, pad, work).transpose(1, 2, 3, 0)  # (C, H + 2*pad, W + 2*pad, N) view
-    cols = _buffer(work, "cols", (C, kh, kw, out_h, out_w, N), x.dtype)
-    for i in range(kh):
-        for j in range(kw):
-            rows, columns = _offset_slices(i, j, stride, out_h, out_w)
-            cols[:, i, j] = xp[:, rows, columns]
-    return cols.reshape(C * kh * kw, out_h * out_w * N)
+    xp = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    windows = sliding_window_view(xp, (kh, kw), axis=(2, 3))[:, :, ::stride, ::stride]
+    N, C, out_h, out_w = windows.shape[:4]  # windows: (N, C, out_h, out_w, kh, kw)
+    return windows.transpose(0, 2, 3, 1, 4, 5).reshape(N * out_h * out_w, C * kh * kw)
 
 
 def col2im(dcols, x_shape, kh, kw, stride=1, pad=0):
-    """The adjoint of im2col: add every column back onto the patch it came from.
+    """The adjoint of im2col: add every row back onto the patch it came from.
 
-    dcols: (C*kh*kw, out_h*out_w*N) -> dx: (N, C, H, W), stored batch-innermost.
-    Overlapping patches add up; the padding border is cropped off. One vectorised slice add
-    per kernel offset.
+    dcols: (N*out_h*out_w, C*kh*kw) -> dx: (N, C, H, W). Overlapping patches add up; the
+    padding border is cropped off.
     """
     N, C, H, W = x_shape
     out_h = conv_output_size(H, kh, stride, pad)
     out_w = conv_output_size(W, kw, stride, pad)
-    dcols = dcols.reshape(C, kh, kw, out_h, out_w, N)
-    dxp = np.zeros((C, H + 2 * pad, W + 2 * pad, N), dtype=dcols.dtype)
+    patches = dcols.reshape(N, out_h, out_w, C, kh, kw).transpose(0, 3, 1, 2, 4, 5)
+    dxp = np.zeros((N, C, H + 2 * pad, W + 2 * pad), dtype=dcols.dtype)
     for i in range(kh):
         for j in range(kw):
-            rows, columns = _offset_slices(i, j, stride, out_h, out_w)
-            dxp[:, rows, columns] += dcols[:, i, j]
-    dx = dxp[:, pad:pad + H, pad:pad + W].transpose(3, 0, 1, 2)  # (N, C, H, W) view
-    assert dx.shape == tuple(x_shape)
-    return dx
+            dxp[:, :, _strided(i, stride, out_h), _strided(j, stride, out_w)] += patches[..., i, j]
+    return dxp[:, :, pad:pad + H, pad:pad + W]
 
 
-def _as_filter_rows(dout):
-    """dout: (N, F, out_h, out_w) -> (F, out_h*out_w*N), a view when dout is batch-innermost."""
-    N, F, out_h, out_w = dout.shape
-    return dout.transpose(1, 2, 3, 0).reshape(F, out_h * out_w * N)
-
-
-def _matmul_pieces(a, b, out):
-    """out = a @ b for a short, wide b, over pieces of b's columns when a is tiny (see GEMM_PIECE).
-
-    a: (M, K), b: (K, P) -> out: (M, P)
-    """
-    small = a.shape[0] * a.shape[1]
-    step = GEMM_PIECE // small if small < GEMM_PIECE_MAX_SMALL else max(1, b.shape[1])
-    for start in range(0, b.shape[1], step):
-        np.matmul(a, b[:, start:start + step], out=out[:, start:start + step])
-    return out
-
-
-def _matmul_nt_pieces(a, b):
-    """a @ b.T for two short, wide matrices; when the result is tiny (see GEMM_PIECE), the sum
-    over their long shared axis is taken over pieces of it, added up in order.
-
-    a: (M, P), b: (K, P) -> (M, K)
-    """
-    small = a.shape[0] * b.shape[0]
-    if small >= GEMM_PIECE_MAX_SMALL:
-        return a @ b.T
-    step = GEMM_PIECE // small
-    out = a[:, :step] @ b[:, :step].T
-    part = np.empty_like(out)
-    for start in range(step, a.shape[1], step):
-        np.matmul(a[:, start:start + step], b[:, start:start + step].T, out=part)
-        out += part
-    return out
-
-
-def correlate2d(x, W, b, stride=1, pad=0, work=None):
+def conv_forward(x, W, b, stride=1, pad=0, work=None):
     """Forward convolution, which is cross-correlation (the kernel is not flipped).
 
     y[n, f, p, q] = b[f] + sum_{c, i, j} W[f, c, i, j] * x_padded[n, c, stride*p + i, stride*q + j]
 
     x: (N, C, H, W), W: (F, C, kh, kw), b: (F,) -> y: (N, F, out_h, out_w), cols.
-    cols (see im2col) is the input unfolded; backward needs it for the kernel gradient.
-    With a work dict, cols is a buffer the next call with the same dict overwrites.
+    cols (see im2col) is the input unfolded; the kernel gradient needs it.
     """
     N, C, H, Wd = x.shape
-    F, C_w, kh, kw = W.shape
-    assert C == C_w, f"input has {C} channels, kernels expect {C_w}"
-    cols = im2col(x, kh, kw, stride, pad, work)
+    F, _, kh, kw = W.shape
+    cols = im2col(x, kh, kw, stride, pad)
+    y = cols @ W.reshape(F, -1).T + b                     # (N*out_h*out_w, F)
     out_h = conv_output_size(H, kh, stride, pad)
     out_w = conv_output_size(Wd, kw, stride, pad)
-    y = np.empty((F, out_h * out_w * N), dtype=x.dtype)
-    _matmul_pieces(W.reshape(F, C * kh * kw), cols, out=y)
-    y += b[:, None]
-    y = y.reshape(F, out_h, out_w, N).transpose(3, 0, 1, 2)
-    assert y.shape == (N, F, out_h, out_w)
-    return y, cols
+    return y.reshape(N, out_h, out_w, F).transpose(0, 3, 1, 2), cols
 
 
-def convolve2d_full(dout, W, x_shape, stride=1, pad=0, work=None):
+def _rows(dout):
+    """dout: (N, F, out_h, out_w) -> (N*out_h*out_w, F), one row per output position."""
+    return dout.transpose(0, 2, 3, 1).reshape(-1, dout.shape[1])
+
+
+def conv_input_grad(dout, W, x_shape, stride=1, pad=0, work=None):
     """The delta handed to the layer below: the 'full' convolution of the delta with the kernels.
 
     dx[n, c] = sum_f full_convolution(dout[n, f], W[f, c]), i.e. the correlation of the
     zero-padded (and, for stride > 1, zero-dilated) delta with each kernel rotated 180
     degrees, summed over the output channels f, then cropped by the forward padding.
-
-    Computed in its scatter form: every output position sends W[f, c, i, j] * dout back to
-    the input pixel it read, via one matrix product and col2im.
+    Computed in its scatter form: each output position sends dout @ W back to its patch.
 
     dout: (N, F, out_h, out_w), W: (F, C, kh, kw) -> dx: (N, C, H, W) with x_shape = (N, C, H, W).
     """
     F, C, kh, kw = W.shape
-    rows = _as_filter_rows(dout)
-    dcols = _buffer(work, "dcols", (C * kh * kw, rows.shape[1]), dout.dtype)
-    _matmul_pieces(W.reshape(F, C * kh * kw).T, rows, out=dcols)
+    dcols = _rows(dout) @ W.reshape(F, -1)                # (N*out_h*out_w, C*kh*kw)
     return col2im(dcols, x_shape, kh, kw, stride, pad)
 
 
-def correlate2d_valid(cols, dout, kernel_shape):
+def conv_kernel_grad(cols, dout, kernel_shape):
     """The kernel gradient: the 'valid' correlation of the layer's input with its delta.
 
     dW[f, c, i, j] = sum_{n, p, q} x_padded[n, c, stride*p + i, stride*q + j] * dout[n, f, p, q]
 
-    cols: (C*kh*kw, out_h*out_w*N), the input unfolded by the forward pass;
-    dout: (N, F, out_h, out_w) -> dW: (F, C, kh, kw).
+    cols: (N*out_h*out_w, C*kh*kw) from conv_forward; dout: (N, F, out_h, out_w) -> dW: (F, C, kh, kw).
     """
-    # Computed as its transpose, cols @ rows.T: with the long side C*kh*kw as the rows of
-    # the product, OpenBLAS is up to twice as fast on these shapes (measured).
-    dW_transposed = _matmul_nt_pieces(cols, _as_filter_rows(dout))
-    return dW_transposed.T.reshape(kernel_shape)
+    return (_rows(dout).T @ cols).reshape(kernel_shape)
 
 
-def bias_gradient(dout):
-    """The bias gradient is the sum of the delta over N, out_h, out_w.
+def conv_bias_grad(dout):
+    """The bias gradient: the sum of the delta over N, out_h, out_w.
 
     dout: (N, F, out_h, out_w) -> db: (F,)
     """
-    rows = _as_filter_rows(dout)
-    # The row sums as a product with a vector of ones: BLAS sums these long rows about 3x
-    # faster than ndarray.sum (measured) and about as accurately.
-    return rows @ np.ones(rows.shape[1], dtype=rows.dtype)
+    return dout.sum(axis=(0, 2, 3))
 
 
-def _empty_like_layout(shape, like, dtype):
-    """An uninitialised array of `shape` whose axes lie in memory in the same order as those of
-    `like` (for example the batch-innermost maps of the convolutions), so that the layer
-    reading it next finds the layout it expects and need not make a transposed copy."""
-    order = sorted(range(len(shape)), key=lambda axis: -like.strides[axis])
-    base = np.empty([shape[axis] for axis in order], dtype=dtype)
-    return base.transpose([order.index(axis) for axis in range(len(shape))])
+# --- pooling ------------------------------------------------------------------------------
+
+def _pool_windows(x, kernel, stride):
+    """x: (N, C, H, W) -> its windows (N, C, out_h, out_w, kernel*kernel), floor mode (a view)."""
+    windows = sliding_window_view(x, (kernel, kernel), axis=(2, 3))[:, :, ::stride, ::stride]
+    return windows.reshape(windows.shape[:4] + (kernel * kernel,))
 
 
 def maxpool2d(x, kernel, stride):
     """Max pooling, floor mode: each output is the largest value of its window.
 
-    x: (N, C, H, W) -> y: (N, C, out_h, out_w), argmax: (N, C, out_h, out_w) uint8 or uint16,
-    where argmax is the row-major offset i*kernel + j of the window's *first* maximum.
-    One vectorised comparison per window offset; windows may overlap (stride < kernel).
-    y and argmax are laid out in memory like x.
+    x: (N, C, H, W) -> y: (N, C, out_h, out_w), argmax: (N, C, out_h, out_w), the row-major
+    offset i*kernel + j of each window's *first* maximum.
     """
-    N, C, H, W = x.shape
-    out_h = conv_output_size(H, kernel, stride)
-    out_w = conv_output_size(W, kernel, stride)
-    y = _window(x, 0, 0, stride, out_h, out_w).copy(order="K")
-    argmax = np.zeros_like(y, dtype=np.uint8 if kernel * kernel <= 256 else np.uint16)
-    for offset in range(1, kernel * kernel):
-        candidate = _window(x, offset // kernel, offset % kernel, stride, out_h, out_w)
-        # Strictly greater, so a later equal value never displaces the first maximum.
-        larger = np.greater(candidate, y)
-        np.maximum(y, candidate, out=y)
-        # argmax = offset where larger, else unchanged. Offsets come in increasing order, so
-        # that is max(argmax, larger * offset): one fast element-wise maximum instead of a
-        # masked assignment, which NumPy does several times slower.
-        np.maximum(argmax, larger.view(np.uint8) * argmax.dtype.type(offset), out=argmax)
-    return y, argmax
+    windows = _pool_windows(x, kernel, stride)
+    return windows.max(axis=-1), windows.argmax(axis=-1)
 
 
 def maxpool2d_backward(dout, argmax, x_shape, kernel, stride):
-    """Upsample a max-pooled delta: each value goes to the position of its window's maximum
-    (recorded by the forward pass); every other position of the window gets zero.
+    """Upsample a max-pooled delta: each value goes to the position of its window's maximum;
+    every other position of the window gets zero (overlapping windows add up).
 
-    dout: (N, C, out_h, out_w), argmax: (N, C, out_h, out_w) -> dx: (N, C, H, W), laid out in
-    memory like argmax (that is, like the forward input).
+    dout: (N, C, out_h, out_w), argmax: (N, C, out_h, out_w) -> dx: (N, C, H, W)
     """
     out_h, out_w = dout.shape[2:]
-    dx, overlapping = _upsampling_target(x_shape, argmax, kernel, stride, dout.dtype)
-    for offset in range(kernel * kernel):
-        target = _window(dx, offset // kernel, offset % kernel, stride, out_h, out_w)
-        if overlapping:
-            target += dout * (argmax == offset)
-        else:
-            np.multiply(dout, argmax == offset, out=target)
+    dx = np.zeros(x_shape, dtype=dout.dtype)
+    for i in range(kernel):
+        for j in range(kernel):
+            routed = dout * (argmax == i * kernel + j)
+            dx[:, :, _strided(i, stride, out_h), _strided(j, stride, out_w)] += routed
     return dx
-
-
-def _upsampling_target(x_shape, like, kernel, stride, dtype):
-    """The dx that pooling backward fills, and whether its windows overlap.
-
-    Windows that do not overlap (stride >= kernel) receive each element at most once, so
-    their values are written directly rather than added; dx then needs zeros first only
-    where no window reaches (gaps, or rows and columns left over by floor mode).
-    """
-    N, C, H, W = x_shape
-    overlapping = stride < kernel
-    covered = stride == kernel and H % kernel == 0 and W % kernel == 0
-    dx = _empty_like_layout(x_shape, like, dtype)
-    if not covered:
-        dx[...] = 0
-    return dx, overlapping
 
 
 def meanpool2d(x, kernel, stride):
     """Mean pooling, floor mode: each output is the average of its window.
 
-    x: (N, C, H, W) -> y: (N, C, out_h, out_w), laid out in memory like x.
+    x: (N, C, H, W) -> y: (N, C, out_h, out_w)
     """
-    N, C, H, W = x.shape
-    out_h = conv_output_size(H, kernel, stride)
-    out_w = conv_output_size(W, kernel, stride)
-    y = _window(x, 0, 0, stride, out_h, out_w).copy(order="K")
-    for offset in range(1, kernel * kernel):
-        y += _window(x, offset // kernel, offset % kernel, stride, out_h, out_w)
-    y *= y.dtype.type(1.0 / (kernel * kernel))
-    return y
+    return _pool_windows(x, kernel, stride).mean(axis=-1)
 
 
 def meanpool2d_backward(dout, x_shape, kernel, stride):
     """Upsample a mean-pooled delta: each value is spread over its window, divided by the
-    window's area (kernel * kernel).
+    window's area (overlapping windows add up).
 
-    dout: (N, C, out_h, out_w) -> dx: (N, C, H, W), laid out in memory like dout.
+    dout: (N, C, out_h, out_w) -> dx: (N, C, H, W)
     """
     out_h, out_w = dout.shape[2:]
-    share = dout * dout.dtype.type(1.0 / (kernel * kernel))
-    dx, overlapping = _upsampling_target(x_shape, share, kernel, stride, dout.dtype)
-    for offset in range(kernel * kernel):
-        target = _window(dx, offset // kernel, offset % kernel, stride, out_h, out_w)
-        if overlapping:
-            target += share
-        else:
-            target[...] = share
+    share = dout / (kernel * kernel)
+    dx = np.zeros(x_shape, dtype=dout.dtype)
+    for i in range(kernel):
+        for j in range(kernel):
+            dx[:, :, _strided(i, stride, out_h), _strided(j, stride, out_w)] += share
     return dx
 
+
+# --- activations: each backward multiplies the delta by f', written with the output y ------
 
 def relu(x):
     """max(x, 0), elementwise."""
@@ -348,20 +177,18 @@ def relu(x):
 
 
 def relu_backward(dout, y):
-    """Multiply the delta by ReLU's derivative, 1 where the output was positive, else 0.
-
-    Uses the forward output y (y > 0 exactly where x > 0). dout, y: any shape, equal.
-    """
+    """dout * relu'(x): 1 where the output is positive (exactly where x > 0), else 0."""
     return dout * (y > 0)
 
 
+def tanh(x):
+    """tanh(x), elementwise."""
+    return np.tanh(x)
+
+
 def tanh_backward(dout, y):
-    """Multiply the delta by tanh's derivative written with its output: 1 - y**2."""
-    # dout * (1 - y*y), evaluated in one array instead of three temporaries (same operations).
-    dx = np.multiply(y, y)
-    np.subtract(1, dx, out=dx)
-    dx *= dout
-    return dx
+    """dout * tanh'(x), with tanh' = 1 - y**2."""
+    return dout * (1 - y * y)
 
 
 def sigmoid(x):
@@ -371,13 +198,11 @@ def sigmoid(x):
 
 
 def sigmoid_backward(dout, y):
-    """Multiply the delta by the sigmoid's derivative written with its output: y * (1 - y)."""
-    # dout * (y * (1 - y)), evaluated in one array instead of three temporaries.
-    dx = np.subtract(1, y)
-    dx *= y
-    dx *= dout
-    return dx
+    """dout * sigmoid'(x), with sigmoid' = y * (1 - y)."""
+    return dout * (y * (1 - y))
 
+
+# --- fully connected ----------------------------------------------------------------------
 
 def dense(x, W, b):
     """Fully connected layer: y = x @ W + b.
@@ -393,15 +218,166 @@ def dense_backward(dout, x, W):
     dout: (N, out_features) -> dx: (N, in_features) = dout @ W.T,
     dW: (in_features, out_features) = x.T @ dout, db: (out_features,) = dout summed over N.
     """
-    if x.flags.f_contiguous and not x.flags.c_contiguous:
-        # x is a flattened batch-innermost map (see the layout note): make dx in that same
-        # memory order, as the transpose of W @ dout.T, so the pooling layer below gets its
-        # delta in the layout of its own arrays instead of a transposed one.
-        dx = (W @ dout.T).T
-    else:
-        dx = dout @ W.T
-    return dx, x.T @ dout, dout.sum(axis=0)
+    return dout @ W.T, x.T @ dout, dout.sum(axis=0)
 
+
+# --- dropout ------------------------------------------------------------------------------
+
+def dropout_mask(shape, p, rng, dtype=np.float32):
+    """Inverted dropout's mask: each unit is dropped with probability p, and the kept ones are
+    scaled by 1 / (1 - p), so that the expected output equals the input and evaluation needs
+    no rescaling (there dropout is the identity).
+
+    shape: the input's shape, e.g. (N, D) or (N, C, H, W) -> mask: that shape, holding 0 or
+    1 / (1 - p). Draws shape-many uniform numbers from rng (a numpy Generator).
+    """
+    if not 0 <= p < 1:
+        raise ValueError(f"dropout probability must be in [0, 1), got {p}")
+    keep = rng.random(shape, dtype=np.float32) >= p
+    return keep * np.asarray(1 / (1 - p), dtype=dtype)
+
+
+def dropout(x, mask):
+    """y = x * mask, with mask from dropout_mask. x: any shape -> y: the same shape."""
+    return x * mask
+
+
+def dropout_backward(dout, mask):
+    """dx = dout * mask: a dropped unit passes no gradient, a kept one its delta scaled by
+    1 / (1 - p), the same factor as forward. dout: any shape -> dx: the same shape."""
+    return dout * mask
+
+
+# --- batch normalisation: statistics per channel over (N, H, W) of (N, C, H, W), or over N
+# of (N, C); m is the number of values each is taken over, N*H*W or N ------------------------
+
+BATCHNORM_MOMENTUM = 0.1  # PyTorch's defaults
+BATCHNORM_EPS = 1e-5
+
+
+def _reduced_axes(x):
+    """The axes a statistic is taken over: (0, 2, 3) for (N, C, H, W), (0,) for (N, D)."""
+    if x.ndim == 4:
+        return (0, 2, 3)
+    if x.ndim == 2:
+        return (0,)
+    raise ValueError(f"batch normalisation takes (N, C, H, W) or (N, D) input, got shape {x.shape}")
+
+
+def _per_channel(v, x):
+    """A (C,) vector shaped to broadcast against x: (1, C, 1, 1) for 4-D x, (1, C) for 2-D."""
+    return v.reshape((1, -1, 1, 1) if x.ndim == 4 else (1, -1))
+
+
+def values_per_channel(x):
+    """m, the number of values each channel's statistics are taken over: N*H*W or N."""
+    return x.size // x.shape[1]
+
+
+def batchnorm(x, gamma, beta, eps=BATCHNORM_EPS):
+    """Batch normalisation in training: normalise with this batch's own statistics.
+
+        mu    = (1/m) sum x                  per channel, over (N, H, W) or N
+        var   = (1/m) sum (x - mu)**2        the biased (population) variance
+        x_hat = (x - mu) / sqrt(var + eps)
+        y     = gamma * x_hat + beta
+
+    x: (N, C, H, W) or (N, C), gamma, beta: (C,) -> y: like x, and
+    cache = (x_hat: like x, inv_std: (C,)) for batchnorm_backward,
+    mean: (C,), var: (C,) (biased) for update_running_statistics.
+    """
+    axes = _reduced_axes(x)
+    m = values_per_channel(x)
+    if m < 2:
+        raise ValueError(f"batch normalisation in training needs more than one value per "
+                         f"channel, got input of shape {x.shape}")
+    mean = x.mean(axis=axes)
+    centred = x - _per_channel(mean, x)
+    var = np.mean(centred * centred, axis=axes)
+    inv_std = 1 / np.sqrt(var + x.dtype.type(eps))
+    x_hat = centred * _per_channel(inv_std, x)
+    y = _per_channel(gamma, x) * x_hat + _per_channel(beta, x)
+    return y, (x_hat, inv_std), mean, var
+
+
+def batchnorm_inference(x, gamma, beta, running_mean, running_var, eps=BATCHNORM_EPS):
+    """Batch normalisation in evaluation: the running statistics instead of the batch's, so
+    each image's output depends on that image alone.
+
+        y = gamma * (x - running_mean) / sqrt(running_var + eps) + beta
+
+    x: (N, C, H, W) or (N, C), gamma, beta, running_mean, running_var: (C,) -> y: like x.
+    """
+    _reduced_axes(x)
+    scale = gamma / np.sqrt(running_var + x.dtype.type(eps))
+    return _per_channel(scale, x) * (x - _per_channel(running_mean, x)) + _per_channel(beta, x)
+
+
+def update_running_statistics(running_mean, running_var, mean, var, m, momentum=BATCHNORM_MOMENTUM):
+    """Move the running statistics towards this batch's, in place (PyTorch's rule):
+
+        running_mean = (1 - momentum) * running_mean + momentum * mean
+        running_var  = (1 - momentum) * running_var  + momentum * var * m / (m - 1)
+
+    The running variance takes the unbiased batch variance (Bessel's correction, m / (m - 1))
+    while the forward pass normalises with the biased one. mean, var (biased): (C,) from
+    batchnorm; m: the values per channel. running_mean, running_var: (C,), updated in place.
+    """
+    unbiased = var * (m / (m - 1))
+    running_mean *= 1 - momentum
+    running_mean += momentum * mean
+    running_var *= 1 - momentum
+    running_var += momentum * unbiased
+
+
+def batchnorm_backward(dout, cache, gamma):
+    """Gradients of training-mode batch normalisation, in the compact closed form.
+
+    dout: like x, (N, C, H, W) or (N, C); cache = (x_hat, inv_std) from batchnorm;
+    gamma: (C,) -> dx: like x, dgamma: (C,), dbeta: (C,).
+
+    Derivation, per channel, along the forward graph (sums run over the m values of a channel,
+    xc = x - mu, s = 1 / sqrt(var + eps) = inv_std):
+
+        mu = (1/m) sum x,   xc = x - mu,   var = (1/m) sum xc**2,   s = (var + eps)**(-1/2),
+        x_hat = xc * s,   y = gamma * x_hat + beta
+
+    Walking it backwards, each node's gradient from the ones after it:
+
+      1. y = gamma * x_hat + beta:
+             dbeta = sum dout,   dgamma = sum dout * x_hat,   dx_hat = gamma * dout
+      2. x_hat = xc * s, where xc reaches the loss directly and through s:
+             ds = sum dx_hat * xc,   dxc (direct) = dx_hat * s
+      3. s = (var + eps)**(-1/2):
+             dvar = ds * (-1/2) * (var + eps)**(-3/2) = -(1/2) * s**3 * sum dx_hat * xc
+      4. var = (1/m) sum xc**2 adds to xc's gradient:
+             dxc = dx_hat * s + (2/m) * xc * dvar
+      5. xc = x - mu, mu = (1/m) sum x: x reaches xc directly and through mu:
+             dx = dxc - (1/m) sum dxc
+
+    Simplify. Since sum xc = 0, sum dxc = s * sum dx_hat. Substituting xc = x_hat / s in
+    step 4's second term: (2/m) * xc * dvar = -(1/m) * s * x_hat * sum(dx_hat * x_hat). So
+
+        dx = (s / m) * (m * dx_hat - sum dx_hat - x_hat * sum(dx_hat * x_hat))
+
+    and with dx_hat = gamma * dout, the two sums are exactly dbeta and dgamma of step 1:
+
+        dx = (gamma * s / m) * (m * dout - dbeta - x_hat * dgamma)
+
+    Three reductions over the batch in all, none of them a second pass through mu or var.
+    """
+    x_hat, inv_std = cache
+    axes = _reduced_axes(dout)
+    m = values_per_channel(dout)
+    dbeta = dout.sum(axis=axes)
+    dgamma = np.sum(dout * x_hat, axis=axes)
+    scale = gamma * inv_std / dout.dtype.type(m)
+    dx = _per_channel(scale, dout) * (
+        m * dout - _per_channel(dbeta, dout) - x_hat * _per_channel(dgamma, dout))
+    return dx, dgamma, dbeta
+
+
+# --- the loss -----------------------------------------------------------------------------
 
 def log_softmax(z):
     """log(softmax(z)) along the last axis, stable for logits of any size.

@@ -5,8 +5,9 @@ Weight decay and the L2 term of the objective
 The objective is  J(W) = cross_entropy(W) + (weight_decay / 2) * sum ||W||^2  over the decayed
 parameters. Its gradient is  dJ/dW = dW + weight_decay * W,  which is PyTorch's convention for
 SGD's `weight_decay`. A penalty written as  lambda * sum ||W||^2  is the same thing with
-weight_decay = 2 * lambda. The layers know nothing of it: the penalty lives here only, in
-SGD.penalty (its value) and SGD.step (its gradient).
+weight_decay = 2 * lambda. The layers only say which of their parameters it applies to
+(Network.decayed); the penalty lives here only, in SGD.penalty (its value) and SGD.step
+(its gradient).
 """
 
 import math
@@ -14,11 +15,6 @@ import math
 import numpy as np
 
 from cnntrain.constants import SCHEDULES
-
-
-def is_bias(name):
-    """Parameter names are 'layer.key'; biases have the key 'b'."""
-    return name.rsplit(".", 1)[-1] == "b"
 
 
 class SGD:
@@ -30,11 +26,12 @@ class SGD:
 
     params: dict name -> ndarray, updated in place. Velocities are kept per parameter name
     (state_dict keys 'NAME.v') so a checkpoint can hold and restore them exactly.
-    decay_biases=False leaves biases out of weight decay (and out of the penalty).
+    decayed: the names of the parameters weight decay applies to (and the penalty sums
+    over), as the network's layers declare them (Network.decayed); None: all of them.
     """
 
     def __init__(self, params, lr, momentum=0.0, weight_decay=0.0, nesterov=False,
-                 decay_biases=True):
+                 decayed=None):
         if lr <= 0 or not 0 <= momentum < 1 or weight_decay < 0:
             raise ValueError(f"need lr > 0, 0 <= momentum < 1, weight_decay >= 0; got "
                              f"{lr}, {momentum}, {weight_decay}")
@@ -43,8 +40,10 @@ class SGD:
         self.params = params
         self.lr, self.momentum, self.nesterov = lr, momentum, nesterov
         self.weight_decay = weight_decay
-        self.decay = {name: weight_decay if (decay_biases or not is_bias(name)) else 0.0
-                      for name in params}
+        decayed = set(params if decayed is None else decayed)
+        if decayed - set(params):
+            raise ValueError(f"weight decay for unknown parameters {sorted(decayed - set(params))}")
+        self.decay = {name: weight_decay if name in decayed else 0.0 for name in params}
         self.velocity = {name: np.zeros_like(p) for name, p in params.items()}
 
     def penalty(self):

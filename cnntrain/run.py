@@ -39,6 +39,12 @@ def random_streams(seed):
     return tuple(np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(3))
 
 
+def layer_seeds(seed):
+    """The seed's fourth child stream (after random_streams' three), from which each layer
+    that needs randomness gets a stream of its own (model.layer_generator)."""
+    return np.random.SeedSequence(seed, spawn_key=(3,))
+
+
 def prepare_data(cfg, data_rng, *, data_dir=None, mirrors=(), progress=True):
     """Download (if needed), verify and load MNIST as the config asks."""
     folder, _ = fetch_mnist(data_dir, mirrors, config_dir=cfg.data.dir or None,
@@ -60,17 +66,32 @@ def build_augmenter(cfg):
                      fill=-cfg.data.mean / cfg.data.std)
 
 
-def build_model(cfg, init_rng=None):
-    """The network the config describes (zero weights without a generator, to be loaded)."""
+def build_model(cfg, init_rng=None, seeds=None):
+    """The network the config describes (zero weights without a generator, to be loaded;
+    seeds: layer_seeds, for layers that need randomness in training)."""
     return build_network(cfg.model.layers, rng=init_rng, dtype=np.dtype(cfg.train.dtype),
-                         init=cfg.model.init)
+                         init=cfg.model.init, kernels=cfg.train.kernels, seeds=seeds)
+
+
+def check_batches(network, n_train, batch_size):
+    """ConfigError if a training batch would be too small for a layer (batch norm after a
+    dense layer needs two examples): checked before training rather than failing mid-epoch."""
+    last = n_train % batch_size or batch_size
+    smallest = min(batch_size, last, n_train)
+    for (name, layer), line in zip(network.layers, network.lines):
+        if smallest < layer.min_batch:
+            raise ConfigError(
+                f"layer {name} ('{line}') needs at least {layer.min_batch} images in every "
+                f"training batch, but with {n_train} training images and batch_size "
+                f"{batch_size} a batch holds {smallest}; change [train] batch_size or "
+                "[data] train_size")
 
 
 def build_optimizer(cfg, network):
     """SGD over the network's parameters with the config's momentum and weight decay."""
     t = cfg.train
     return SGD(network.params, t.lr, momentum=t.momentum, weight_decay=t.weight_decay,
-               nesterov=t.nesterov, decay_biases=t.decay_biases)
+               nesterov=t.nesterov, decayed=network.decayed(t.decay_biases))
 
 
 def config_from_checkpoint(ckpt, source, overrides=()):
@@ -82,6 +103,7 @@ def network_from_checkpoint(ckpt, cfg, path):
     network = build_model(cfg)
     try:
         network.load_params(ckpt.params)
+        network.load_buffers(ckpt.buffers)
     except ValueError as exc:
         raise CnnTrainError(f"{path}: its weights do not fit its own layer list ({exc})") from None
     return network
@@ -166,8 +188,10 @@ def _snapshot(network, optimizer, state, rng, config_text, run_id=None):
     meta = dict(state.to_meta(), config=config_text, rng=rng.bit_generator.state)
     if run_id:
         meta["run_id"] = run_id
-    return Checkpoint(params=network.params, optimizer=optimizer.state_dict(),
-                      epoch_order=state.order, meta=meta)
+    if network.random_layers:
+        meta["layer_rngs"] = network.random_state()
+    return Checkpoint(params=network.params, buffers=network.buffers,
+                      optimizer=optimizer.state_dict(), epoch_order=state.order, meta=meta)
 
 
 def _check_folder(folder, cfg_text, *, resume, resume_path, config_path, overwrite):
@@ -183,6 +207,8 @@ def _restore(network, optimizer, train_rng, resume, n_train, steps):
     not fit this network or this data."""
     try:
         network.load_params(resume.params)
+        network.load_buffers(resume.buffers)
+        network.load_random_state(resume.meta.get("layer_rngs", {}))
         optimizer.load_state_dict(resume.optimizer)
         train_rng.bit_generator.state = resume.meta["rng"]
         state = TrainState.from_meta(resume.meta, resume.epoch_order)
@@ -265,7 +291,8 @@ def _assemble(cfg, config_text, resume, *, data_dir, mirrors, progress):
     t = cfg.train
     init_rng, data_rng, train_rng = random_streams(t.seed)
     splits = prepare_data(cfg, data_rng, data_dir=data_dir, mirrors=mirrors, progress=progress)
-    network = build_model(cfg, init_rng)
+    network = build_model(cfg, init_rng, layer_seeds(t.seed))
+    check_batches(network, len(splits.train), t.batch_size)
     optimizer = build_optimizer(cfg, network)
     steps = steps_per_epoch(len(splits.train), t.batch_size)
     schedule = LRSchedule(t.lr, t.lr_schedule, epochs=t.epochs, steps_per_epoch=steps,

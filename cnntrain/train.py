@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from cnntrain.constants import NUM_CLASSES
 from cnntrain.errors import DivergedError, Interrupted  # noqa: F401 (Interrupted: re-exported)
 from cnntrain.losses import SoftmaxCrossEntropy
 from cnntrain.stopsignals import stop_on_signals
@@ -49,7 +50,8 @@ def steps_per_epoch(n_examples, batch_size):
     return math.ceil(n_examples / batch_size)
 
 
-def evaluate(network, images, labels, batch_size=1000, n_classes=10, keep_predictions=False):
+def evaluate(network, images, labels, batch_size=1000, n_classes=NUM_CLASSES,
+             keep_predictions=False):
     """Mean loss, accuracy (a fraction) and confusion matrix (rows: true labels) of a split;
     with keep_predictions, also every predicted class in order."""
     loss_fn = SoftmaxCrossEntropy()

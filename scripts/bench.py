@@ -39,6 +39,8 @@ def parse_args(argv=None):
     ap.add_argument("--eval-images", type=int, default=10000, help="images per evaluation pass")
     ap.add_argument("--profile-steps", type=int, default=100, help="steps for the per-layer breakdown")
     ap.add_argument("--data-dir", default=None, help="a folder or URL holding the MNIST files, fetched like --mirror (default: random data)")
+    ap.add_argument("--kernels", choices=("fast", "reference"), default=None,
+                    help="the layers' maths (default: the config's [train] kernels)")
     ap.add_argument("--no-torch", action="store_true", help="skip the PyTorch reference")
     ap.add_argument("--seed", type=int, default=0)
     return ap.parse_args(argv)
@@ -57,7 +59,6 @@ import time  # noqa: E402
 import numpy as np  # noqa: E402
 
 from cnntrain.config import load_config  # noqa: E402
-from cnntrain.model import parse_layers  # noqa: E402
 
 
 # --- BLAS ----------------------------------------------------------------------------------
@@ -195,33 +196,28 @@ def breakdown(ours, steps):
 class Torch:
     """The config's layer list as a torch.nn.Sequential, trained exactly like ours."""
 
-    def __init__(self, torch, cfg, batch, data, summary):
+    def __init__(self, torch, cfg, batch, data, network):
         nn = torch.nn
         self.torch = torch
         torch.set_num_threads(THREADS)
         torch.manual_seed(ARGS.seed)
-        modules, channels = [], 1
-        for k, spec in enumerate(parse_layers(cfg.model.layers)):
-            if spec.kind == "conv":
-                filters, kernel = spec.args
-                modules.append(nn.Conv2d(channels, filters, kernel, stride=spec.options.get("stride", 1),
-                                         padding=spec.options.get("pad", 0)))
-                channels = filters
-            elif spec.kind in ("maxpool", "meanpool"):
-                pool = nn.MaxPool2d if spec.kind == "maxpool" else nn.AvgPool2d
-                modules.append(pool(spec.args[0], spec.options.get("stride")))
-            elif spec.kind == "dense":
-                modules.append(nn.Linear(int(np.prod(summary[k - 1].output_shape)), spec.args[0]))
-            else:
-                modules.append({"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid,
-                                "flatten": nn.Flatten}[spec.kind]())
-        self.model = nn.Sequential(*modules)
+        # Each layer names its own PyTorch equivalent, so a new layer needs no change here.
+        self.model = nn.Sequential(*(layer.torch_module(nn) for _, layer in network.layers))
         tx, ty, ex, ey = data
         self.tx, self.ty = torch.from_numpy(np.ascontiguousarray(tx)), torch.from_numpy(ty)
         self.ex, self.ey = torch.from_numpy(np.ascontiguousarray(ex)), torch.from_numpy(ey)
         t = cfg.train
-        self.opt = torch.optim.SGD(self.model.parameters(), lr=t.lr, momentum=t.momentum,
-                                   weight_decay=t.weight_decay, nesterov=t.nesterov)
+        # Weight decay where our layers declare it (batch norm's gamma and beta go without),
+        # pairing each of our parameters with its module's in order (W/gamma -> weight,
+        # b/beta -> bias).
+        decayed = set(network.decayed(t.decay_biases))
+        groups = {True: [], False: []}
+        for (name, layer), module in zip(network.layers, self.model):
+            for key, param in zip(layer.params, module.parameters()):
+                groups[f"{name}.{key}" in decayed].append(param)
+        self.opt = torch.optim.SGD([{"params": groups[True], "weight_decay": t.weight_decay},
+                                    {"params": groups[False], "weight_decay": 0.0}],
+                                   lr=t.lr, momentum=t.momentum, nesterov=t.nesterov)
         self.batches = Batches(len(ty), batch, np.random.default_rng(ARGS.seed))
         self.description = f"torch {torch.__version__}, {torch.get_num_threads()} threads"
 
@@ -259,13 +255,13 @@ def settle():
 # --- main ----------------------------------------------------------------------------------
 
 def main():
-    cfg = load_config(ARGS.config)
+    cfg = load_config(ARGS.config, [f"train.kernels={ARGS.kernels}"] if ARGS.kernels else ())
     batch = ARGS.batch or cfg.train.batch_size
     dtype = np.dtype(cfg.train.dtype)
     tx, ty, ex, ey, data_note = load_data(cfg, dtype, np.random.default_rng(ARGS.seed))
     data = (tx, ty, ex, ey)
     blas, blas_threads = blas_info()
-    print(f"config {ARGS.config}: batch {batch}, {dtype}, SGD lr {cfg.train.lr} momentum "
+    print(f"config {ARGS.config}: {cfg.train.kernels} kernels, batch {batch}, {dtype}, SGD lr {cfg.train.lr} momentum "
           f"{cfg.train.momentum} weight decay {cfg.train.weight_decay}")
     print(f"data: {data_note}")
     print(f"numpy {np.__version__}, BLAS {blas}, BLAS threads {blas_threads}; --threads {THREADS}")
@@ -279,7 +275,7 @@ def main():
         except ImportError:
             print("torch is not installed: no reference")
         else:
-            reference = Torch(torch, cfg, batch, data, ours.net.summary())
+            reference = Torch(torch, cfg, batch, data, ours.net)
             print(f"reference: {reference.description}, same layers, batch and optimizer")
 
     ours.train(ARGS.warmup)

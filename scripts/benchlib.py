@@ -44,10 +44,11 @@ class TrainStep:
 
         from cnntrain.losses import SoftmaxCrossEntropy
         from cnntrain.model import build_network
-        from cnntrain.run import build_optimizer
+        from cnntrain.run import build_optimizer, layer_seeds
 
         self.net = build_network(cfg.model.layers, rng=np.random.default_rng(seed), dtype=dtype,
-                                 init=cfg.model.init)
+                                 init=cfg.model.init, kernels=cfg.train.kernels,
+                                 seeds=layer_seeds(seed))
         self.opt = build_optimizer(cfg, self.net)
         self.loss = SoftmaxCrossEntropy()
 

@@ -4,7 +4,6 @@ import json
 import re
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
@@ -212,21 +211,12 @@ def test_help_is_fast_and_imports_no_numpy():
     assert "numpy" not in imported and "requests" not in imported and "tqdm" not in imported
 
 
-SIGINT_LAUNCHER = textwrap.dedent("""\
-    import json, sys
-    import cnntrain.download
-    cnntrain.download.MNIST_FILES = {k: tuple(v) for k, v in json.loads(sys.argv[1]).items()}
-    from cnntrain.cli import main
-    sys.argv = ["cnntrain", *sys.argv[2:]]
-    main()
-    """)
-
-
 def run_cnntrain_process(env, *args, interrupt_after_line=None):
     """Run cnntrain in a child process (synthetic checksums); optionally press Ctrl-C once
     train.log shows `interrupt_after_line`."""
-    cmd = [sys.executable, "-c", SIGINT_LAUNCHER, json.dumps(env["table"]), *map(str, args)]
+    cmd = [sys.executable, str(REPO / "tests" / "synthetic_cnntrain.py"), *map(str, args)]
     child_env = {**__import__("os").environ, "CNNTRAIN_DATA_DIR": str(env["data_dir"]),
+                 "CNNTRAIN_TEST_MNIST_TABLE": json.dumps(env["table"]),
                  "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=child_env, cwd=env["tmp"])

@@ -46,7 +46,7 @@ def with_section(section, body):
     return MINIMAL + f"[{section}]\n{body}\n"
 
 
-class FakeLayerSpecError(ConfigError):
+class FakeLayerLineError(ConfigError):
     def __init__(self, line_no, line, reason):
         self.line_no, self.line, self.reason = line_no, line, reason
         super().__init__(f"layer line {line_no}: {reason}")
@@ -60,14 +60,14 @@ def fake_model(monkeypatch):
     def check_layers(lines, input_shape=(1, 28, 28), **memory_check):
         calls.append((list(lines), input_shape))
         if lines == ["whole"]:
-            raise FakeLayerSpecError(0, "", "the list as a whole is wrong")
+            raise FakeLayerLineError(0, "", "the list as a whole is wrong")
         for number, line in enumerate(lines, start=1):
             if " 0" in line:
-                raise FakeLayerSpecError(number, line, "size must be >= 1, got 0")
+                raise FakeLayerLineError(number, line, "size must be >= 1, got 0")
         return []
 
     fake = types.ModuleType("cnntrain.model")
-    fake.check_layers, fake.LayerSpecError = check_layers, FakeLayerSpecError
+    fake.check_layers, fake.LayerLineError = check_layers, FakeLayerLineError
     monkeypatch.setitem(sys.modules, "cnntrain.model", fake)
     monkeypatch.setattr(cnntrain, "model", fake, raising=False)
     return calls
@@ -96,7 +96,7 @@ def test_lenet5_is_the_reference_recipe():
     t = cfg.train
     assert (t.epochs, t.batch_size, t.lr, t.momentum, t.nesterov) == (15, 64, 0.05, 0.9, False)
     assert (t.weight_decay, t.decay_biases, t.lr_schedule) == (5e-4, True, "cosine")
-    assert (t.warmup_epochs, t.seed, t.dtype) == (1, 0, "float32")
+    assert (t.warmup_epochs, t.seed, t.dtype, t.kernels) == (1, 0, "float32", "fast")
     assert (cfg.data.dir, cfg.data.mirrors, cfg.data.val_size) == ("", (), 1000)
     assert (cfg.data.train_size, cfg.data.test_size) == (0, 0)
     assert cfg.augment == C.AugmentConfig()  # all augmentation off
@@ -152,6 +152,7 @@ def test_defaults_from_the_table():
     assert cfg.data == C.DataConfig()
     assert cfg.train == C.TrainConfig()
     assert cfg.train.lr == 0.05 and cfg.train.epochs == 15 and cfg.train.weight_decay == 5e-4
+    assert cfg.train.kernels == "fast"
     assert cfg.data.mean == 0.1307 and cfg.data.std == 0.3081
     assert cfg.augment.elastic_sigma == 4.0
     assert cfg.run.dir == "runs/lenet5"
@@ -383,6 +384,7 @@ def test_names_are_case_sensitive_but_suggested():
     ("train", "lr_schedule", "linear", "one of constant, step, cosine"),
     ("model", "init", "xavier", "one of auto, he, glorot"),
     ("train", "dtype", "float16", "one of float32, float64"),
+    ("train", "kernels", "slow", "one of fast, reference"),
     ("data", "mirrors", "ftp://example.org/mnist", "base URLs"),
     ("data", "mirrors", "localhost:8000/mnist", "base URLs"),
     ("data", "mirrors", "https://", "base URLs"),
@@ -434,13 +436,17 @@ def test_out_of_range(section, key, value, expected):
     assert message.startswith(f"x.ini: [{section}] {key} = {value!r}: expected {expected}")
 
 
-@pytest.mark.parametrize("section,key,value", [
-    ("data", "val_size", "0"), ("data", "val_size", "59999"), ("augment", "rotate", "45"),
-    ("augment", "scale", "0.5"), ("train", "momentum", "0"), ("train", "lr_gamma", "1"),
-    ("data", "mean", "-0.5"), ("train", "lr", "1e-3"), ("train", "epochs", "+3"),
+@pytest.mark.parametrize("section,key,value,parsed", [
+    ("data", "val_size", "0", 0), ("data", "val_size", "59999", 59999),
+    ("augment", "rotate", "45", 45.0), ("augment", "scale", "0.5", 0.5),
+    ("train", "momentum", "0", 0.0), ("train", "lr_gamma", "1", 1.0),
+    ("data", "mean", "-0.5", -0.5), ("train", "lr", "1e-3", 0.001), ("train", "epochs", "+3", 3),
+    ("train", "kernels", "reference", "reference"), ("train", "kernels", " fast ", "fast"),
 ])
-def test_range_edges_that_are_allowed(section, key, value):
-    C.parse_config(with_section(section, f"{key} = {value}"))
+def test_range_edges_that_are_allowed(section, key, value, parsed):
+    cfg = C.parse_config(with_section(section, f"{key} = {value}"))
+    got = getattr(getattr(cfg, section), key)
+    assert got == parsed and type(got) is type(parsed)
 
 
 def test_multi_line_value_for_a_scalar_key_is_one_line_in_the_message():
@@ -552,7 +558,7 @@ def test_layers_are_checked_only_after_the_other_keys(fake_model):
 
 
 def test_real_check_layers_error_is_wrapped():
-    pytest.importorskip("cnntrain.model")
+    import cnntrain.model  # noqa: F401  (a broken import must fail here, not skip)
     text = "[model]\nlayers =\n    conv 6 5\n    relu\n    maxpool 0\n    flatten\n    dense 10\n"
     message = error_of(C.parse_config, text, source="configs/x.ini")
     assert message.startswith("configs/x.ini: [model] layers, line 3 'maxpool 0': ")

@@ -9,8 +9,8 @@ import pytest
 
 from cnntrain import footprint
 from cnntrain.losses import SoftmaxCrossEntropy
-from cnntrain.model import (LayerSpecError, build_network, check_layers, check_memory,
-                            infer_layers, parse_layers)
+from cnntrain.model import (LayerLineError, build_network, check_layers, check_memory,
+                            plan_layers, parse_layers)
 from cnntrain.optim import SGD
 from tests.clitools import assert_one_line_error, invoke
 
@@ -76,10 +76,10 @@ def test_shape_inference_allocates_nothing_and_agrees_with_the_built_network():
     text = ("conv 6 5 pad=2 stride=2 / tanh / meanpool 2 / conv 4 3x2 / maxpool 2 stride=1 / "
             "flatten / dense 10")
     built = build_network(text, rng=np.random.default_rng(0)).summary()
-    assert infer_layers(parse_layers(text)) == [(r.output_shape, r.params) for r in built]
+    assert plan_layers(parse_layers(text)) == [(r.output_shape, r.params) for r in built]
     tracemalloc.start()
     try:
-        shapes = infer_layers(parse_layers("flatten / dense 100000000000 / dense 10"))
+        shapes = plan_layers(parse_layers("flatten / dense 100000000000 / dense 10"))
         assert tracemalloc.get_traced_memory()[1] < 1 << 20
     finally:
         tracemalloc.stop()
@@ -91,7 +91,7 @@ def test_the_limit_decides_and_the_error_names_layer_and_bytes():
     need = check_memory(parse_layers(lenet), batch_size=64, eval_batch_size=1000,
                         available=1 << 62).total
     check_layers(lenet, batch_size=64, eval_batch_size=1000, available=need)  # just fits
-    with pytest.raises(LayerSpecError) as caught:
+    with pytest.raises(LayerLineError) as caught:
         check_layers(lenet, batch_size=64, eval_batch_size=1000, available=need - 1)
     error = caught.value
     assert (error.line_no, error.line) == (1, "conv 6 5 pad=2")  # the widest activations
@@ -100,7 +100,7 @@ def test_the_limit_decides_and_the_error_names_layer_and_bytes():
     assert f"this machine has {footprint.format_bytes(need - 1)}" in error.reason
     assert "lower [train] batch_size" in error.reason
     # float64 doubles every byte
-    with pytest.raises(LayerSpecError, match="in float64"):
+    with pytest.raises(LayerLineError, match="in float64"):
         check_layers(lenet, batch_size=64, eval_batch_size=1000, dtype="float64",
                      available=need + 1)
 

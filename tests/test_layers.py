@@ -11,6 +11,12 @@ from tests.gradcheck import numeric_gradient, relative_error
 
 TOL = 1e-6
 
+
+@pytest.fixture(params=["fast", "reference"])
+def kernels(request):
+    """Each test that takes it runs on both paths: the fast kernels and the textbook ones."""
+    return request.param
+
 # N, C, H, W, F, kernel, stride, pad: odd sizes, non-square inputs and kernels, strides 1-3, pads 0-2
 CONV_CASES = [
     (2, 3, 7, 5, 4, (3, 3), 1, 0),
@@ -52,16 +58,17 @@ def check_layer_gradients(layer, x, rng):
         assert relative_error(layer.grads[key], numeric_gradient(objective, value)) < TOL, key
 
 
-def conv_layer(C, F, kernel, stride, pad, rng):
-    layer = L.Conv2D(C, F, kernel, stride=stride, padding=pad, rng=rng, dtype=np.float64)
+def conv_layer(C, F, kernel, stride, pad, rng, kernels="fast"):
+    layer = L.Conv2D(C, F, kernel, stride=stride, padding=pad, rng=rng, dtype=np.float64,
+                     kernels=kernels)
     layer.params["b"][...] = rng.standard_normal(F)
     return layer
 
 
 @pytest.mark.parametrize("N,C,H,W,F,kernel,stride,pad", CONV_CASES)
-def test_conv_matches_loop_oracle_forward_and_backward(N, C, H, W, F, kernel, stride, pad):
+def test_conv_matches_loop_oracle_forward_and_backward(N, C, H, W, F, kernel, stride, pad, kernels):
     rng = np.random.default_rng(1)
-    layer = conv_layer(C, F, kernel, stride, pad, rng)
+    layer = conv_layer(C, F, kernel, stride, pad, rng, kernels)
     x = rng.standard_normal((N, C, H, W))
     y = layer.forward(x)
     Wt, b = layer.params["W"], layer.params["b"]
@@ -77,17 +84,17 @@ def test_conv_matches_loop_oracle_forward_and_backward(N, C, H, W, F, kernel, st
 
 
 @pytest.mark.parametrize("N,C,H,W,F,kernel,stride,pad", CONV_CASES)
-def test_conv_finite_differences(N, C, H, W, F, kernel, stride, pad):
+def test_conv_finite_differences(N, C, H, W, F, kernel, stride, pad, kernels):
     rng = np.random.default_rng(2)
-    check_layer_gradients(conv_layer(C, F, kernel, stride, pad, rng),
+    check_layer_gradients(conv_layer(C, F, kernel, stride, pad, rng, kernels),
                           rng.standard_normal((N, C, H, W)), rng)
 
 
 @pytest.mark.parametrize("N,C,H,W,kernel,stride", POOL_CASES)
 @pytest.mark.parametrize("mode", ["max", "mean"])
-def test_pooling_matches_loop_oracle(N, C, H, W, kernel, stride, mode):
+def test_pooling_matches_loop_oracle(N, C, H, W, kernel, stride, mode, kernels):
     rng = np.random.default_rng(3)
-    layer = (L.MaxPool2D if mode == "max" else L.MeanPool2D)(kernel, stride)
+    layer = (L.MaxPool2D if mode == "max" else L.MeanPool2D)(kernel, stride, kernels=kernels)
     x = tie_free(rng, (N, C, H, W))
     y = layer.forward(x)
     np.testing.assert_allclose(y, oracle.pool_forward(x, kernel, stride, mode), rtol=1e-12, atol=1e-15)
@@ -98,31 +105,31 @@ def test_pooling_matches_loop_oracle(N, C, H, W, kernel, stride, mode):
 
 @pytest.mark.parametrize("N,C,H,W,kernel,stride", POOL_CASES)
 @pytest.mark.parametrize("mode", ["max", "mean"])
-def test_pooling_finite_differences(N, C, H, W, kernel, stride, mode):
+def test_pooling_finite_differences(N, C, H, W, kernel, stride, mode, kernels):
     rng = np.random.default_rng(4)
-    layer = (L.MaxPool2D if mode == "max" else L.MeanPool2D)(kernel, stride)
+    layer = (L.MaxPool2D if mode == "max" else L.MeanPool2D)(kernel, stride, kernels=kernels)
     check_layer_gradients(layer, tie_free(rng, (N, C, H, W)), rng)
 
 
-def test_max_pool_routes_ties_to_the_first_maximum_in_row_major_order():
+def test_max_pool_routes_ties_to_the_first_maximum_in_row_major_order(kernels):
     x = np.array([[[[1.0, 5.0], [5.0, 5.0]]]])  # three equal maxima: the top-right one is first
-    layer = L.MaxPool2D(2)
+    layer = L.MaxPool2D(2, kernels=kernels)
     layer.forward(x)
     dx = layer.backward(np.array([[[[7.0]]]]))
     np.testing.assert_array_equal(dx[0, 0], [[0.0, 7.0], [0.0, 0.0]])
 
 
 @pytest.mark.parametrize("cls", [L.ReLU, L.Tanh, L.Sigmoid, L.Flatten])
-def test_parameter_free_layers_finite_differences(cls):
+def test_parameter_free_layers_finite_differences(cls, kernels):
     rng = np.random.default_rng(5)
     x = rng.standard_normal((3, 2, 5, 4))
     x[np.abs(x) < 1e-3] = 0.5  # keep ReLU's kink out of the finite-difference step
-    check_layer_gradients(cls(), x, rng)
+    check_layer_gradients(cls(kernels=kernels), x, rng)
 
 
-def test_dense_finite_differences():
+def test_dense_finite_differences(kernels):
     rng = np.random.default_rng(6)
-    layer = L.Dense(7, 5, rng=rng, dtype=np.float64)
+    layer = L.Dense(7, 5, rng=rng, dtype=np.float64, kernels=kernels)
     layer.params["b"][...] = rng.standard_normal(5)
     check_layer_gradients(layer, rng.standard_normal((4, 7)), rng)
 
@@ -181,15 +188,15 @@ def test_softmax_cross_entropy_is_stable_for_huge_logits():
 POOLED_DELTA = np.array([[1.0, 3.0], [2.0, 4.0]])
 
 
-def test_worked_example_mean_pool_upsampling():
-    layer = L.MeanPool2D(2)
+def test_worked_example_mean_pool_upsampling(kernels):
+    layer = L.MeanPool2D(2, kernels=kernels)
     layer.forward(np.zeros((1, 1, 4, 4)))
     dx = layer.backward(POOLED_DELTA[None, None])
     expected = np.array([[1, 1, 3, 3], [1, 1, 3, 3], [2, 2, 4, 4], [2, 2, 4, 4]]) / 4
     np.testing.assert_array_equal(dx[0, 0], expected)
 
 
-def test_worked_example_max_pool_upsampling():
+def test_worked_example_max_pool_upsampling(kernels):
     # The maxima of the four windows sit bottom-right, top-right, top-left and bottom-left:
     # windows in row-major order are top-left (delta 1), top-right (3), bottom-left (2), bottom-right (4).
     x = np.zeros((1, 1, 4, 4))
@@ -197,7 +204,7 @@ def test_worked_example_max_pool_upsampling():
     x[0, 0, 0, 3] = 9  # top-right window: maximum at its top-right
     x[0, 0, 2, 0] = 9  # bottom-left window: maximum at its top-left
     x[0, 0, 3, 2] = 9  # bottom-right window: maximum at its bottom-left
-    layer = L.MaxPool2D(2)
+    layer = L.MaxPool2D(2, kernels=kernels)
     layer.forward(x)
     dx = layer.backward(POOLED_DELTA[None, None])
     expected = np.array([[0, 0, 0, 3],
@@ -207,11 +214,12 @@ def test_worked_example_max_pool_upsampling():
     np.testing.assert_array_equal(dx[0, 0], expected)
 
 
-def test_worked_example_conv_delta_is_the_full_convolution_summed_over_kernels():
+@pytest.mark.parametrize("path", ["fast", "reference"])
+def test_worked_example_conv_delta_is_the_full_convolution_summed_over_kernels(path):
     # A 3x3 input, two 2x2 kernels, hence two 2x2 output deltas.
     x = np.arange(9.0).reshape(1, 1, 3, 3)
     kernels = np.array([[[[1.0, 2.0], [3.0, 4.0]]], [[[-1.0, 0.5], [2.0, -3.0]]]])
-    layer = L.Conv2D(1, 2, 2, dtype=np.float64)
+    layer = L.Conv2D(1, 2, 2, dtype=np.float64, kernels=path)
     layer.params["W"][...] = kernels
     layer.forward(x)
     delta = np.array([[[[1.0, -2.0], [0.5, 3.0]], [[2.0, 1.0], [-1.0, 4.0]]]])

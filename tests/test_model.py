@@ -5,7 +5,7 @@ import pytest
 
 from cnntrain import layers as L
 from cnntrain.losses import SoftmaxCrossEntropy
-from cnntrain.model import LayerSpecError, Network, build_network, check_layers
+from cnntrain.model import LayerLineError, Network, build_network, check_layers
 from tests.gradcheck import numeric_gradient, relative_error
 
 LENET5 = """
@@ -24,8 +24,8 @@ dense 10
 """
 
 
-def lenet(dtype=np.float64, seed=0):
-    return build_network(LENET5, rng=np.random.default_rng(seed), dtype=dtype)
+def lenet(dtype=np.float64, seed=0, kernels="fast"):
+    return build_network(LENET5, rng=np.random.default_rng(seed), dtype=dtype, kernels=kernels)
 
 
 def test_lenet5_layers_names_and_parameter_counts():
@@ -49,7 +49,7 @@ def test_layer_list_separators_are_equivalent():
     one_line = "conv 6 5 pad=2 / relu / maxpool 2 / conv 16 5 / relu / maxpool 2 / flatten / dense 120 / relu / dense 84 / relu / dense 10"
     a = build_network(one_line, rng=np.random.default_rng(3))
     b = build_network(LENET5, rng=np.random.default_rng(3))
-    assert a.spec == b.spec
+    assert a.lines == b.lines
     for name in a.params:
         np.testing.assert_array_equal(a.params[name], b.params[name])
 
@@ -83,9 +83,10 @@ def test_forward_is_the_composition_of_the_layers_and_backward_skips_the_input_g
     assert net.backward(np.ones((3, 10)), input_grad=True).shape == x.shape
 
 
-def test_whole_lenet5_plus_loss_finite_differences():
+@pytest.mark.parametrize("kernels", ["fast", "reference"])
+def test_whole_lenet5_plus_loss_finite_differences(kernels):
     rng = np.random.default_rng(11)
-    net = lenet(seed=11)
+    net = lenet(seed=11, kernels=kernels)
     for name, p in net.params.items():
         if name.endswith(".b"):
             p[...] = 0.1 * rng.standard_normal(p.shape)
@@ -141,7 +142,7 @@ def test_load_params_checks_names_and_shapes():
     ("", 0, "the layer list is empty"),
 ])
 def test_layer_list_mistakes_name_the_line_and_the_shapes(layers, line_no, message):
-    with pytest.raises(LayerSpecError) as caught:
+    with pytest.raises(LayerLineError) as caught:
         check_layers(layers)
     assert caught.value.line_no == line_no
     assert message in caught.value.reason

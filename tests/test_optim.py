@@ -23,7 +23,8 @@ def test_sgd_follows_pytorchs_rule_written_out(nesterov, decay_biases):
     lr, mu, wd = 0.1, 0.9, 0.01
     expected = {k: v.copy() for k, v in params.items()}
     velocity = {k: np.zeros_like(v) for k, v in params.items()}
-    opt = SGD(params, lr, momentum=mu, weight_decay=wd, nesterov=nesterov, decay_biases=decay_biases)
+    decayed = ["fc.W", "fc.b"] if decay_biases else ["fc.W"]
+    opt = SGD(params, lr, momentum=mu, weight_decay=wd, nesterov=nesterov, decayed=decayed)
     for g in grads:
         opt.step(g)
         for k in expected:
@@ -47,7 +48,7 @@ def test_plain_sgd_and_untouched_grads():
 
 def test_weight_decay_is_the_gradient_of_the_penalty():
     params, _ = params_and_grads()
-    opt = SGD(params, 0.1, weight_decay=0.3, decay_biases=False)
+    opt = SGD(params, 0.1, weight_decay=0.3, decayed=["fc.W"])
     assert opt.penalty() == pytest.approx(0.15 * np.sum(params["fc.W"] ** 2))
     # With zero data gradient, one step moves W by exactly lr * d(penalty)/dW.
     numeric = numeric_gradient(opt.penalty, params["fc.W"])
@@ -95,3 +96,31 @@ def test_linear_warmup_then_schedule():
     assert sched.warmup_steps == 5
     assert [sched(s) for s in range(5)] == pytest.approx([0.04, 0.08, 0.12, 0.16, 0.2])
     assert sched(5) == 0.2 and sched(10) == pytest.approx(0.1 * (1 + math.cos(math.pi / 10)))
+
+
+def test_only_what_the_layers_declare_is_decayed():
+    """Biases are decayed unless decay_biases is off; a layer's buffers never reach SGD, and a
+    parameter declared decay=None is left alone even by a large weight decay."""
+    from cnntrain import layers as L
+    from cnntrain.model import Network
+
+    class Scaled(L.Layer):  # a parameter that weight decay must not touch
+        def __init__(self):
+            super().__init__()
+            self.add_param("scale", np.ones(3), decay=None)
+            self.add_buffer("count", np.zeros(1))
+
+    rng = np.random.default_rng(0)
+    net = Network([("dense", L.Dense(2, 3, rng=rng, dtype=np.float64)), ("s", Scaled())],
+                  input_shape=(2,))
+    assert net.decayed() == ["dense.W", "dense.b"]
+    assert net.decayed(decay_biases=False) == ["dense.W"]
+    assert set(net.params) == {"dense.W", "dense.b", "s.scale"} and list(net.buffers) == ["s.count"]
+    opt = SGD(net.params, 0.1, weight_decay=0.5, decayed=net.decayed(decay_biases=False))
+    before = {k: v.copy() for k, v in net.params.items()}
+    opt.step({k: np.zeros_like(v) for k, v in net.params.items()})
+    np.testing.assert_allclose(net.params["dense.W"], before["dense.W"] * (1 - 0.1 * 0.5))
+    np.testing.assert_array_equal(net.params["dense.b"], before["dense.b"])
+    np.testing.assert_array_equal(net.params["s.scale"], before["s.scale"])
+    with pytest.raises(ValueError, match="unknown parameters"):
+        SGD(net.params, 0.1, decayed=["s.count"])

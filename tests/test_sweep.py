@@ -1,5 +1,7 @@
-"""scripts/sweep.sh and scripts/sweep_slurm.sh run as a user runs them, in subprocesses, on the
-real MNIST from the loopback mirror, with configs/quick.ini cut down to seconds per run."""
+"""scripts/sweep.sh and scripts/sweep_slurm.sh run as a user runs them, in subprocesses, with
+configs/quick.ini cut down to seconds per run, on synthetic MNIST-shaped data from a loopback
+mirror (the sweeps need data, not the real digits; tests/synthetic_cnntrain.py is the
+`cnntrain` of their runs, accepting the synthetic files' checksums)."""
 
 import json
 import os
@@ -13,11 +15,14 @@ from pathlib import Path
 
 import pytest
 
+from tests.mnist_server import MnistServer, make_synthetic_mnist
+
 REPO = Path(__file__).resolve().parents[1]
 SWEEP = REPO / "scripts" / "sweep.sh"
 SLURM = REPO / "scripts" / "sweep_slurm.sh"
 SCRIPTS = [SWEEP, SLURM, REPO / "scripts" / "sweep_lib.sh"]
 QUICK = REPO / "configs" / "quick.ini"
+SYNTHETIC_CNNTRAIN = REPO / "tests" / "synthetic_cnntrain.py"
 
 # A few seconds per run: a third of the quick subset, one epoch, small evaluation splits.
 FIXED = ["--set", "data.train_size=2000", "--set", "train.epochs=1",
@@ -27,10 +32,40 @@ GRID_NAMES = ["lr-0.02_batch_size-32", "lr-0.02_batch_size-64",
               "lr-0.05_batch_size-32", "lr-0.05_batch_size-64"]
 
 
+@pytest.fixture(scope="module")
+def synthetic():
+    """Synthetic MNIST with room for the runs' 2000 + 500 training and 1000 test images."""
+    return make_synthetic_mnist(n_train=2600, n_test=1000, seed=1)
+
+
+@pytest.fixture(scope="module")
+def synthetic_mirror(synthetic):
+    """The loopback mirror serving the synthetic files."""
+    with MnistServer(files=synthetic.gz) as server:
+        yield server.mirror("mnist")
+
+
+@pytest.fixture(scope="module")
+def synthetic_dir(synthetic, tmp_path_factory):
+    """A data folder holding the synthetic files, as a first download would leave it."""
+    return synthetic.write(tmp_path_factory.mktemp("synthetic-mnist"))
+
+
+SYNTHETIC_TABLE = {}  # the checksum table of the synthetic files, set by the fixture below
+
+
+@pytest.fixture(scope="module", autouse=True)
+def synthetic_table(synthetic):
+    SYNTHETIC_TABLE.update(synthetic.table)
+    yield
+    SYNTHETIC_TABLE.clear()
+
+
 def sweep_env(data_dir, mirror=None, **extra):
     env = dict(os.environ)
     env.pop("SLURM_ARRAY_TASK_ID", None)
-    env["CNNTRAIN"] = f"{sys.executable} -m cnntrain"
+    env["CNNTRAIN"] = f"{sys.executable} {SYNTHETIC_CNNTRAIN}"
+    env["CNNTRAIN_TEST_MNIST_TABLE"] = json.dumps(SYNTHETIC_TABLE)
     env["CNNTRAIN_DATA_DIR"] = str(data_dir)
     if mirror:
         env["CNNTRAIN_MNIST_MIRRORS"] = mirror
@@ -54,10 +89,10 @@ def started(output):
 
 
 @pytest.fixture(scope="module")
-def grid(real_mnist_mirror, tmp_path_factory):
+def grid(synthetic_mirror, tmp_path_factory):
     """The 2x2 sweep, run once: MNIST is fetched from the mirror into an empty folder first."""
     tmp = tmp_path_factory.mktemp("grid")
-    env = sweep_env(tmp / "mnist", mirror=real_mnist_mirror)
+    env = sweep_env(tmp / "mnist", mirror=synthetic_mirror)
     began = time.perf_counter()
     result = run(SWEEP, *GRID, "-o", tmp / "sweep", env=env, cwd=tmp)
     return {"result": result, "dir": tmp / "sweep", "env": env, "tmp": tmp,
@@ -112,8 +147,8 @@ def test_running_the_same_sweep_again_does_no_new_work(grid):
     assert {f: f.stat().st_mtime_ns for f in files} == before
 
 
-def test_a_bad_value_fails_its_run_and_the_others_complete(real_mnist_dir, tmp_path):
-    env = sweep_env(real_mnist_dir)
+def test_a_bad_value_fails_its_run_and_the_others_complete(synthetic_dir, tmp_path):
+    env = sweep_env(synthetic_dir)
     result = run(SWEEP, QUICK, "train.lr=oops,0.05", *FIXED, "-o", tmp_path / "s",
                  env=env, cwd=tmp_path)
     assert result.returncode == 1, result.stdout + result.stderr
@@ -133,8 +168,8 @@ def test_a_bad_value_fails_its_run_and_the_others_complete(real_mnist_dir, tmp_p
     assert any(line.startswith("lr-oops failed: error: --set train.lr=oops") for line in lines)
 
 
-def test_an_interrupted_sweep_keeps_positions_and_the_next_one_resumes(real_mnist_dir, tmp_path):
-    env = sweep_env(real_mnist_dir)
+def test_an_interrupted_sweep_keeps_positions_and_the_next_one_resumes(synthetic_dir, tmp_path):
+    env = sweep_env(synthetic_dir)
     args = [QUICK, "train.lr=0.05", "--set", "data.train_size=2000", "--set", "train.epochs=3",
             "--set", "train.batch_size=16", "--set", "data.val_size=500",
             "--set", "data.test_size=1000", "-o", tmp_path / "s"]
@@ -265,13 +300,13 @@ print("Submitted batch job 77")
 """
 
 
-def test_a_slurm_submission_runs_its_tasks_into_the_sweep_layout(real_mnist_dir, tmp_path):
+def test_a_slurm_submission_runs_its_tasks_into_the_sweep_layout(synthetic_dir, tmp_path):
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     sbatch = bin_dir / "sbatch"
     sbatch.write_text(f"#!{sys.executable}\n" + FAKE_SBATCH)
     sbatch.chmod(0o755)
-    env = sweep_env(real_mnist_dir, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+    env = sweep_env(synthetic_dir, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
                     FAKE_SBATCH_LOG=str(tmp_path / "sbatch.log"))
     args = [QUICK, "train.lr=0.02,0.05", *FIXED, "-j", "1", "-o", "s"]
     result = run(SLURM, *args, env=env, cwd=tmp_path)

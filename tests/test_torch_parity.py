@@ -24,6 +24,12 @@ import torch.nn.functional as TF  # noqa: E402
 RTOL = 1e-9
 
 
+@pytest.fixture(params=["fast", "reference"])
+def kernels(request):
+    """Each test that takes it runs on both paths: the fast kernels and the textbook ones."""
+    return request.param
+
+
 def close(ours, theirs, rtol=RTOL):
     theirs = theirs.detach().numpy() if hasattr(theirs, "detach") else theirs
     np.testing.assert_allclose(ours, theirs, rtol=rtol, atol=rtol * np.abs(theirs).max())
@@ -36,9 +42,10 @@ def t(a, grad=True):
 @pytest.mark.parametrize("N,C,H,W,F,kernel,stride,pad", [
     (4, 3, 11, 9, 5, (3, 3), 1, 1), (3, 2, 12, 13, 4, (5, 3), 2, 2), (2, 6, 14, 14, 16, (5, 5), 1, 0),
     (2, 1, 28, 28, 6, (5, 5), 1, 2), (3, 3, 10, 7, 2, (2, 2), 3, 1)])
-def test_conv2d(N, C, H, W, F, kernel, stride, pad):
+def test_conv2d(N, C, H, W, F, kernel, stride, pad, kernels):
     rng = np.random.default_rng(0)
-    layer = L.Conv2D(C, F, kernel, stride=stride, padding=pad, rng=rng, dtype=np.float64)
+    layer = L.Conv2D(C, F, kernel, stride=stride, padding=pad, rng=rng, dtype=np.float64,
+                     kernels=kernels)
     layer.params["b"][...] = rng.standard_normal(F)
     x = rng.standard_normal((N, C, H, W))
     y = layer.forward(x)
@@ -55,10 +62,10 @@ def test_conv2d(N, C, H, W, F, kernel, stride, pad):
 
 @pytest.mark.parametrize("kernel,stride", [(2, 2), (3, 2), (3, 1), (4, 3), (3, 3)])
 @pytest.mark.parametrize("mode", ["max", "mean"])
-def test_pooling(kernel, stride, mode):
+def test_pooling(kernel, stride, mode, kernels):
     rng = np.random.default_rng(1)
     x = rng.standard_normal((3, 4, 13, 10))
-    layer = (L.MaxPool2D if mode == "max" else L.MeanPool2D)(kernel, stride)
+    layer = (L.MaxPool2D if mode == "max" else L.MeanPool2D)(kernel, stride, kernels=kernels)
     y = layer.forward(x)
     G = rng.standard_normal(y.shape)
     dx = layer.backward(G)
@@ -70,9 +77,9 @@ def test_pooling(kernel, stride, mode):
     close(dx, tx.grad)
 
 
-def test_dense_and_activations():
+def test_dense_and_activations(kernels):
     rng = np.random.default_rng(2)
-    dense = L.Dense(7, 5, rng=rng, dtype=np.float64)
+    dense = L.Dense(7, 5, rng=rng, dtype=np.float64, kernels=kernels)
     dense.params["b"][...] = rng.standard_normal(5)
     x = rng.standard_normal((6, 7))
     G = rng.standard_normal((6, 5))
@@ -85,7 +92,8 @@ def test_dense_and_activations():
     close(dx, tx.grad)
     close(dense.grads["W"], tW.grad.T)
     close(dense.grads["b"], tb.grad)
-    for ours, theirs in [(L.ReLU(), torch.relu), (L.Tanh(), torch.tanh), (L.Sigmoid(), torch.sigmoid)]:
+    for ours, theirs in [(L.ReLU(kernels=kernels), torch.relu), (L.Tanh(kernels=kernels), torch.tanh),
+                         (L.Sigmoid(kernels=kernels), torch.sigmoid)]:
         a = rng.standard_normal((4, 3, 5, 5)) * 3
         G = rng.standard_normal(a.shape)
         ta = t(a)
@@ -134,9 +142,9 @@ def ours_as_torch_layout(name, value):
     return value.T if name.startswith("dense") and name.endswith(".W") else value
 
 
-def test_whole_lenet5_forward_and_every_gradient():
+def test_whole_lenet5_forward_and_every_gradient(kernels):
     rng = np.random.default_rng(4)
-    net = build_network(LENET5, rng=rng, dtype=np.float64)
+    net = build_network(LENET5, rng=rng, dtype=np.float64, kernels=kernels)
     x = rng.standard_normal((5, 1, 28, 28))
     y = rng.integers(0, 10, 5)
     loss = SoftmaxCrossEntropy()
@@ -154,9 +162,9 @@ def test_whole_lenet5_forward_and_every_gradient():
 
 
 @pytest.mark.parametrize("nesterov", [False, True])
-def test_lenet5_parameters_after_sgd_steps_with_momentum_and_weight_decay(nesterov):
+def test_lenet5_parameters_after_sgd_steps_with_momentum_and_weight_decay(nesterov, kernels):
     rng = np.random.default_rng(5)
-    net = build_network(LENET5, rng=rng, dtype=np.float64)
+    net = build_network(LENET5, rng=rng, dtype=np.float64, kernels=kernels)
     tp, forward = torch_lenet(net)
     opt = SGD(net.params, lr=0.05, momentum=0.9, weight_decay=5e-4, nesterov=nesterov)
     topt = torch.optim.SGD(list(tp.values()), lr=0.05, momentum=0.9, weight_decay=5e-4, nesterov=nesterov)
@@ -172,6 +180,29 @@ def test_lenet5_parameters_after_sgd_steps_with_momentum_and_weight_decay(nester
         topt.step()
     for name in net.params:
         close(ours_as_torch_layout(name, net.params[name]), tp[name])
+
+
+@pytest.mark.parametrize("layers", [
+    LENET5,
+    ["conv 6 5 pad=2", "tanh", "meanpool 2", "conv 16 3x5 stride=2 pad=1", "sigmoid",
+     "maxpool 3 stride=2", "flatten", "dense 10"],
+])
+def test_each_layer_names_its_torch_equivalent(layers):
+    """The PyTorch model scripts/bench.py compares against is built from the layers'
+    torch_module; with our weights copied in, it computes our outputs."""
+    rng = np.random.default_rng(6)
+    net = build_network(layers, rng=rng, dtype=np.float64)
+    model = torch.nn.Sequential(*(layer.torch_module(torch.nn) for _, layer in net.layers)).double()
+    torch_params = dict(model.named_parameters())
+    for index, (name, layer) in enumerate(net.layers):
+        for key, torch_key in (("W", "weight"), ("b", "bias")):
+            if key in layer.params:
+                value = ours_as_torch_layout(f"{name}.{key}", layer.params[key])
+                with torch.no_grad():
+                    torch_params[f"{index}.{torch_key}"].copy_(torch.from_numpy(np.ascontiguousarray(value)))
+    assert sum(p.numel() for p in model.parameters()) == net.n_params
+    x = rng.standard_normal((3, 1, 28, 28))
+    close(net.forward(x, train=False), model(t(x, grad=False)))
 
 
 def test_cosine_and_step_schedules_match_pytorchs_schedulers():
