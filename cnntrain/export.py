@@ -25,7 +25,8 @@ from cnntrain.errors import CnnTrainError
 from cnntrain.fileio import atomic_writer, refuse_overwriting
 from cnntrain.inference import CLASS_NAMES, load_predictor
 
-OPSET = 17       # Conv, MaxPool, AveragePool, Gemm, Flatten and Softmax(axis) as used here
+OPSET = 17       # Conv, MaxPool, AveragePool, Gemm, Flatten, BatchNormalization and
+                 # Softmax(axis) as used here
 IR_VERSION = 8   # the IR version of opset 17, so runtimes of that age can load the file
 INPUT, LOGITS, PROBABILITIES = "image", "logits", "probabilities"
 
@@ -108,6 +109,23 @@ def _flatten(g, name, layer, x):
     return g.add("Flatten", [x], name, axis=1)  # (N, C, H, W) -> (N, C*H*W) in C, H, W order
 
 
+def _dropout(g, name, layer, x):
+    # The graph is the network in evaluation, where inverted dropout is the identity; the node
+    # keeps the layer's name so the exported graph still lists every layer.
+    return g.add("Identity", [x], name)
+
+
+def _batchnorm(g, name, layer, x):
+    # Evaluation mode: the running statistics, never the batch's. ONNX's BatchNormalization
+    # normalises axis 1 of an (N, C, H, W) or an (N, C) input, as cnntrain's layer does.
+    return g.add("BatchNormalization",
+                 [x, g.weight(f"{name}.gamma", layer.params["gamma"]),
+                  g.weight(f"{name}.beta", layer.params["beta"]),
+                  g.weight(f"{name}.running_mean", layer.buffers["running_mean"]),
+                  g.weight(f"{name}.running_var", layer.buffers["running_var"])],
+                 name, epsilon=float(layer.eps))
+
+
 EXPORTERS = {
     L.Conv2D: _conv,
     L.MaxPool2D: _pool("MaxPool"),
@@ -117,6 +135,8 @@ EXPORTERS = {
     L.Tanh: _elementwise("Tanh"),
     L.Sigmoid: _elementwise("Sigmoid"),
     L.Flatten: _flatten,
+    L.Dropout: _dropout,
+    L.BatchNorm: _batchnorm,
 }
 
 

@@ -2,9 +2,10 @@
 
 `cnntrain plot --maps CHECKPOINT [--image N | --input FILE] -o maps.png` draws, from top to
 bottom: the 28x28 field the network is given, with its probabilities per digit; then one row
-per convolution (after the activation that follows it, if one does) and per pooling layer,
-each map a small grey image. Every row is scaled to its own range (black = its minimum,
-white = its maximum, both shown), so the maps of one layer can be compared with each other.
+per convolution and per pooling layer (after the batch norm, activation or dropout right
+behind it, if any), each map a small grey image. Every row is scaled to its own range (black = its
+minimum, white = its maximum, both shown), so the maps of one layer can be compared with each
+other.
 
 The picture's pixel size depends only on the network: WIDTH wide, and a header, the input row
 and one band per layer (MAX_COLUMNS maps a line) tall. matplotlib as for cnntrain.plots.
@@ -25,33 +26,60 @@ LABEL_WIDTH = 170   # the layer's name and shape, left of its maps
 MAX_COLUMNS = 16
 MAX_TILE = 100
 BAND_TITLE = 8
+LABEL_CHARS = 20    # a label line of layer names beyond this would run into the maps
+LABEL_LINE = 16     # pixels between the lines of a band's label
+
+
+def _makes_maps(layer):
+    """Convolution and pooling layers: the ones whose outputs are drawn."""
+    return isinstance(layer, (L.Conv2D, L._Pool2D))
 
 
 def activation_maps(network, field_input):
     """One picture through the network, layer by layer in evaluation mode.
 
     field_input: (1, C, H, W) normalised network input -> (logits (1, K), [(title, maps
-    (C', H', W'))]) for every convolution (taken after an activation right behind it) and
-    every pooling layer, in network order.
+    (C', H', W'))]), one row for every convolution and every pooling layer, in network order.
+    A row's maps are taken after the layers right behind it that keep their shape (batch
+    norm, an activation, dropout, which is the identity here), up to the next convolution,
+    pooling or flatten: those maps are what the next layer sees, and the title names every
+    layer they went through ('conv1 + batchnorm1 + relu1').
     """
     x, rows = field_input, []
-    named = network.layers
-    for index, (name, layer) in enumerate(named):
+    names = None  # the layers of the row being followed, or None when no row is
+    for name, layer in network.layers:
+        shape = x.shape
         x = layer.forward(x, train=False)
-        before = named[index - 1] if index else (None, None)
-        after = named[index + 1][1] if index + 1 < len(named) else None
-        if isinstance(layer, L._Pool2D):
+        if _makes_maps(layer):
+            names = [name]
             rows.append((name, np.array(x[0])))
-        elif isinstance(layer, L.Conv2D) and not isinstance(after, L._Activation):
-            rows.append((name, np.array(x[0])))
-        elif isinstance(layer, L._Activation) and isinstance(before[1], L.Conv2D):
-            rows.append((f"{before[0]} + {name}", np.array(x[0])))
+        elif names is not None and x.ndim == 4 and x.shape == shape:
+            names.append(name)
+            rows[-1] = (" + ".join(names), np.array(x[0]))
+        else:
+            names = None
     return x, rows
 
 
-def _band_height(n_maps):
+def _label(title):
+    """A row's title -> (its first layer, the lines naming the layers after it, '+ relu1').
+    The names are packed LABEL_CHARS to a line, so the label stays left of the maps."""
+    first, *rest = title.split(" + ")
+    lines = []
+    for name in rest:
+        word = f"+ {name}"
+        if lines and len(lines[-1]) + 1 + len(word) <= LABEL_CHARS:
+            lines[-1] += f" {word}"
+        else:
+            lines.append(word)
+    return first, lines
+
+
+def _band_height(n_maps, title=""):
+    """Pixel height of one row: its lines of maps, or its label if that is taller."""
     lines = math.ceil(n_maps / MAX_COLUMNS)
-    return BAND_TITLE + lines * (_tile(n_maps) + 6) + 8
+    label = 60 + LABEL_LINE * len(_label(title)[1])
+    return BAND_TITLE + max(lines * (_tile(n_maps) + 6), label) + 8
 
 
 def _tile(n_maps):
@@ -61,7 +89,7 @@ def _tile(n_maps):
 
 def maps_height(rows):
     """Pixel height of the picture for these rows of maps."""
-    return HEADER + INPUT_ROW + sum(_band_height(len(maps)) for _, maps in rows)
+    return HEADER + INPUT_ROW + sum(_band_height(len(maps), title) for title, maps in rows)
 
 
 def plot_maps(predictor, field, output, *, title, label=None, picture=None):
@@ -123,11 +151,17 @@ def plot_maps(predictor, field, output, *, title, label=None, picture=None):
         low, high = float(maps.min()), float(maps.max())
         span = high - low or 1.0
         c, h, w = maps.shape
-        figure.text(10 / width, 1 - (top + BAND_TITLE + 14) / height, row_title, fontsize=11,
-                    weight="bold", va="center")
-        figure.text(10 / width, 1 - (top + BAND_TITLE + 34) / height,
+        first, after = _label(row_title)
+        label_top = top + BAND_TITLE + 14
+        figure.text(10 / width, 1 - label_top / height, first, fontsize=11, weight="bold",
+                    va="center")
+        for line_text in after:
+            label_top += LABEL_LINE
+            figure.text(10 / width, 1 - label_top / height, line_text, fontsize=9.5,
+                        va="center")
+        figure.text(10 / width, 1 - (label_top + 20) / height,
                     f"{c} maps {h}x{w}", fontsize=9, va="center", color="0.3")
-        figure.text(10 / width, 1 - (top + BAND_TITLE + 52) / height,
+        figure.text(10 / width, 1 - (label_top + 38) / height,
                     f"black {low:.2f}, white {high:.2f}", fontsize=8, va="center", color="0.3")
         for i, single in enumerate(maps):
             line, column = divmod(i, MAX_COLUMNS)
@@ -136,7 +170,7 @@ def plot_maps(predictor, field, output, *, title, label=None, picture=None):
             ax.imshow(single, cmap="gray", vmin=low, vmax=low + span, interpolation="nearest")
             ax.set_xticks([])
             ax.set_yticks([])
-        top += _band_height(n)
+        top += _band_height(n, row_title)
     _save(figure, output)
     return digit, float(probabilities[digit])
 

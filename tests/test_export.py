@@ -1,5 +1,5 @@
 """ONNX export: onnxruntime gives cnntrain's logits on real test images, for the shipped
-architectures and for every layer kind the model module knows."""
+architectures and for every layer kind registered in cnntrain.layers.REGISTRY."""
 
 import json
 import sys
@@ -13,6 +13,7 @@ import pytest
 from cnntrain import export, model
 from cnntrain.mnist import read_idx
 from cnntrain.inference import Predictor
+from cnntrain import layers as L
 from cnntrain.layers import Layer
 from cnntrain.losses import SoftmaxCrossEntropy
 from cnntrain.run import build_optimizer
@@ -25,10 +26,9 @@ STEPS = 5  # a few SGD steps move the weights off their initial values; parity, 
 
 
 def layer_kinds():
-    """Every layer kind the model module can build: today the keys of the layer-list grammar.
-    When the layers become a registry, read the registry here: a kind it gains must then get
-    an example below and an entry in export.EXPORTERS, or these tests fail."""
-    return sorted(model._GRAMMAR)
+    """Every layer kind the layer grammar knows: the registry of layer classes. A kind it gains
+    must get an example below and an entry in export.EXPORTERS, or these tests fail."""
+    return sorted(L.REGISTRY)
 
 
 # One small network per layer kind, each holding that kind (several hold more than one).
@@ -42,6 +42,12 @@ EXAMPLES = {
     "sigmoid": ["conv 2 5 pad=2", "sigmoid", "maxpool 2", "flatten", "dense 12", "sigmoid",
                 "dense 10"],
     "flatten": ["flatten", "dense 10"],
+    "dropout": ["conv 3 3", "relu", "dropout 0.3", "maxpool 2", "flatten", "dense 16", "relu",
+                "dropout 0.5", "dense 10"],
+    # After a convolution (per channel of (N, C, H, W)) and after a dense layer (per feature of
+    # (N, C)), one of them with its own eps, which the graph must carry.
+    "batchnorm": ["conv 4 3", "batchnorm", "relu", "maxpool 2", "flatten", "dense 16",
+                  "batchnorm eps=0.01 momentum=0.3", "tanh", "dense 10"],
 }
 
 
@@ -55,7 +61,12 @@ def test_images(real_mnist_dir):
 
 
 def trained_checkpoint(path, config_text, train, labels):
-    """The config's initial network after STEPS SGD steps on real digits, saved to path."""
+    """The config's initial network after STEPS SGD steps on real digits, saved to path.
+
+    A few steps barely move batch norm's gamma and beta off 1 and 0, so they, and the running
+    statistics, are then set to values of their own, unlike each other and unlike the batch
+    statistics of training: an export that used the batch's statistics, or dropped gamma,
+    beta or a running statistic, gives other logits."""
     network, cfg = make_network(config_text=config_text)
     optimizer, loss = build_optimizer(cfg, network), SoftmaxCrossEntropy()
     x = ((train - cfg.data.mean) / cfg.data.std)[:, None].astype(network.dtype)
@@ -64,6 +75,14 @@ def trained_checkpoint(path, config_text, train, labels):
         loss.forward(network.forward(x[batch]), labels[batch])
         network.backward(loss.backward())
         optimizer.step(network.grads)
+    rng = np.random.default_rng(7)
+    for _, layer in network.layers:
+        if isinstance(layer, L.BatchNorm):
+            n = layer.channels
+            layer.params["gamma"][...] *= rng.uniform(0.5, 2.0, n)
+            layer.params["beta"][...] += rng.normal(0.0, 0.5, n)
+            layer.buffers["running_mean"][...] += rng.normal(0.0, 0.5, n)
+            layer.buffers["running_var"][...] *= rng.uniform(0.25, 4.0, n)
     save_network(path, network, cfg)
     return network
 
@@ -97,14 +116,20 @@ def test_shipped_architectures_match_onnxruntime_on_real_images(config, test_ima
 
 
 def uncovered_layer_kinds():
-    """Layer kinds without an example network, or whose example builds a layer that
-    export.EXPORTERS cannot translate."""
+    """Registered layer kinds without an exporter, without an example network, whose example
+    holds no layer of that kind, or whose example builds a layer export.EXPORTERS cannot
+    translate."""
     uncovered = []
     for kind in layer_kinds():
+        cls = L.REGISTRY[kind]
+        if cls not in export.EXPORTERS:
+            uncovered.append(f"{kind} ({cls.__name__}) has no exporter entry")
         if kind not in EXAMPLES:
             uncovered.append(f"{kind} (no example network in tests/test_export.py)")
             continue
         network = model.build_network(EXAMPLES[kind], rng=np.random.default_rng(0))
+        if not any(type(layer) is cls for _, layer in network.layers):
+            uncovered.append(f"{kind}: its example network holds no {cls.__name__}")
         uncovered += [f"{kind}: {name} ({type(layer).__name__}) has no exporter entry"
                       for name, layer in network.layers if export.exporter_for(layer) is None]
     return uncovered
@@ -114,12 +139,37 @@ def test_every_layer_kind_has_an_example_and_an_exporter():
     assert uncovered_layer_kinds() == []
 
 
-def test_a_new_layer_kind_without_exporter_fails_the_coverage_check(monkeypatch):
-    monkeypatch.setitem(model._GRAMMAR, "swish", ((), ()))
-    assert uncovered_layer_kinds() == ["swish (no example network in tests/test_export.py)"]
+@pytest.fixture
+def registry(monkeypatch):
+    """A private copy of the registry, so that a kind registered by a test goes away with it."""
+    monkeypatch.setattr(L, "REGISTRY", dict(L.REGISTRY))
+    return L.REGISTRY
+
+
+def test_a_new_layer_kind_without_exporter_fails_the_coverage_check(registry, monkeypatch):
+    @L.register
+    class Swish(Layer):
+        kind = "swish"
+
+        def forward(self, x, train=True):
+            return x / (1 + np.exp(-x))
+
+    assert uncovered_layer_kinds() == ["swish (Swish) has no exporter entry",
+                                       "swish (no example network in tests/test_export.py)"]
     monkeypatch.setitem(EXAMPLES, "swish", ["flatten", "dense 10"])
-    monkeypatch.delitem(export.EXPORTERS, model.L.Dense)
+    assert uncovered_layer_kinds() == ["swish (Swish) has no exporter entry",
+                                       "swish: its example network holds no Swish"]
+    monkeypatch.setitem(EXAMPLES, "swish", ["flatten", "swish", "dense 10"])
+    assert uncovered_layer_kinds() == ["swish (Swish) has no exporter entry",
+                                       "swish: swish1 (Swish) has no exporter entry"]
+    monkeypatch.setitem(export.EXPORTERS, Swish, export._elementwise("Identity"))
+    assert uncovered_layer_kinds() == []
+    # An example that builds another kind without a translation is caught too.
+    monkeypatch.delitem(export.EXPORTERS, L.Dense)
     assert "swish: dense1 (Dense) has no exporter entry" in uncovered_layer_kinds()
+    # And the registry is the one the test reads its kinds from: the real one knows no swish.
+    monkeypatch.undo()
+    assert "swish" not in L.REGISTRY and uncovered_layer_kinds() == []
 
 
 @pytest.mark.parametrize("kind", layer_kinds())
@@ -157,7 +207,7 @@ def test_metadata_holds_classes_normalisation_and_source(tmp_path):
 
 def test_a_layer_without_translation_is_a_one_line_error_naming_it(tmp_path, monkeypatch):
     write_checkpoint(tmp_path / "m.npz")
-    monkeypatch.delitem(export.EXPORTERS, model.L.MaxPool2D)
+    monkeypatch.delitem(export.EXPORTERS, L.MaxPool2D)
     result = invoke("export", tmp_path / "m.npz", "-o", tmp_path / "m.onnx")
     assert_one_line_error(result, 1, "m.npz", "cannot export layer maxpool1 (MaxPool2D)")
     assert not (tmp_path / "m.onnx").exists()
@@ -181,7 +231,7 @@ def test_without_onnx_the_error_names_the_extra(tmp_path, monkeypatch):
 def test_export_keeps_an_existing_file_when_it_fails(tmp_path, monkeypatch):
     write_checkpoint(tmp_path / "m.npz")
     (tmp_path / "m.onnx").write_bytes(b"the user's older model")
-    monkeypatch.delitem(export.EXPORTERS, model.L.Dense)
+    monkeypatch.delitem(export.EXPORTERS, L.Dense)
     assert invoke("export", tmp_path / "m.npz", "-o", tmp_path / "m.onnx").exit_code == 1
     assert (tmp_path / "m.onnx").read_bytes() == b"the user's older model"
 
@@ -192,3 +242,19 @@ def test_export_never_writes_over_its_checkpoint(tmp_path):
     result = invoke("export", tmp_path / "m.npz", "-o", tmp_path / "." / "m.npz")
     assert_one_line_error(result, 2, "is the input", "choose another output file")
     assert (tmp_path / "m.npz").read_bytes() == before
+
+
+def test_batchnorm_and_dropout_become_evaluation_mode_nodes():
+    network = model.build_network(EXAMPLES["batchnorm"],
+                                  rng=np.random.default_rng(0))
+    nodes = {n.name: n for n in export.build_onnx(network, mean=0.0, std=1.0).graph.node}
+    for name, eps in (("batchnorm1", 1e-5), ("batchnorm2", 0.01)):
+        attributes = {a.name: onnx.helper.get_attribute_value(a) for a in nodes[name].attribute}
+        assert nodes[name].op_type == "BatchNormalization"
+        assert attributes.get("training_mode", 0) == 0
+        assert attributes["epsilon"] == pytest.approx(eps, rel=1e-6)
+        assert list(nodes[name].input[1:]) == [f"{name}.{key}" for key in
+                                               ("gamma", "beta", "running_mean", "running_var")]
+    dropout = model.build_network(EXAMPLES["dropout"], rng=np.random.default_rng(0))
+    ops = {n.name: n.op_type for n in export.build_onnx(dropout, mean=0.0, std=1.0).graph.node}
+    assert ops["dropout1"] == ops["dropout2"] == "Identity"
