@@ -86,7 +86,7 @@ def test_plot_maps_of_a_network_with_batchnorm_and_dropout(tmp_path, real_mnist_
     predictor = Predictor.from_checkpoint(tmp_path / "bn.npz")
     loaded = dict(predictor.network.layers)["batchnorm1"].buffers["running_var"]
     np.testing.assert_array_equal(loaded, bn.buffers["running_var"])
-    from cnntrain.data import read_idx
+    from cnntrain.mnist import read_idx
     field = read_idx(real_mnist_dir / "t10k-images-idx3-ubyte")[:1] / 255.0
     _, rows = maps.activation_maps(predictor.network, predictor.normalise(field))
     assert [title for title, _ in rows] == ["conv1 + batchnorm1 + relu1 + dropout1", "maxpool1",
