@@ -12,7 +12,7 @@ import sys
 import click
 
 from cnntrain import __version__
-from cnntrain.errors import CnnTrainError
+from cnntrain.errors import CnnTrainError, Interrupted
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -23,14 +23,18 @@ class Group(click.Group):
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
+        except Interrupted as exc:
+            # A requested stop is not an error: its message says where the run was saved.
+            click.echo(str(exc), err=True)
+            ctx.exit(exc.exit_code)
         except CnnTrainError as exc:
             if ctx.meta.get("cnntrain.debug"):
                 raise
             click.echo(f"error: {exc}", err=True)
             ctx.exit(exc.exit_code)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:
             click.echo("interrupted", err=True)
-            ctx.exit(130)
+            ctx.exit(getattr(exc, "exit_code", 130))
         except OSError as exc:
             if ctx.meta.get("cnntrain.debug"):
                 raise
@@ -92,7 +96,8 @@ def fit(config_path, overrides, out_dir, resume, overwrite, quiet, data_dir, mir
       cnntrain fit --config configs/quick.ini --set train.epochs=1 --out runs/try
       cnntrain fit --resume runs/lenet5/checkpoints/last.npz
 
-    Ctrl-C saves the exact position and exits with code 130; --resume continues from it.
+    Ctrl-C, SIGTERM and SIGHUP save the exact position, print the command that continues it
+    and exit with 130, 143 or 129.
     """
     from cnntrain import run
     from cnntrain.errors import ConfigError

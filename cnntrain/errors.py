@@ -26,3 +26,14 @@ class CheckpointError(CnnTrainError):
 
 class DivergedError(CnnTrainError):
     """Training produced a non-finite loss."""
+
+
+class Interrupted(CnnTrainError):
+    """A stop signal arrived; training stopped cleanly after a whole step, at `state`.
+    The exit code is the shell's for that signal: 130 (Ctrl-C), 143 (SIGTERM), 129 (SIGHUP)."""
+
+    def __init__(self, state, message="interrupted", signum=2):
+        super().__init__(message)
+        self.state = state
+        self.signum = signum
+        self.exit_code = 128 + signum

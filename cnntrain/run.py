@@ -12,7 +12,9 @@ Run folder:
 """
 
 import json
+import shlex
 import shutil
+import signal
 import time
 from pathlib import Path
 
@@ -26,6 +28,7 @@ from cnntrain.fileio import atomic_write_text
 from cnntrain.logs import RUN_FILES, RunLog, best_epoch, epoch_line
 from cnntrain.model import build_network
 from cnntrain.optim import SGD, LRSchedule
+from cnntrain.stopsignals import signal_name, stop_on_signals
 from cnntrain.train import Interrupted, Trainer, TrainState, evaluate, steps_per_epoch
 
 
@@ -122,6 +125,14 @@ class RunFolder:
         (self.path / "checkpoints").mkdir(parents=True, exist_ok=True)
 
 
+def continue_command(checkpoint, data_dir=None):
+    """The command line that continues the run saved in `checkpoint`."""
+    words = ["cnntrain", "fit", "--resume", str(checkpoint)]
+    if data_dir:
+        words += ["--data-dir", str(data_dir)]
+    return shlex.join(words)
+
+
 def _snapshot(network, optimizer, state, rng, config_text):
     return Checkpoint(params=network.params, optimizer=optimizer.state_dict(),
                       epoch_order=state.order,
@@ -186,18 +197,22 @@ def fit(cfg, *, out_dir=None, resume=None, overwrite=False, quiet=False, progres
         if best_epoch(state.history) is metrics:
             save_checkpoint(folder.best, snapshot)
 
-    try:
-        trainer.fit(state, on_epoch_end)
-    except Interrupted as stop:
-        save_checkpoint(folder.last, _snapshot(network, optimizer, stop.state, train_rng, config_text))
-        message = (f"interrupted at epoch {stop.state.epoch + 1}, step {stop.state.step}; saved "
-                   f"{folder.last}; continue with: cnntrain fit --resume {folder.last}")
-        folder.log.line(message)
-        raise Interrupted(stop.state, message) from None
-    except DivergedError as exc:
-        kept = f"; the last good checkpoint is {folder.last}" if folder.last.exists() else ""
-        folder.log.line(f"{exc}{kept}")
-        raise DivergedError(f"{exc}{kept}") from None
+    with stop_on_signals() as stop:
+        try:
+            trainer.fit(state, on_epoch_end, stop)
+        except Interrupted as stopped:
+            with stop.shielded():
+                save_checkpoint(folder.last, _snapshot(network, optimizer, stopped.state,
+                                                       train_rng, config_text))
+                message = (f"{'interrupted' if stopped.signum == signal.SIGINT else 'stopped by ' + signal_name(stopped.signum)} "
+                           f"at epoch {stopped.state.epoch + 1}, step {stopped.state.step}; saved "
+                           f"{folder.last}; continue with: {continue_command(folder.last, data_dir)}")
+                folder.log.line(message)
+            raise Interrupted(stopped.state, message, stopped.signum) from None
+        except DivergedError as exc:
+            kept = f"; the last good checkpoint is {folder.last}" if folder.last.exists() else ""
+            folder.log.line(f"{exc}{kept}")
+            raise DivergedError(f"{exc}{kept}") from None
 
     summary = {
         "config": cfg.source,

@@ -7,16 +7,15 @@ continues to the same weights, bit for bit, as a run that never stopped.
 """
 
 import math
-import signal
-import threading
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from cnntrain.errors import CnnTrainError, DivergedError
+from cnntrain.errors import DivergedError, Interrupted  # noqa: F401 (Interrupted: re-exported)
 from cnntrain.losses import SoftmaxCrossEntropy
+from cnntrain.stopsignals import stop_on_signals
 
 
 @dataclass
@@ -43,37 +42,6 @@ class TrainState:
         return cls(epoch=meta["epoch"], step=meta["step"], step_in_epoch=meta["step_in_epoch"],
                    order=order, loss_sum=meta["loss_sum"], correct=meta["correct"],
                    seen=meta["seen"], seconds=meta["seconds"], history=list(meta["history"]))
-
-
-class Interrupted(CnnTrainError):
-    """Ctrl-C arrived; training stopped cleanly after a whole step, at `state`."""
-
-    exit_code = 130
-
-    def __init__(self, state, message="interrupted"):
-        super().__init__(message)
-        self.state = state
-
-
-@contextmanager
-def stop_on_sigint():
-    """Turn the first Ctrl-C into a request to stop after the current step, so parameters are
-    never left half-updated; a second Ctrl-C stops at once."""
-    requested = threading.Event()
-    if threading.current_thread() is not threading.main_thread():
-        yield requested
-        return
-
-    def handler(signum, frame):
-        if requested.is_set():
-            raise KeyboardInterrupt
-        requested.set()
-
-    previous = signal.signal(signal.SIGINT, handler)
-    try:
-        yield requested
-    finally:
-        signal.signal(signal.SIGINT, previous)
 
 
 def steps_per_epoch(n_examples, batch_size):
@@ -123,15 +91,28 @@ class Trainer:
         self.loss = SoftmaxCrossEntropy()
         self.steps_per_epoch = steps_per_epoch(len(splits.train.labels), batch_size)
 
-    def fit(self, state, on_epoch_end):
-        # A diverging run overflows before its loss turns non-finite; the check below reports
-        # that in one line, so numpy's warnings would only add noise.
-        with stop_on_sigint() as stop, np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+    def fit(self, state, on_epoch_end, stop=None):
+        """Train from `state` to the last epoch. stop: a StopRequest (cnntrain.stopsignals)
+        whose handlers the caller installed; without one, the trainer installs its own.
+        on_epoch_end runs shielded: a signal during its writes is acted on only after them."""
+        with ExitStack() as stack:
+            if stop is None:
+                stop = stack.enter_context(stop_on_signals())
+            # A diverging run overflows before its loss turns non-finite; the check below
+            # reports that in one line, so numpy's warnings would only add noise.
+            stack.enter_context(np.errstate(over="ignore", invalid="ignore", divide="ignore"))
             while state.epoch < self.epochs:
+                self._check_stop(state, stop)
                 self._train_epoch(state, stop)
                 metrics = self._end_epoch(state)
-                on_epoch_end(metrics, state)
+                with stop.shielded():
+                    on_epoch_end(metrics, state)
         return state
+
+    @staticmethod
+    def _check_stop(state, stop):
+        if stop.is_set():
+            raise Interrupted(state, signum=stop.signum)
 
     def _train_epoch(self, state, stop):
         images, labels = self.splits.train.images, self.splits.train.labels
@@ -169,7 +150,7 @@ class Trainer:
             if stop.is_set():
                 if bar is not None:
                     bar.close()
-                raise Interrupted(state)
+                self._check_stop(state, stop)
         if bar is not None:
             bar.close()
 
