@@ -25,6 +25,7 @@ from cnntrain.config import peek_value
 from cnntrain.errors import ConfigError
 from cnntrain.fileio import atomic_write_text
 from cnntrain.logs import RUN_FILES, best_epoch, read_metrics
+from cnntrain.stopsignals import STOP_SIGNALS
 
 # What marks a folder as a run: a fit's files, or the sweep's record of a run not yet started.
 RUN_MARKERS = RUN_FILES + ("overrides.txt",)
@@ -35,8 +36,9 @@ SORT_KEYS = ("run", "status", "overrides") + ACCURACY_KEYS + ("epochs", "wall_s"
 DONE, INCOMPLETE, FAILED, NOT_STARTED = "done", "incomplete", "failed", "not started"
 # Finished runs first, then the ones that may still finish, then the ones that will not.
 _STATUS_RANK = {DONE: 0, INCOMPLETE: 1, FAILED: 2, NOT_STARTED: 3}
-# An interrupted run kept its position and is resumed by the next attempt: not a failure.
-_INTERRUPTED = 130
+# A run stopped by a signal (Ctrl-C, or SIGTERM/SIGHUP: Slurm's time limit, scancel) kept its
+# position and is resumed by the next attempt: not a failure.
+_INTERRUPTED = tuple(128 + signum for signum in STOP_SIGNALS)
 
 
 @dataclasses.dataclass
@@ -145,7 +147,7 @@ def read_run(folder) -> RunRow:
         row.epochs = history[-1].get("epoch", len(history))
     record = _read_json(folder / "sweep-status.json")
     code = record.get("exit_code") if record else None
-    if isinstance(code, int) and code not in (0, _INTERRUPTED):
+    if isinstance(code, int) and code not in (0, *_INTERRUPTED):
         row.status, row.exit_code = FAILED, code
         row.reason = _one_line(record.get("error") or _last_line(folder / "train.log")
                                or f"exit code {code}")

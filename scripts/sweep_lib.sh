@@ -341,6 +341,20 @@ sweep_write_status() {  # RUN_DIR EXIT_CODE ERROR ACTION SECONDS
     mv -f "$1/.sweep-status.json.tmp" "$1/sweep-status.json"
 }
 
+sweep_stopped_code() {  # EXIT_CODE: true for cnntrain's exit after a stop signal
+    # 130 SIGINT (Ctrl-C, the sweeps' own stop), 143 SIGTERM (Slurm's time limit, scancel),
+    # 129 SIGHUP: the run saved its exact position; cnntrain.summarize reads them alike.
+    [[ $1 == 130 || $1 == 143 || $1 == 129 ]]
+}
+
+sweep_signal_name() {  # EXIT_CODE of a stop -> the signal's name on stdout
+    case $1 in
+        129) printf 'SIGHUP' ;;
+        130) printf 'SIGINT' ;;
+        *) printf 'SIGTERM' ;;
+    esac
+}
+
 sweep_status_code() {  # RUN_DIR -> REPLY: the exit code of the last attempt, or "" if none
     REPLY=""
     if [[ -f $1/sweep-status.json ]]; then
@@ -405,8 +419,8 @@ sweep_run_one() {  # INDEX: train, resume or skip combination #INDEX; returns fi
     sweep_write_status "$dir" "$rc" "$reason" "$action" "$(($(date +%s) - started))"
     if ((rc == 0)); then
         sweep_say "done    $tag ($(($(date +%s) - started))s)"
-    elif ((rc == 130)); then
-        sweep_say "stopped $tag; its last checkpoint is kept, run the sweep again to resume"
+    elif sweep_stopped_code "$rc"; then
+        sweep_say "stopped $tag by $(sweep_signal_name "$rc"); run the sweep again to resume it"
     else
         sweep_say "FAILED  $tag (exit $rc): $reason"
     fi

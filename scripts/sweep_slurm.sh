@@ -12,7 +12,8 @@
 # The #SBATCH lines above are defaults: edit them, or override them without editing through
 # sbatch's input variables (SBATCH_PARTITION, SBATCH_TIMELIMIT, SBATCH_ACCOUNT, ...).
 # --signal asks Slurm for a SIGINT two minutes before the time limit; it is passed on to the
-# run, which saves its exact position, so submitting again resumes instead of restarting.
+# run, which saves its exact position, so submitting again resumes instead of restarting. The
+# time limit itself (and scancel) sends SIGTERM to the run directly, which saves it the same way.
 set -euo pipefail
 
 SWEEP_PROG=sweep_slurm.sh
@@ -89,19 +90,48 @@ array_spec() {  # INDEX... (ascending) -> REPLY, e.g. 0 1 2 5 -> 0-2,5
     done
 }
 
+signal_below() {  # SIGNAL PID: send SIGNAL to every process descended from PID
+    local sig=$1 stat pid ppid parents=() found=("$2") i
+    # Parent links from /proc (the command name, in parentheses, may hold spaces).
+    for stat in /proc/[0-9]*/stat; do
+        read -r stat <"$stat" 2>/dev/null || continue
+        pid=${stat%% *}
+        stat=${stat##*) }
+        ppid=${stat#* }
+        parents[pid]=${ppid%% *}
+    done
+    for ((i = 0; i < ${#found[@]}; i++)); do
+        for pid in "${!parents[@]}"; do
+            if [[ ${parents[pid]} == "${found[i]}" ]]; then
+                found+=("$pid")
+            fi
+        done
+    done
+    kill "-$sig" "${found[@]:1}" 2>/dev/null || true
+}
+
 run_task() {  # INDEX
     sweep_find_cnntrain
     sweep_check_index "$1"
     sweep_pin_threads "${SLURM_CPUS_PER_TASK:-1}"
     mkdir -p "$SWEEP_DIR"
-    # The run gets its own process group and exactly one SIGINT, as in sweep.sh: Slurm's
-    # --signal=B:INT reaches only this shell, which waits for the run in the background so
-    # that the trap can fire while the run is going.
-    set -m
-    sweep_run_one "$1" &
+    # How the run learns that it must stop, saving its exact position:
+    # - at the time limit, on scancel and on preemption Slurm sends SIGTERM to every process of
+    #   the job, the run included (it stays in this shell's process group, which every
+    #   ProctrackType follows), and SIGKILL KillWait seconds later. This shell and the one that
+    #   records the run only wait for it: passing the signal on would be a second one, which
+    #   makes cnntrain stop at once instead of saving.
+    # - the early warning of --signal=B:INT reaches this shell alone, so it is passed on to the
+    #   run. The shells only note signals (a trap waits for the running command), so that they
+    #   live to record how the run ended; the run itself gets the default handlers back.
+    trap : TERM HUP
+    (
+        trap : INT TERM HUP
+        sweep_run_one "$1"
+    ) &
     local task=$! rc=0
     # shellcheck disable=SC2064  # the pid is fixed now
-    trap "kill -INT -- -$task 2>/dev/null || true" INT TERM
+    trap "signal_below INT $task" INT
     while kill -0 "$task" 2>/dev/null; do
         wait "$task" || true
     done

@@ -1,0 +1,332 @@
+"""scripts/sweep_slurm.sh and the one-run `sbatch --wrap` recipe on a real Slurm cluster, through
+the real sbatch, squeue, scontrol and scancel: what a stand-in sbatch cannot show (the #SBATCH
+lines, the spool copy of the script, the environment reaching the tasks, the signals Slurm
+sends at a time limit or on scancel, and who receives them).
+
+They run whenever a Slurm controller answers (`scripts/slurm_local.sh up` starts a one-node
+cluster on this machine; CI does that) and skip otherwise, unless CNNTRAIN_REQUIRE_SLURM=1,
+which turns a missing cluster into a failure. The jobs run the same Python and cnntrain as
+these tests and read the real MNIST from the loopback mirror's copy.
+
+Slurm looks at time limits and --signal times every 30 s, and sends a --signal up to 30 s
+*before* the asked lead time: with a one-minute limit and --signal=B:INT@25 the signal comes
+5 to 35 s after the task starts, and the limit itself 60 to 90 s after.
+"""
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.test_sweep import FIXED, GRID, GRID_NAMES, QUICK, SLURM, sweep_env
+
+REQUIRE = os.environ.get("CNNTRAIN_REQUIRE_SLURM") == "1"
+# One task's worth of memory, below any laptop's: sweep_slurm.sh asks for 4G by default.
+MEMORY = "500M"
+# The time-limit run: long enough to be still training 35 s after it starts (about 45 s on an
+# idle core), so that the early signal always finds it mid-run.
+TIMED = ["train.lr=0.05", "--set", "data.train_size=12000", "--set", "train.epochs=40",
+         "--set", "data.val_size=500", "--set", "data.test_size=500"]
+# The scancel run: a few seconds, cancelled once its first epoch is logged.
+CANCELLED = ["train.lr=0.05", "--set", "data.train_size=10000", "--set", "train.epochs=3",
+             "--set", "data.val_size=500", "--set", "data.test_size=500"]
+
+
+def slurm_missing():
+    """Why no cluster can be used here, or None when a controller answers."""
+    for command in ("sbatch", "squeue", "scancel", "scontrol"):
+        if shutil.which(command) is None:
+            return f"{command} is not on PATH (no Slurm client installed)"
+    try:
+        ping = subprocess.run(["scontrol", "ping"], capture_output=True, text=True, timeout=30)
+    except subprocess.TimeoutExpired:
+        return "scontrol ping did not answer within 30 s"
+    if ping.returncode != 0 or "UP" not in ping.stdout:
+        return f"no Slurm controller answers (scontrol ping: {(ping.stdout + ping.stderr).strip()})"
+    return None
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    reason = slurm_missing()
+    if reason:
+        hint = "; start one with scripts/slurm_local.sh up and export the SLURM_CONF it prints"
+        if REQUIRE:
+            pytest.fail(reason + hint + " (CNNTRAIN_REQUIRE_SLURM=1)")
+        pytest.skip(reason + hint)
+
+
+def job_env(data_dir, **extra):
+    """The sweep's environment for submitting: this Python's cnntrain (CNNTRAIN), the MNIST
+    folder and no mirror, so a task that did not get this environment could not run at all."""
+    return sweep_env(data_dir, SBATCH_MEM_PER_NODE=MEMORY, OPENBLAS_NUM_THREADS="1",
+                     OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", **extra)
+
+
+def run(script, *args, env, cwd):
+    return subprocess.run([str(script), *map(str, args)], env=env, cwd=cwd,
+                          capture_output=True, text=True, timeout=120)
+
+
+def submitted(result):
+    """The job id sbatch printed; the submission must have succeeded."""
+    assert result.returncode == 0, result.stdout + result.stderr
+    found = re.search(r"^Submitted batch job (\d+)$", result.stdout, re.M)
+    assert found, result.stdout + result.stderr
+    return found.group(1)
+
+
+def job_records(job_id):
+    """{array task id or job id: its `scontrol show job` fields} of a job that Slurm still
+    remembers (finished jobs are kept for MinJobAge, 300 s by default)."""
+    shown = subprocess.run(["scontrol", "-o", "show", "job", job_id], capture_output=True,
+                           text=True, timeout=30)
+    assert shown.returncode == 0, shown.stderr
+    records = {}
+    for line in shown.stdout.splitlines():
+        fields = dict(re.findall(r"(\w+)=(\S*)", line))
+        records[fields.get("ArrayTaskId", fields["JobId"])] = fields
+    return records
+
+
+def wait_for(job_id, timeout):
+    """Wait until no task of the job is pending or running; its records then."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        queued = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%i %T"],
+                                capture_output=True, text=True, timeout=30)
+        if queued.returncode == 0 and not queued.stdout.strip():
+            return job_records(job_id)
+        time.sleep(0.5)
+    subprocess.run(["scancel", job_id], timeout=30)
+    pytest.fail(f"job {job_id} did not end within {timeout} s: {job_records(job_id)}")
+
+
+def states(records):
+    return {task: (fields["JobState"], fields["ExitCode"]) for task, fields in records.items()}
+
+
+def summarize(path):
+    return subprocess.run([sys.executable, "-m", "cnntrain", "summarize", str(path)],
+                          capture_output=True, text=True, check=True).stdout
+
+
+def reference_run(args, out, env):
+    """An uninterrupted `cnntrain fit` of the same combination, on this machine, started now
+    (it trains while the Slurm job runs); wait() on the returned process."""
+    overrides = [args[0]] + args[2::2]
+    command = [sys.executable, "-m", "cnntrain", "fit", "--config", str(QUICK), "--out", str(out),
+               "--quiet"]
+    for override in overrides:
+        command += ["--set", override]
+    return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
+
+
+def weights(checkpoint):
+    """Every parameter and optimizer array of a checkpoint."""
+    with np.load(checkpoint, allow_pickle=False) as data:
+        return {key: data[key] for key in data.files if key.startswith(("param/", "optim/"))}
+
+
+def meta(checkpoint):
+    with np.load(checkpoint, allow_pickle=False) as data:
+        return json.loads(bytes(data["meta.json"]).decode())
+
+
+def assert_bit_identical(mine, reference):
+    ours, theirs = weights(mine), weights(reference)
+    assert sorted(ours) == sorted(theirs) and ours
+    for key in ours:
+        assert ours[key].dtype == theirs[key].dtype and np.array_equal(ours[key], theirs[key]), key
+
+
+def wait_until(predicate, timeout, what):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.1)
+    pytest.fail(f"waited {timeout} s for {what}")
+
+
+def cnntrain_on_path(bin_dir):
+    """A PATH whose `cnntrain` is this Python's: the installed command beside sys.executable
+    (a virtual environment's bin), else a two-line shim in bin_dir."""
+    here = Path(sys.executable).parent
+    if (here / "cnntrain").is_file():
+        first = here
+    else:
+        bin_dir.mkdir(parents=True, exist_ok=True)
+        shim = bin_dir / "cnntrain"
+        shim.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m cnntrain "$@"\n')
+        shim.chmod(0o755)
+        first = bin_dir
+    return f"{first}{os.pathsep}{os.environ.get('PATH', '')}"
+
+
+# --- the one-run recipe, submitted first: its time limit takes 60 to 90 s to strike --------
+
+
+@pytest.fixture(scope="module", autouse=True)
+def wrapped_run(cluster, real_mnist_dir, tmp_path_factory):
+    """`sbatch --time=1 --wrap "cnntrain fit ..."` of a run far longer than a minute, submitted
+    before the other tests so that its time limit runs out while they run."""
+    tmp = tmp_path_factory.mktemp("wrap")
+    env = job_env(real_mnist_dir, PATH=cnntrain_on_path(tmp / "bin"))
+    env.pop("CNNTRAIN")
+    wrap = (f"cnntrain fit --config {QUICK} --set data.train_size=2000 --set train.epochs=1000 "
+            f"--set data.val_size=500 --set data.test_size=500 --out {tmp / 'run'} --quiet")
+    result = subprocess.run(["sbatch", "--time=1", f"--output={tmp}/slurm-%j.out", "--wrap", wrap],
+                            env=env, cwd=tmp, capture_output=True, text=True, timeout=60)
+    return {"job": submitted(result), "dir": tmp, "began": time.monotonic()}
+
+
+# --- the tests --------------------------------------------------------------------------------
+
+
+def test_a_2x2_grid_completes_on_the_cluster_with_every_run_done(cluster, real_mnist_dir,
+                                                                 tmp_path):
+    env = job_env(real_mnist_dir)
+    sweep_dir = tmp_path / "s"
+    job = submitted(run(SLURM, *GRID, "-o", sweep_dir, env=env, cwd=tmp_path))
+    records = wait_for(job, 240)
+    assert states(records) == {str(i): ("COMPLETED", "0:0") for i in range(4)}
+    assert records["0"]["ArrayTaskThrottle"] == "2"  # -j 2
+
+    for i, name in enumerate(GRID_NAMES):
+        run_dir = sweep_dir / name
+        assert json.loads((run_dir / "summary.json").read_text())["epochs"] == 1
+        assert json.loads((run_dir / "sweep-status.json").read_text())["exit_code"] == 0
+        output = (sweep_dir / f"slurm-{job}_{i}.out").read_text()
+        assert re.search(rf"^start +#{i} {name}$", output, re.M), output
+        assert re.search(rf"^done +#{i} {name} ", output, re.M), output
+        # The task ran this Python's cnntrain, given through the submitter's environment.
+        first = (run_dir / "sweep-output.log").read_text().splitlines()[0]
+        assert f": {sys.executable} -m cnntrain fit --config {QUICK}" in first
+
+    rows = [line.split() for line in summarize(sweep_dir).splitlines()[1:5]]
+    assert sorted(row[0] for row in rows) == GRID_NAMES
+    assert all(row[1] == "done" for row in rows)
+
+    again = run(SLURM, *GRID, "-o", sweep_dir, env=env, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert f"all 4 runs in {sweep_dir} are done; nothing to submit" in again.stdout
+    assert "Submitted" not in again.stdout
+
+
+def test_a_bad_value_fails_its_task_with_the_reason_while_the_other_finishes(
+        cluster, real_mnist_dir, tmp_path):
+    env = job_env(real_mnist_dir)
+    sweep_dir = tmp_path / "s"
+    job = submitted(run(SLURM, QUICK, "train.lr=oops,0.05", *FIXED, "-o", sweep_dir, env=env,
+                        cwd=tmp_path))
+    records = wait_for(job, 180)
+    assert states(records) == {"0": ("FAILED", "2:0"), "1": ("COMPLETED", "0:0")}
+
+    output = (sweep_dir / f"slurm-{job}_0.out").read_text()
+    assert re.search(r"^FAILED +#0 lr-oops \(exit 2\): error: --set train\.lr=oops: expected a "
+                     r"number", output, re.M), output
+    status = json.loads((sweep_dir / "lr-oops" / "sweep-status.json").read_text())
+    assert status["exit_code"] == 2 and "train.lr=oops" in status["error"]
+    assert (sweep_dir / "lr-0.05" / "summary.json").is_file()
+
+    lines = summarize(sweep_dir).splitlines()
+    assert lines[1].split()[:2] == ["lr-0.05", "done"]
+    assert lines[2].split()[:3] == ["lr-oops", "failed", "(exit"]
+    assert any(line.startswith("lr-oops failed: error: --set train.lr=oops") for line in lines)
+
+
+def stopped_position(run_dir, signal_name):
+    """(epoch, step) of the stop that train.log reports, checked against last.npz."""
+    log = (run_dir / "train.log").read_text()
+    word = "interrupted" if signal_name == "SIGINT" else f"stopped by {signal_name}"
+    found = re.search(rf"^{word} at epoch (\d+), step (\d+); saved (\S+); continue with: ", log,
+                      re.M)
+    assert found, log[-2000:]
+    epoch, step = int(found.group(1)), int(found.group(2))
+    assert found.group(3) == str(run_dir / "checkpoints" / "last.npz")
+    saved = meta(run_dir / "checkpoints" / "last.npz")
+    # The exact position: the step at which it stopped, not the last epoch's end.
+    assert (saved["epoch"] + 1, saved["step"]) == (epoch, step)
+    assert saved["step_in_epoch"] > 0, saved
+    return epoch, step
+
+
+def test_a_task_cut_by_its_time_limit_saves_its_position_and_a_resubmission_finishes_it(
+        cluster, real_mnist_dir, tmp_path):
+    env = job_env(real_mnist_dir)
+    reference = reference_run(TIMED, tmp_path / "reference", env)
+    sweep_dir, run_dir = tmp_path / "s", tmp_path / "s" / "lr-0.05"
+    args = [QUICK, *TIMED, "-o", sweep_dir]
+    # sbatch's input variables override the script's #SBATCH lines, as a user would.
+    limited = dict(env, SBATCH_TIMELIMIT="1", SBATCH_SIGNAL="B:INT@25")
+    job = submitted(run(SLURM, *args, env=limited, cwd=tmp_path))
+    records = wait_for(job, 150)
+    assert records["0"]["TimeLimit"] == "00:01:00"
+    assert states(records) == {"0": ("FAILED", "130:0")}, "the run ended before the signal came"
+    epoch, step = stopped_position(run_dir, "SIGINT")
+    output = (sweep_dir / f"slurm-{job}_0.out").read_text()
+    assert "stopped #0 lr-0.05 by SIGINT; run the sweep again to resume it" in output
+    assert json.loads((run_dir / "sweep-status.json").read_text())["exit_code"] == 130
+    assert not (run_dir / "summary.json").exists()
+    row = summarize(sweep_dir).splitlines()[1]
+    assert f"incomplete (epoch {epoch - 1}/40)" in row, row
+
+    job = submitted(run(SLURM, *args, env=env, cwd=tmp_path))
+    assert states(wait_for(job, 180)) == {"0": ("COMPLETED", "0:0")}
+    assert f"resumed at epoch {epoch}, step {step}" in (run_dir / "train.log").read_text()
+    assert summarize(sweep_dir).splitlines()[1].split()[:2] == ["lr-0.05", "done"]
+    assert reference.wait(timeout=180) == 0, reference.stderr.read()
+    assert_bit_identical(run_dir / "checkpoints" / "last.npz",
+                         tmp_path / "reference" / "checkpoints" / "last.npz")
+
+
+def test_scancel_of_a_running_task_saves_its_position_and_a_resubmission_finishes_it(
+        cluster, real_mnist_dir, tmp_path):
+    env = job_env(real_mnist_dir)
+    reference = reference_run(CANCELLED, tmp_path / "reference", env)
+    sweep_dir, run_dir = tmp_path / "s", tmp_path / "s" / "lr-0.05"
+    args = [QUICK, *CANCELLED, "-o", sweep_dir]
+    job = submitted(run(SLURM, *args, env=env, cwd=tmp_path))
+    log = run_dir / "train.log"
+    wait_until(lambda: log.exists() and "epoch 1/3" in log.read_text(), 120,
+               "the task's first epoch")
+    subprocess.run(["scancel", job], check=True, timeout=30)
+    records = wait_for(job, 120)
+    assert records["0"]["JobState"] == "CANCELLED", records
+    epoch, step = stopped_position(run_dir, "SIGTERM")
+    assert epoch == 2
+    output = (sweep_dir / f"slurm-{job}_0.out").read_text()
+    assert "stopped #0 lr-0.05 by SIGTERM; run the sweep again to resume it" in output
+    assert json.loads((run_dir / "sweep-status.json").read_text())["exit_code"] == 143
+    row = summarize(sweep_dir).splitlines()[1]
+    assert "incomplete (epoch 1/3)" in row, row
+
+    job = submitted(run(SLURM, *args, env=env, cwd=tmp_path))
+    assert states(wait_for(job, 120)) == {"0": ("COMPLETED", "0:0")}
+    assert f"resumed at epoch {epoch}, step {step}" in log.read_text()
+    assert reference.wait(timeout=120) == 0, reference.stderr.read()
+    assert_bit_identical(run_dir / "checkpoints" / "last.npz",
+                         tmp_path / "reference" / "checkpoints" / "last.npz")
+
+
+def test_a_plain_sbatch_wrap_run_cut_by_its_time_limit_saves_its_position(wrapped_run):
+    job, tmp = wrapped_run["job"], wrapped_run["dir"]
+    records = wait_for(job, 200)
+    assert states(records) == {job: ("TIMEOUT", "0:15")}, records
+    output = (tmp / f"slurm-{job}.out").read_text()
+    assert "CANCELLED AT" in output and "DUE TO TIME LIMIT" in output
+    run_dir = tmp / "run"
+    epoch, step = stopped_position(run_dir, "SIGTERM")
+    # cnntrain itself saved and said so, before Slurm's SIGKILL.
+    assert re.search(rf"^stopped by SIGTERM at epoch {epoch}, step {step}; ", output, re.M)
+    row = summarize(run_dir).splitlines()[1]
+    assert f"incomplete (epoch {epoch - 1}/1000)" in row, row
