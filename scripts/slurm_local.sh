@@ -17,8 +17,7 @@ A one-node Slurm cluster on this machine: the controller (slurmctld) and the com
 (slurmd) on the local host, authenticated by a munged of their own with a fresh key. Its
 config, state, spool, logs and PID files live in DIR (default: $CNNTRAIN_SLURM_DIR, else
 ${TMPDIR:-/tmp}/cnntrain-slurm); the node gets the CPUs of `nproc` and most of the memory.
-Jobs run as the user who started it; start it as root (e.g. sudo, or a container), as slurmd
-needs root to run jobs.
+Start it as root (sudo, or a container): slurmd starts each job as the user who submitted it.
 
 Needs Debian's slurm-wlm and munge (apt-get install slurm-wlm munge) or the same daemons from
 another Slurm (tested with Slurm 22.05). The Slurm commands (sbatch, squeue, scancel, sinfo)
@@ -75,7 +74,7 @@ free_port() {  # FIRST -> REPLY: FIRST or the next port nothing on this host lis
 }
 
 write_config() {
-    local node cpus mem_kb real_mb user ctld_port slurmd_port
+    local node cpus mem_kb real_mb ctld_port slurmd_port
     node=$(hostname -s 2>/dev/null || hostname)
     cpus=$(nproc)
     mem_kb=$(awk '/^MemTotal:/ { print $2 }' /proc/meminfo)
@@ -86,7 +85,6 @@ write_config() {
         real_mb=$((mem_kb / 1024 - 512))
     fi
     ((real_mb > 0)) || die "this machine has too little memory for a Slurm node"
-    user=$(id -un)
     free_port 6817
     ctld_port=$REPLY
     free_port $((ctld_port + 1))
@@ -97,8 +95,8 @@ ClusterName=cnntrain-local
 SlurmctldHost=$node(127.0.0.1)
 SlurmctldPort=$ctld_port
 SlurmdPort=$slurmd_port
-SlurmUser=$user
-SlurmdUser=$user
+SlurmUser=root
+SlurmdUser=root
 AuthType=auth/munge
 CredType=cred/munge
 AuthInfo=socket=$DIR/munge.socket
@@ -152,6 +150,9 @@ show_log() {  # NAME: the end of a daemon's log, when it did not come up
 
 up() {
     local name missing=()
+    if (($(id -u) != 0)); then
+        die "run it as root (e.g. sudo $0 up): slurmd starts each job as the user who submitted it"
+    fi
     for name in munged slurmctld slurmd sinfo; do
         command -v "$name" >/dev/null 2>&1 || missing+=("$name")
     done
@@ -167,8 +168,10 @@ up() {
     DIR=$(cd "$DIR" && pwd)
     rm -rf "${DIR:?}/state" "$DIR/spool"
     mkdir -p "$DIR/state" "$DIR/spool" "$DIR/log" "$DIR/munge"
-    # munged insists on private folders.
-    chmod 700 "$DIR" "$DIR/munge"
+    # The key stays private; the rest is readable, so that other users' sbatch finds the
+    # config and munged's socket (munged refuses folders others may write to).
+    chmod 755 "$DIR"
+    chmod 700 "$DIR/munge"
     if [[ ! -s $DIR/munge/munge.key ]]; then
         # A key of its own, so this cluster never touches (or needs) /etc/munge.
         (umask 077 && head -c 1024 /dev/urandom >"$DIR/munge/munge.key")
