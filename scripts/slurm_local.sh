@@ -213,6 +213,26 @@ stop_daemon() {  # NAME: SIGTERM the daemon started here, then wait for it (SIGK
     kill -KILL "$pid" 2>/dev/null || true
 }
 
+cluster_busy() {  # true while a job is queued or running, or the node still cleans one up
+    [[ -n $(squeue -h -o %i 2>/dev/null) || $(sinfo -h -N -o %t 2>/dev/null) =~ ^(alloc|mix|comp) ]]
+}
+
+cancel_jobs() {
+    # Jobs still queued or running would leave their slurmstepd and processes behind once
+    # slurmd is gone: cancel them and give them Slurm's KillWait to save and exit (the node
+    # stays "completing" while processes of a job remain).
+    local i
+    export SLURM_CONF=$DIR/slurm.conf
+    cluster_busy || return 0
+    say "cancelling the jobs still queued or running"
+    scancel --partition=local 2>/dev/null || true
+    for ((i = 0; i < 160; i++)); do
+        cluster_busy || return 0
+        sleep 0.25
+    done
+    say "some jobs did not end within 40 s; stopping the daemons anyway"
+}
+
 down() {
     local name
     if [[ ! -d $DIR ]]; then
@@ -221,6 +241,9 @@ down() {
     fi
     if [[ ! -f $DIR/slurm.conf ]]; then
         die "$DIR holds no slurm.conf: not a folder of $PROG; leaving it alone"
+    fi
+    if alive slurmctld; then
+        cancel_jobs
     fi
     # slurmd first, so it is not left asking a controller that is gone; munged last.
     for name in slurmd slurmctld munged; do

@@ -98,14 +98,18 @@ def job_records(job_id):
     return records
 
 
+ENDED = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL",
+         "PREEMPTED", "BOOT_FAIL", "DEADLINE"}
+
+
 def wait_for(job_id, timeout):
-    """Wait until no task of the job is pending or running; its records then."""
+    """Wait until every task of the job has ended, clean-up included (a job is COMPLETING
+    while processes of it remain); its records then."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        queued = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%i %T"],
-                                capture_output=True, text=True, timeout=30)
-        if queued.returncode == 0 and not queued.stdout.strip():
-            return job_records(job_id)
+        records = job_records(job_id)
+        if all(fields["JobState"] in ENDED for fields in records.values()):
+            return records
         time.sleep(0.5)
     subprocess.run(["scancel", job_id], timeout=30)
     pytest.fail(f"job {job_id} did not end within {timeout} s: {job_records(job_id)}")
@@ -120,16 +124,28 @@ def summarize(path):
                           capture_output=True, text=True, check=True).stdout
 
 
-def reference_run(args, out, env):
-    """An uninterrupted `cnntrain fit` of the same combination, on this machine, started now
-    (it trains while the Slurm job runs); wait() on the returned process."""
-    overrides = [args[0]] + args[2::2]
-    command = [sys.executable, "-m", "cnntrain", "fit", "--config", str(QUICK), "--out", str(out),
-               "--quiet"]
-    for override in overrides:
-        command += ["--set", override]
-    return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True)
+@pytest.fixture
+def reference_run():
+    """start(args, out, env): an uninterrupted `cnntrain fit` of the same combination on this
+    machine, started now so that it trains while the Slurm job runs; wait() on the process it
+    returns. One still running when the test ends (it failed) is stopped."""
+    started = []
+
+    def start(args, out, env):
+        command = [sys.executable, "-m", "cnntrain", "fit", "--config", str(QUICK),
+                   "--out", str(out), "--quiet"]
+        for override in [args[0]] + args[2::2]:
+            command += ["--set", override]
+        started.append(subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.PIPE, text=True))
+        return started[-1]
+
+    yield start
+    for process in started:
+        if process.poll() is None:
+            process.kill()
+        process.wait()
+        process.stderr.close()
 
 
 def weights(checkpoint):
@@ -179,16 +195,21 @@ def cnntrain_on_path(bin_dir):
 
 @pytest.fixture(scope="module", autouse=True)
 def wrapped_run(cluster, real_mnist_dir, tmp_path_factory):
-    """`sbatch --time=1 --wrap "cnntrain fit ..."` of a run far longer than a minute, submitted
+    """`sbatch --time=1 --wrap "exec cnntrain fit ..."` of a run far longer than a minute, submitted
     before the other tests so that its time limit runs out while they run."""
     tmp = tmp_path_factory.mktemp("wrap")
     env = job_env(real_mnist_dir, PATH=cnntrain_on_path(tmp / "bin"))
     env.pop("CNNTRAIN")
-    wrap = (f"cnntrain fit --config {QUICK} --set data.train_size=2000 --set train.epochs=1000 "
-            f"--set data.val_size=500 --set data.test_size=500 --out {tmp / 'run'} --quiet")
+    # `exec`, as the README says: the job's shell would die at the first SIGTERM, and the run
+    # would save outside the job, if at all, depending on how the cluster tracks processes.
+    wrap = (f"exec cnntrain fit --config {QUICK} --set data.train_size=2000 "
+            f"--set train.epochs=1000 --set data.val_size=500 --set data.test_size=500 "
+            f"--out {tmp / 'run'} --quiet")
     result = subprocess.run(["sbatch", "--time=1", f"--output={tmp}/slurm-%j.out", "--wrap", wrap],
                             env=env, cwd=tmp, capture_output=True, text=True, timeout=60)
-    return {"job": submitted(result), "dir": tmp, "began": time.monotonic()}
+    job = submitted(result)
+    yield {"job": job, "dir": tmp}
+    subprocess.run(["scancel", job], timeout=30)  # when its test did not run or failed
 
 
 # --- the tests --------------------------------------------------------------------------------
@@ -273,7 +294,7 @@ def epochs_lasting(seconds, env, tmp_path):
 
 
 def test_a_task_cut_by_its_time_limit_saves_its_position_and_a_resubmission_finishes_it(
-        cluster, real_mnist_dir, tmp_path):
+        cluster, real_mnist_dir, reference_run, tmp_path):
     env = job_env(real_mnist_dir)
     epochs = epochs_lasting(TIMED_SECONDS, env, tmp_path)
     timed = ["train.lr=0.05", "--set", f"train.epochs={epochs}", *TIMED_FIXED]
@@ -304,7 +325,7 @@ def test_a_task_cut_by_its_time_limit_saves_its_position_and_a_resubmission_fini
 
 
 def test_scancel_of_a_running_task_saves_its_position_and_a_resubmission_finishes_it(
-        cluster, real_mnist_dir, tmp_path):
+        cluster, real_mnist_dir, reference_run, tmp_path):
     env = job_env(real_mnist_dir)
     reference = reference_run(CANCELLED, tmp_path / "reference", env)
     sweep_dir, run_dir = tmp_path / "s", tmp_path / "s" / "lr-0.05"
@@ -339,6 +360,7 @@ def test_a_plain_sbatch_wrap_run_cut_by_its_time_limit_saves_its_position(wrappe
     output = (tmp / f"slurm-{job}.out").read_text()
     assert "CANCELLED AT" in output and "DUE TO TIME LIMIT" in output
     run_dir = tmp / "run"
+    # Saved before the job ended: the run was the job's own process to the last.
     epoch, step = stopped_position(run_dir, "SIGTERM")
     # cnntrain itself saved and said so, before Slurm's SIGKILL.
     assert re.search(rf"^stopped by SIGTERM at epoch {epoch}, step {step}; ", output, re.M)

@@ -225,11 +225,16 @@ def test_slurm_submission_prints_the_array_of_the_runs_not_done(grid, tmp_path):
     finished = run(SLURM, *GRID, "-o", copy, "--print", env=env, cwd=tmp_path)
     assert finished.returncode == 0 and "nothing to submit" in finished.stdout
 
-    # Submitting for real needs sbatch; without it the submitter says so before any work.
-    no_sbatch = run(SLURM, *GRID, "-o", tmp_path / "x", env={**env, "PATH": "/usr/bin:/bin"},
+    # Submitting for real needs sbatch; without it the submitter says so before any work. The
+    # PATH holds just what the script needs before that point, so an installed Slurm is hidden.
+    bare = tmp_path / "bare-bin"
+    bare.mkdir()
+    for tool in ("bash", "dirname"):
+        (bare / tool).symlink_to(shutil.which(tool))
+    no_sbatch = run(SLURM, *GRID, "-o", tmp_path / "x", env={**env, "PATH": str(bare)},
                     cwd=tmp_path)
-    if shutil.which("sbatch", path="/usr/bin:/bin") is None:
-        assert no_sbatch.returncode == 1 and "sbatch is not on PATH" in no_sbatch.stderr
+    assert no_sbatch.returncode == 1 and "sbatch is not on PATH" in no_sbatch.stderr
+    assert not (tmp_path / "x").exists()
 
 
 def test_folder_names_are_safe_and_keep_the_section_only_when_needed(tmp_path):
