@@ -43,6 +43,8 @@ combinations not yet done: submitting the same command again resumes unfinished 
 their last checkpoint and retries failed ones. Each task reads its combination from
 SLURM_ARRAY_TASK_ID (combination #ID of `--list`), runs it with its BLAS/OpenMP threads pinned
 to SLURM_CPUS_PER_TASK, records it in its run folder and exits with cnntrain's exit status.
+A task stopped by its time limit, scancel or the early --signal saves its exact position and
+ends as "stopped" (exit 143 or 130); submitting again resumes it.
 Task output goes to SWEEP_DIR/slurm-JOBID_TASKID.out.
 
 Environment: CNNTRAIN (the cnntrain command, default: cnntrain), CNNTRAIN_DATA_DIR,
