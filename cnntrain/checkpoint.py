@@ -14,15 +14,20 @@ error and nothing in it is ever executed.
 """
 
 import json
+import math
 import zipfile
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from cnntrain.errors import CheckpointError
+from cnntrain.errors import CheckpointError, DivergedError
 from cnntrain.fileio import atomic_writer
 
 FORMAT_VERSION = 1
+
+
+class NonFiniteModelError(DivergedError):
+    """A model with NaN or infinite values was about to be saved."""
 
 
 @dataclass
@@ -39,9 +44,95 @@ class Checkpoint:
         return self.meta["config"]
 
 
+def non_finite_entry(params, optimizer=None):
+    """The name of the first parameter (or velocity) holding NaN or inf, or None."""
+    for prefix, arrays in (("param/", params), ("optim/", optimizer or {})):
+        for name, value in arrays.items():
+            if value.dtype.kind == "f" and not np.isfinite(value).all():
+                return prefix + name
+    return None
+
+
+def _whole(value, low=0):
+    return isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+
+def _number(value):
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and math.isfinite(value) and value >= 0)
+
+
+def _shown(value):
+    text = json.dumps(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def meta_problem(meta, order):
+    """What is wrong with a checkpoint's meta.json and epoch_order, or None.
+
+    Every field is checked for its type and range, and the fields against each other, so a
+    hand-edited or damaged file is refused in one line instead of failing somewhere later."""
+    if not isinstance(meta["config"], str):
+        return f"meta.json 'config' is {_shown(meta['config'])}, not the config text"
+    for key in ("epoch", "step", "step_in_epoch", "correct", "seen"):
+        if key in meta and not _whole(meta[key]):
+            return f"meta.json '{key}' is {_shown(meta[key])}, not a whole number >= 0"
+    for key in ("loss_sum", "seconds"):
+        if key in meta and not _number(meta[key]):
+            return f"meta.json '{key}' is {_shown(meta[key])}, not a finite number >= 0"
+    if "run_id" in meta and not isinstance(meta["run_id"], str):
+        return f"meta.json 'run_id' is {_shown(meta['run_id'])}, not a string"
+    if "rng" in meta and not isinstance(meta["rng"], dict):
+        return f"meta.json 'rng' is {_shown(meta['rng'])}, not a generator state"
+    step_in_epoch = meta.get("step_in_epoch", 0)
+    if step_in_epoch > meta["step"]:
+        return (f"meta.json 'step_in_epoch' ({step_in_epoch}) is more than 'step' "
+                f"({meta['step']})")
+    if meta.get("correct", 0) > meta.get("seen", 0):
+        return f"meta.json 'correct' ({meta['correct']}) is more than 'seen' ({meta['seen']})"
+    if "history" in meta:
+        problem = _history_problem(meta["history"], meta["epoch"])
+        if problem:
+            return problem
+    if order is None:
+        if step_in_epoch:
+            return (f"it stops mid-epoch (step_in_epoch = {step_in_epoch}) but has no "
+                    "epoch_order to continue that epoch with")
+        return None
+    if order.ndim != 1 or order.dtype.kind not in "iu":
+        return f"epoch_order is {order.dtype} of shape {order.shape}, not a list of indices"
+    if not np.array_equal(np.sort(order), np.arange(len(order))):
+        return (f"epoch_order is not a permutation of 0..{len(order) - 1} (an index is "
+                "repeated, missing or out of range)")
+    return None
+
+
+def _history_problem(history, epochs):
+    from cnntrain.logs import METRIC_KEYS
+    if not isinstance(history, list) or len(history) != epochs:
+        return (f"meta.json 'history' should list one entry per completed epoch ({epochs}), "
+                f"not {_shown(history)}")
+    for i, entry in enumerate(history):
+        if not isinstance(entry, dict) or set(METRIC_KEYS) - set(entry):
+            missing = sorted(set(METRIC_KEYS) - set(entry)) if isinstance(entry, dict) else []
+            return (f"meta.json 'history' entry {i + 1} is not a metrics record"
+                    + (f" (it lacks {', '.join(missing)})" if missing else ""))
+        if entry["epoch"] != i + 1 or not _whole(entry["epoch"], 1):
+            return f"meta.json 'history' entry {i + 1} says epoch {_shown(entry['epoch'])}"
+        for key in METRIC_KEYS:
+            value = entry[key]
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                return f"meta.json 'history' entry {i + 1} has {key} = {_shown(value)}, not a number"
+    return None
+
+
 def save_checkpoint(path, ckpt):
     """Write ckpt to path atomically. np.savez is given an open file: with a file name it
-    would append '.npz' and the rename would miss it."""
+    would append '.npz' and the rename would miss it. A model with NaN or infinite weights is
+    never written: a checkpoint is always something that can be evaluated and continued."""
+    bad = non_finite_entry(ckpt.params, ckpt.optimizer)
+    if bad:
+        raise NonFiniteModelError(f"not saving {path}: {bad} holds NaN or infinite values")
     meta = dict(ckpt.meta, format_version=FORMAT_VERSION)
     arrays = {f"param/{name}": np.ascontiguousarray(value) for name, value in ckpt.params.items()}
     arrays.update({f"optim/{name}": value for name, value in ckpt.optimizer.items()})
@@ -87,11 +178,18 @@ def load_checkpoint(path):
     if version > FORMAT_VERSION:
         raise CheckpointError(f"{path}: written in checkpoint format {version}, newer than this "
                               f"cnntrain reads ({FORMAT_VERSION}); upgrade cnntrain to read it")
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path}: its meta.json entry is not a JSON object")
     for key in ("config", "epoch", "step"):
         if key not in meta:
             raise CheckpointError(f"{path}: not a cnntrain checkpoint (meta.json lacks '{key}')")
+    order = arrays.pop("epoch_order", None)
+    problem = meta_problem(meta, order)
+    if problem:
+        raise CheckpointError(f"{path}: {problem}; the file was edited or damaged, "
+                              "use another checkpoint")
 
-    params, optimizer, order = {}, {}, arrays.pop("epoch_order", None)
+    params, optimizer = {}, {}
     for name, value in arrays.items():
         if value.dtype.kind not in "fiu":
             raise CheckpointError(f"{path}: entry {name} holds {value.dtype} data, not numbers")
@@ -104,4 +202,9 @@ def load_checkpoint(path):
             raise CheckpointError(f"{path}: unexpected entry '{name}'; not a cnntrain checkpoint")
     if not params:
         raise CheckpointError(f"{path}: holds no parameters; not a cnntrain checkpoint")
+    bad = non_finite_entry(params, optimizer)
+    if bad:
+        raise CheckpointError(f"{path}: {bad} holds NaN or infinite values (a diverged model), "
+                              "so it can be neither evaluated nor continued; use an earlier "
+                              "checkpoint or train again with a lower learning rate")
     return Checkpoint(params=params, optimizer=optimizer, epoch_order=order, meta=meta)

@@ -3,15 +3,20 @@
 Heavy modules (numpy and everything built on it) are imported inside the commands, so
 `cnntrain --help` answers at once.
 
-Exit codes: 0 success, 2 usage or config error, 1 runtime failure, 130 interrupted.
+Exit codes: 0 success, 2 usage or config error, 1 runtime failure, 130 / 143 / 129 stopped by
+SIGINT / SIGTERM / SIGHUP (the shell's 128 + signal number).
+
+Console output is best effort (cnntrain.console): a closed or full stdout never fails a command.
 """
 
 import json
 import sys
+import warnings
 
 import click
 
 from cnntrain import __version__
+from cnntrain.console import best_effort_output
 from cnntrain.errors import CnnTrainError, Interrupted
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -21,6 +26,13 @@ class Group(click.Group):
     """Turns the errors a user can fix into one line on stderr and an exit code."""
 
     def invoke(self, ctx):
+        # Non-finite numbers are detected and reported in one line where they matter
+        # (divergence, non-finite checkpoints); numpy's own warnings would only add noise.
+        warnings.filterwarnings("ignore", message=r".* encountered in ", category=RuntimeWarning)
+        with best_effort_output():
+            return self._invoke(ctx)
+
+    def _invoke(self, ctx):
         try:
             return super().invoke(ctx)
         except Interrupted as exc:
@@ -100,27 +112,11 @@ def fit(config_path, overrides, out_dir, resume, overwrite, quiet, data_dir, mir
     and exit with 130, 143 or 129.
     """
     from cnntrain import run
-    from cnntrain.errors import ConfigError
 
-    checkpoint = None
-    if resume:
-        from cnntrain.checkpoint import load_checkpoint
-        checkpoint = load_checkpoint(resume)
-        cfg = run.config_from_checkpoint(checkpoint, resume, overrides)
-        if config_path:
-            given = _load_config(config_path, overrides)
-            if given.model != cfg.model:
-                raise ConfigError(f"{config_path} describes a different network than {resume}; "
-                                  "drop --config to continue the checkpoint's own run")
-        out_dir = out_dir or str(run.run_dir_of_checkpoint(resume))
-    elif config_path:
-        cfg = _load_config(config_path, overrides)
-    else:
-        raise ConfigError("give --config FILE (e.g. --config configs/lenet5.ini) or "
-                          "--resume CHECKPOINT")
-    progress = not quiet and sys.stdout.isatty()
-    run.fit(cfg, out_dir=out_dir, resume=checkpoint, overwrite=overwrite, quiet=quiet,
-            progress=progress, data_dir=data_dir, mirrors=mirrors, echo=click.echo)
+    run.start_fit(config_path=config_path, overrides=overrides, out_dir=out_dir,
+                  resume_path=resume, overwrite=overwrite, quiet=quiet,
+                  progress=not quiet and sys.stdout.isatty(), data_dir=data_dir,
+                  mirrors=mirrors, echo=click.echo)
 
 
 @cli.command("eval", context_settings=CONTEXT_SETTINGS)
@@ -160,7 +156,7 @@ def eval_command(checkpoint, split, as_json, batch_size, errors_png, data_dir, m
         keys = ("accuracy", "loss", "n", "per_class", "confusion", "split", "checkpoint", "epoch")
         click.echo(json.dumps({k: result[k] for k in keys}))
         return
-    click.echo(f"{checkpoint} (after epoch {result['epoch']}), {split} split, {result['n']} images")
+    click.echo(f"{checkpoint} ({result['position']}), {split} split, {result['n']} images")
     click.echo(f"accuracy {100 * result['accuracy']:.2f}%   mean loss {result['loss']:.4f}")
     click.echo("per-class accuracy: " + "  ".join(
         f"{digit}: {100 * acc:.1f}%" for digit, acc in enumerate(result["per_class"])))

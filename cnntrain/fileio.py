@@ -61,8 +61,60 @@ def atomic_write_text(path, text):
 
 
 def append_line(path, line):
-    """Append one line and flush it to disk, so a crash loses at most the line being written."""
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(line.rstrip("\n") + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+    """Append one whole line and fsync it. A write that fails part-way (a full disk) is cut
+    back, so the file never ends in half a line; only a crash inside the write can leave one,
+    which repair_torn_tail removes on the next start."""
+    data = memoryview((line.rstrip("\n") + "\n").encode("utf-8"))
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o666)
+    try:
+        size = os.fstat(fd).st_size
+        try:
+            while data:
+                data = data[os.write(fd, data):]
+            os.fsync(fd)
+        except BaseException:
+            os.ftruncate(fd, size)
+            raise
+    finally:
+        os.close(fd)
+
+
+def repair_torn_tail(path):
+    """Cut a file back to its last newline, dropping a line a crash left unfinished.
+    Returns the number of bytes removed (0 for a missing or intact file)."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return 0
+    try:
+        size = os.fstat(fd).st_size
+        keep, chunk = size, 4096
+        while keep > 0:
+            start = max(0, keep - chunk)
+            block = os.pread(fd, keep - start, start)
+            if keep == size and block.endswith(b"\n"):
+                return 0
+            newline = block.rfind(b"\n")
+            if newline >= 0:
+                keep = start + newline + 1
+                break
+            keep = start
+        os.ftruncate(fd, keep)
+        os.fsync(fd)
+        return size - keep
+    finally:
+        os.close(fd)
+
+
+TEMPORARY_GLOB = ".*.tmp"  # the names atomic_writer gives its temporary files
+
+
+def remove_temporaries(folder):
+    """Delete the temporary files atomic_writer left in `folder` when its process was
+    killed mid-write; returns their names. Only safe while no other process writes there."""
+    removed = []
+    for path in Path(folder).glob(TEMPORARY_GLOB):
+        if path.is_file():
+            path.unlink(missing_ok=True)
+            removed.append(path.name)
+    return removed

@@ -1,12 +1,9 @@
-"""What a run writes about itself: the greppable epoch line, metrics.jsonl and train.log."""
+"""What a run says about itself: the greppable epoch line, the metrics.jsonl line, reading
+them back. Where they are written, and in which order, is cnntrain.runfolder's business."""
 
 import json
+import math
 from pathlib import Path
-
-from cnntrain.fileio import append_line, atomic_write_text
-
-# What a run folder holds (see cnntrain.run); `cnntrain summarize` recognises runs by them.
-RUN_FILES = ("config.ini", "metrics.jsonl", "train.log", "summary.json", "checkpoints")
 
 METRIC_KEYS = ("epoch", "step", "lr", "train_loss", "train_acc", "val_loss", "val_acc",
                "test_loss", "test_acc", "seconds", "images_per_s")
@@ -24,25 +21,25 @@ def epoch_line(m, epochs):
             f"test_acc {_percent(m['test_acc'])} lr {m['lr']:.4g} {m['seconds']:.1f}s")
 
 
-class RunLog:
-    """metrics.jsonl (one JSON object per epoch, accuracies as fractions) and train.log."""
+def metrics_json(metrics):
+    """One metrics.jsonl line: strict JSON, a value that is not a finite number (a split that
+    could not be scored) written as null, never as NaN or Infinity."""
+    row = {}
+    for key in METRIC_KEYS:
+        value = metrics.get(key)
+        if isinstance(value, float) and not math.isfinite(value):
+            value = None
+        row[key] = value
+    return json.dumps(row, allow_nan=False)
 
-    def __init__(self, run_dir):
-        self.run_dir = Path(run_dir)
-        self.metrics_path = self.run_dir / "metrics.jsonl"
-        self.log_path = self.run_dir / "train.log"
 
-    def line(self, text):
-        append_line(self.log_path, text)
-
-    def epoch(self, metrics):
-        append_line(self.metrics_path, json.dumps({k: metrics[k] for k in METRIC_KEYS}))
-
-    def restart_metrics(self, history):
-        """On resume: metrics.jsonl becomes exactly the checkpoint's history, dropping any
-        epoch logged after that checkpoint was written."""
-        atomic_write_text(self.metrics_path,
-                          "".join(json.dumps({k: m[k] for k in METRIC_KEYS}) + "\n" for m in history))
+def __getattr__(name):
+    # The run folder's layout is owned by cnntrain.runfolder; RUN_FILES stays importable here
+    # for older callers without an import cycle.
+    if name == "RUN_FILES":
+        from cnntrain.runfolder import RUN_FILES
+        return RUN_FILES
+    raise AttributeError(name)
 
 
 def read_metrics(run_dir):

@@ -2,32 +2,26 @@
 
 This is the one module that reads a Config; everything it builds takes plain arguments.
 
-Run folder:
-  config.ini            the resolved config (overrides applied)
-  metrics.jsonl         one JSON object per epoch
-  train.log             the human lines
-  checkpoints/last.npz  the latest position (every epoch, and on Ctrl-C mid-epoch)
-  checkpoints/best.npz  the epoch with the best validation accuracy
-  summary.json          final and best metrics, wall time, checkpoint paths
+The run folder's layout, lock and write order are cnntrain.runfolder's.
 """
 
-import json
-import shlex
-import shutil
+import errno
+import math
 import signal
 import time
-from pathlib import Path
+import uuid
 
 import numpy as np
 
 from cnntrain import data
-from cnntrain.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from cnntrain.config import config_to_ini, parse_config
+from cnntrain.checkpoint import Checkpoint, load_checkpoint
+from cnntrain.config import SCHEMA, config_to_ini, load_config, parse_config
 from cnntrain.errors import CnnTrainError, ConfigError, DivergedError
-from cnntrain.fileio import atomic_write_text
-from cnntrain.logs import RUN_FILES, RunLog, best_epoch, epoch_line
+from cnntrain.logs import best_epoch, epoch_line
 from cnntrain.model import build_network
 from cnntrain.optim import SGD, LRSchedule
+from cnntrain.runfolder import (FolderNotWritable, RunFolder, RunWriteError,
+                                continue_command, describe_position, run_dir_of_checkpoint)
 from cnntrain.stopsignals import signal_name, stop_on_signals
 from cnntrain.train import Interrupted, Trainer, TrainState, evaluate, steps_per_epoch
 
@@ -75,161 +69,278 @@ def build_optimizer(cfg, network):
                nesterov=t.nesterov, decay_biases=t.decay_biases)
 
 
-def holds_results(folder):
-    """True when a folder holds a run's results: a checkpoint, epochs logged or a summary.
-    A fit that stopped before its first epoch left only config.ini and train.log."""
-    folder = Path(folder)
-    return any((folder / name).exists()
-               for name in ("checkpoints/last.npz", "metrics.jsonl", "summary.json"))
-
-
-def run_dir_of_checkpoint(path):
-    """runs/x/checkpoints/last.npz -> runs/x."""
-    path = Path(path)
-    return path.parent.parent if path.parent.name == "checkpoints" else path.parent
-
-
 def config_from_checkpoint(ckpt, source, overrides=()):
     return parse_config(ckpt.config_text, source=f"{source} (its stored config)", overrides=overrides)
 
 
-class RunFolder:
-    """Writes a run's files; checkpoints are atomic, logs are appended and flushed."""
-
-    def __init__(self, path):
-        self.path = Path(path)
-        self.log = RunLog(self.path)
-        self.last = self.path / "checkpoints" / "last.npz"
-        self.best = self.path / "checkpoints" / "best.npz"
-
-    def check(self, *, resume, overwrite):
-        """Refuse, before any work, to start a new run over one that has results."""
-        if resume or overwrite or not holds_results(self.path):
-            return
-        hint = (f"continue it with --resume {self.last}, " if self.last.exists() else "")
-        raise ConfigError(f"{self.path} already holds a run; {hint}choose another folder with "
-                          "--out DIR, or replace it with --overwrite")
-
-    def prepare(self, *, resume, overwrite):
-        """Clear a replaced run (--overwrite) or a finished run's summary (--resume, which may
-        add epochs to it), then make the folder."""
-        if overwrite and not resume:
-            for name in RUN_FILES:
-                target = self.path / name
-                if target.is_dir():
-                    shutil.rmtree(target)
-                elif target.exists():
-                    target.unlink()
-        elif resume:
-            (self.path / "summary.json").unlink(missing_ok=True)
-        (self.path / "checkpoints").mkdir(parents=True, exist_ok=True)
+# What a resume may change: how the rest of the run is trained and scored. Everything else
+# (the data, its split and normalisation, the seed, the network, the precision) is what the
+# saved position means, and a changed batch size moves a mid-epoch position's batches.
+RESUME_ACCEPTS = (
+    ["train." + key for key in ("epochs", "lr", "lr_schedule", "lr_step_epochs", "lr_gamma",
+                                "warmup_epochs", "momentum", "nesterov", "weight_decay",
+                                "decay_biases", "eval_batch_size")]
+    + ["augment." + key for key in SCHEMA["augment"]]
+    + ["data.dir", "data.mirrors", "run.dir"])
+BATCH_SIZE_KEY = "train.batch_size"  # accepted at an epoch boundary only
 
 
-def continue_command(checkpoint, data_dir=None):
-    """The command line that continues the run saved in `checkpoint`."""
-    words = ["cnntrain", "fit", "--resume", str(checkpoint)]
-    if data_dir:
-        words += ["--data-dir", str(data_dir)]
-    return shlex.join(words)
+def _config_changes(stored, cfg):
+    """[(section.key, old, new)] where cfg differs from the stored config."""
+    changes = []
+    for section, keys in SCHEMA.items():
+        for key in keys:
+            old, new = getattr(getattr(stored, section), key), getattr(getattr(cfg, section), key)
+            if old != new:
+                changes.append((f"{section}.{key}", old, new))
+    return changes
 
 
-def _snapshot(network, optimizer, state, rng, config_text):
+def _shown(value):
+    text = " / ".join(value) if isinstance(value, tuple) else str(value)
+    return text if len(text) <= 30 else text[:27] + "..."
+
+
+def resume_config(ckpt, checkpoint_path, overrides=(), config_path=None):
+    """The config a resume runs with: the checkpoint's own, or the file given with --config,
+    either with the --set overrides. Whatever differs from the checkpoint's config passes the
+    same rule: only RESUME_ACCEPTS may change; anything else is refused, never ignored."""
+    stored = config_from_checkpoint(ckpt, checkpoint_path)
+    given = load_config(config_path, overrides) if config_path else \
+        config_from_checkpoint(ckpt, checkpoint_path, overrides)
+    mid_epoch = bool(ckpt.meta.get("step_in_epoch"))
+    changes = _config_changes(stored, given)
+    by = f"{config_path}" if config_path else "--set"
+    if config_path and any(name.startswith("model.") for name, _, _ in changes):
+        raise ConfigError(f"{config_path} describes a different network than {checkpoint_path}; "
+                          "drop --config to continue the checkpoint's own run")
+    refused = [(name, old, new) for name, old, new in changes
+               if name not in RESUME_ACCEPTS and not (name == BATCH_SIZE_KEY and not mid_epoch)]
+    if refused:
+        listed = ", ".join(f"{name} {_shown(old)} -> {_shown(new)}" for name, old, new in refused)
+        accepted = ", ".join(RESUME_ACCEPTS) + f", {BATCH_SIZE_KEY} (at an epoch's end)"
+        raise ConfigError(
+            f"{by} changes what the position saved in {checkpoint_path} means ({listed}); a "
+            f"resume accepts changes to {accepted} only; to change the others, start a new "
+            "run with --config FILE --out NEW_DIR")
+    done = ckpt.meta["epoch"]
+    if given.train.epochs < done:
+        raise ConfigError(f"{checkpoint_path} has already trained {done} epochs, more than "
+                          f"train.epochs = {given.train.epochs}; give --set train.epochs={done} "
+                          "or more")
+    return given
+
+
+def start_fit(*, config_path=None, overrides=(), out_dir=None, resume_path=None, **options):
+    """`cnntrain fit` from its flags: load the config or checkpoint, reconcile them, train."""
+    if out_dir is not None and not str(out_dir).strip():
+        raise ConfigError("--out '' names no folder; give one, e.g. --out runs/try, or leave "
+                          "--out out to use the config's [run] dir")
+    if resume_path:
+        checkpoint = load_checkpoint(resume_path)
+        cfg = resume_config(checkpoint, resume_path, overrides, config_path)
+    elif config_path:
+        checkpoint, cfg = None, load_config(config_path, overrides)
+    else:
+        raise ConfigError("give --config FILE (e.g. --config configs/lenet5.ini) or "
+                          "--resume CHECKPOINT")
+    return fit(cfg, out_dir=out_dir, resume=checkpoint, resume_path=resume_path,
+               config_path=config_path, **options)
+
+
+def _snapshot(network, optimizer, state, rng, config_text, run_id=None):
+    meta = dict(state.to_meta(), config=config_text, rng=rng.bit_generator.state)
+    if run_id:
+        meta["run_id"] = run_id
     return Checkpoint(params=network.params, optimizer=optimizer.state_dict(),
-                      epoch_order=state.order,
-                      meta=dict(state.to_meta(), config=config_text, rng=rng.bit_generator.state))
+                      epoch_order=state.order, meta=meta)
 
 
-def fit(cfg, *, out_dir=None, resume=None, overwrite=False, quiet=False, progress=None,
-        data_dir=None, mirrors=(), echo=print):
-    """Train as `cfg` says. resume: a loaded Checkpoint to continue from. Returns the summary.
+def _check_folder(folder, cfg_text, *, resume, resume_path, config_path, overwrite):
+    if resume is None:
+        folder.check_new(overwrite=overwrite)
+    else:
+        folder.check_resume(resume_path, resume.meta, overwrite=overwrite)
+    folder.check_input_config(config_path, cfg_text)
 
+
+def _restore(network, optimizer, train_rng, resume, n_train, steps):
+    """Load a checkpoint's weights, velocities, generator and position; refuse one that does
+    not fit this network or this data."""
+    try:
+        network.load_params(resume.params)
+        optimizer.load_state_dict(resume.optimizer)
+        train_rng.bit_generator.state = resume.meta["rng"]
+        state = TrainState.from_meta(resume.meta, resume.epoch_order)
+    except KeyError as exc:
+        raise CnnTrainError(f"cannot resume from this checkpoint: its meta.json lacks {exc}, "
+                            "which a resume needs") from None
+    except (ValueError, TypeError) as exc:
+        raise CnnTrainError(f"cannot resume from this checkpoint: {exc}") from None
+    if state.order is not None and len(state.order) != n_train:
+        raise CnnTrainError(f"cannot resume from this checkpoint: its epoch_order covers "
+                            f"{len(state.order)} training images, the data has {n_train}")
+    if state.step_in_epoch >= steps and state.order is not None:
+        raise CnnTrainError(f"cannot resume from this checkpoint: it stands at step "
+                            f"{state.step_in_epoch} of an epoch of {steps} steps")
+    return state
+
+
+def divergence_advice(cfg, splits):
+    """What most likely made training diverge, and what to change: inputs scaled far beyond
+    the usual range (a tiny data.std), a weight decay that overshoots on its own, or else the
+    learning rate."""
+    t, d = cfg.train, cfg.data
+    scale = float(np.abs(splits.train.images).max()) if len(splits.train) else 0.0
+    if scale > 50:
+        return (f"data.mean = {d.mean:g} and data.std = {d.std:g} scale the inputs to values "
+                f"up to {scale:.3g}; use MNIST's own statistics (--set data.mean=0.1307 "
+                "--set data.std=0.3081)")
+    # With momentum m, the decay's pull on a weight adds up to lr * weight_decay / (1 - m) of
+    # it per step; at 1 or more it overshoots zero and grows. Usual decays are far below 1, so
+    # a decay above 1 that overshoots is to blame, not the learning rate it is multiplied by.
+    if t.weight_decay > 1 and t.lr * t.weight_decay / (1 - t.momentum) >= 1:
+        return (f"train.weight_decay = {t.weight_decay:g} at lr {t.lr:g} takes more than each "
+                f"weight's own size off it every step; lower it (e.g. --set "
+                "train.weight_decay=0.0005)")
+    lower = float(f"{t.lr / 4:.3g}")
+    if lower > 0 and math.isfinite(lower):
+        return f"lower the learning rate (e.g. --set train.lr={lower:g})"
+    return "lower the learning rate"
+
+
+def fit(cfg, *, out_dir=None, resume=None, resume_path=None, config_path=None, overwrite=False,
+        quiet=False, progress=None, data_dir=None, mirrors=(), echo=print):
+    """Train as `cfg` says into a run folder, holding its lock throughout. resume: a loaded
+    Checkpoint to continue from (resume_path: its file). Returns the summary.
+
+    config_path: the config file the user gave, which is never overwritten.
     progress: show tqdm bars (default: not quiet); the caller decides from the terminal.
     """
     wall_start = time.perf_counter()
-    folder = RunFolder(out_dir or cfg.run.dir)
-    folder.check(resume=resume is not None, overwrite=overwrite)
-    progress = (not quiet) if progress is None else progress
-    say = (lambda text: None) if quiet else echo
-
-    init_rng, data_rng, train_rng = random_streams(cfg.train.seed)
-    splits = prepare_data(cfg, data_rng, data_dir=data_dir, mirrors=mirrors, progress=progress)
-    network = build_model(cfg, init_rng)
-    optimizer = build_optimizer(cfg, network)
-    schedule = LRSchedule(cfg.train.lr, cfg.train.lr_schedule, epochs=cfg.train.epochs,
-                          steps_per_epoch=steps_per_epoch(len(splits.train), cfg.train.batch_size),
-                          warmup_epochs=cfg.train.warmup_epochs,
-                          step_epochs=cfg.train.lr_step_epochs, gamma=cfg.train.lr_gamma)
-    trainer = Trainer(network, optimizer, schedule, splits, epochs=cfg.train.epochs,
-                      batch_size=cfg.train.batch_size, eval_batch_size=cfg.train.eval_batch_size,
-                      rng=train_rng, progress=progress, augment=build_augmenter(cfg))
+    if resume is not None and resume_path is None:
+        raise ValueError("resume needs resume_path")
+    target = out_dir or (run_dir_of_checkpoint(resume_path) if resume is not None else cfg.run.dir)
     config_text = config_to_ini(cfg)
+    checks = dict(resume=resume, resume_path=resume_path, config_path=config_path,
+                  overwrite=overwrite)
+    with RunFolder(target) as folder:
+        # A busy or occupied folder is refused before the slow work; the folder itself is
+        # made only once data and network are ready, so a failed download leaves nothing.
+        folder.lock_if_present()
+        _check_folder(folder, config_text, **checks)
+        progress = (not quiet) if progress is None else progress
+        say = (lambda text: None) if quiet else echo
 
-    # Only now, with data and network ready, is the folder touched: a failed download
-    # leaves nothing behind that would block the next attempt.
-    folder.prepare(resume=resume is not None, overwrite=overwrite)
-    if resume is not None:
+        init_rng, data_rng, train_rng = random_streams(cfg.train.seed)
+        splits = prepare_data(cfg, data_rng, data_dir=data_dir, mirrors=mirrors, progress=progress)
+        network = build_model(cfg, init_rng)
+        optimizer = build_optimizer(cfg, network)
+        steps = steps_per_epoch(len(splits.train), cfg.train.batch_size)
+        schedule = LRSchedule(cfg.train.lr, cfg.train.lr_schedule, epochs=cfg.train.epochs,
+                              steps_per_epoch=steps, warmup_epochs=cfg.train.warmup_epochs,
+                              step_epochs=cfg.train.lr_step_epochs, gamma=cfg.train.lr_gamma)
+        trainer = Trainer(network, optimizer, schedule, splits, epochs=cfg.train.epochs,
+                          batch_size=cfg.train.batch_size, eval_batch_size=cfg.train.eval_batch_size,
+                          rng=train_rng, progress=progress, augment=build_augmenter(cfg))
+        if resume is not None:
+            state = _restore(network, optimizer, train_rng, resume, len(splits.train), steps)
+            run_id = resume.meta.get("run_id") or uuid.uuid4().hex
+        else:
+            state, run_id = TrainState(), uuid.uuid4().hex
+
+        def snapshot(at):
+            return _snapshot(network, optimizer, at, train_rng, config_text, run_id)
+
         try:
-            network.load_params(resume.params)
-            optimizer.load_state_dict(resume.optimizer)
-            train_rng.bit_generator.state = resume.meta["rng"]
-            state = TrainState.from_meta(resume.meta, resume.epoch_order)
-        except (ValueError, KeyError, TypeError) as exc:
-            raise CnnTrainError(f"cannot resume from this checkpoint: {exc}") from None
-        folder.log.restart_metrics(state.history)
-        folder.log.line(f"resumed at epoch {state.epoch + 1}, step {state.step}")
-        say(f"resuming {folder.path} at epoch {state.epoch + 1}, step {state.step}")
-    else:
-        state = TrainState()
-    atomic_write_text(folder.path / "config.ini", config_text)
-    header = (f"fit {cfg.source}: {network.n_params:,} parameters, {len(splits.train)} train / "
-              f"{len(splits.val)} val / {len(splits.test)} test images, {cfg.train.epochs} epochs, "
-              f"batch {cfg.train.batch_size}, {cfg.train.dtype}")
-    folder.log.line(header)
-    say(header)
+            folder.lock()
+            _check_folder(folder, config_text, **checks)  # again: it may have changed meanwhile
+            replace = overwrite and (resume is None or not folder.is_run_of(resume_path, resume.meta))
+            folder.begin(history=state.history, config_text=config_text, replace=replace)
+            if resume is not None:
+                if state.history and state.step_in_epoch == 0 and \
+                        best_epoch(state.history) is state.history[-1]:
+                    folder.repair_best(snapshot(state), state.epoch)
+                folder.log(f"resumed at epoch {state.epoch + 1}, step {state.step} from {resume_path}")
+                say(f"resuming {folder.path} at epoch {state.epoch + 1}, step {state.step}")
+            header = (f"fit {cfg.source}: {network.n_params:,} parameters, {len(splits.train)} train / "
+                      f"{len(splits.val)} val / {len(splits.test)} test images, {cfg.train.epochs} "
+                      f"epochs, batch {cfg.train.batch_size}, {cfg.train.dtype}")
+            folder.log(header)
+            say(header)
 
-    def on_epoch_end(metrics, state):
-        line = epoch_line(metrics, cfg.train.epochs)
-        folder.log.line(line)
-        folder.log.epoch(metrics)
-        echo(line)  # the one line per epoch, shown even with --quiet
-        snapshot = _snapshot(network, optimizer, state, train_rng, config_text)
-        save_checkpoint(folder.last, snapshot)
-        if best_epoch(state.history) is metrics:
-            save_checkpoint(folder.best, snapshot)
+            def on_epoch_end(metrics, state):
+                line = epoch_line(metrics, cfg.train.epochs)
+                folder.save_epoch(snapshot(state), metrics, line=line,
+                                  is_best=best_epoch(state.history) is metrics)
+                echo(line)  # the one line per epoch, shown even with --quiet
 
-    with stop_on_signals() as stop:
-        try:
-            trainer.fit(state, on_epoch_end, stop)
-        except Interrupted as stopped:
-            with stop.shielded():
-                save_checkpoint(folder.last, _snapshot(network, optimizer, stopped.state,
-                                                       train_rng, config_text))
-                message = (f"{'interrupted' if stopped.signum == signal.SIGINT else 'stopped by ' + signal_name(stopped.signum)} "
-                           f"at epoch {stopped.state.epoch + 1}, step {stopped.state.step}; saved "
-                           f"{folder.last}; continue with: {continue_command(folder.last, data_dir)}")
-                folder.log.line(message)
-            raise Interrupted(stopped.state, message, stopped.signum) from None
+            with stop_on_signals() as stop:
+                try:
+                    trainer.fit(state, on_epoch_end, stop)
+                except Interrupted as stopped:
+                    with stop.shielded():
+                        folder.save_position(snapshot(stopped.state))
+                        message = _stop_message(stopped, folder, data_dir)
+                        folder.log(message)
+                    raise Interrupted(stopped.state, message, stopped.signum) from None
+
+            summary = _summary(cfg, folder, state, time.perf_counter() - wall_start)
+            folder.write_summary(summary)
+            done = (f"done: best val_acc {100 * (summary['best']['val_acc'] or 0):.2f}% at epoch "
+                    f"{summary['best']['epoch']}, final test_acc "
+                    f"{100 * (summary['final']['test_acc'] or 0):.2f}%, "
+                    f"{summary['wall_seconds']:.1f}s; checkpoints in {folder.checkpoints}")
+            _log_quietly(folder, done)
         except DivergedError as exc:
-            kept = f"; the last good checkpoint is {folder.last}" if folder.last.exists() else ""
-            folder.log.line(f"{exc}{kept}")
-            raise DivergedError(f"{exc}{kept}") from None
+            kept = (f"; the last good checkpoint is {folder.last} ({folder.describe()})"
+                    if folder.holds_run() else "; no checkpoint was saved")
+            message = f"{exc}; {divergence_advice(cfg, splits)}{kept}"
+            _log_quietly(folder, message)
+            raise DivergedError(message) from None
+        except FolderNotWritable:
+            raise
+        except RunWriteError as exc:
+            message = f"{exc}; {folder.what_is_safe(data_dir, _fix_for(exc.error))}"
+            _log_quietly(folder, message)
+            raise RunWriteError(exc.path, exc.error, message) from None
+    say(done)
+    return summary
 
-    summary = {
+
+def _stop_message(stopped, folder, data_dir):
+    how = ("interrupted" if stopped.signum == signal.SIGINT
+           else f"stopped by {signal_name(stopped.signum)}")
+    return (f"{how} at epoch {stopped.state.epoch + 1}, step {stopped.state.step}; saved "
+            f"{folder.last}; continue with: {continue_command(folder.last, data_dir)}")
+
+
+def _summary(cfg, folder, state, wall_seconds):
+    return {
         "config": cfg.source,
         "run_dir": str(folder.path),
         "epochs": state.epoch,
         "final": state.history[-1],
         "best": best_epoch(state.history),
-        "wall_seconds": time.perf_counter() - wall_start,
+        "wall_seconds": wall_seconds,
         "checkpoints": {"last": str(folder.last), "best": str(folder.best)},
     }
-    atomic_write_text(folder.path / "summary.json", json.dumps(summary, indent=2) + "\n")
-    done = (f"done: best val_acc {100 * (summary['best']['val_acc'] or 0):.2f}% at epoch "
-            f"{summary['best']['epoch']}, final test_acc {100 * (summary['final']['test_acc'] or 0):.2f}%, "
-            f"{summary['wall_seconds']:.1f}s; checkpoints in {folder.path / 'checkpoints'}")
-    folder.log.line(done)
-    say(done)
-    return summary
+
+
+def _fix_for(error):
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return "free some space"
+    if error.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return "make the folder writable"
+    return "fix that"
+
+
+def _log_quietly(folder, text):
+    """A last train.log line that may itself fail (the disk that failed is still full)."""
+    try:
+        folder.log(text)
+    except RunWriteError:
+        pass
 
 
 def evaluate_checkpoint(path, *, split="test", batch_size=None, data_dir=None, mirrors=(),
@@ -258,7 +369,8 @@ def evaluate_checkpoint(path, *, split="test", batch_size=None, data_dir=None, m
     per_class = confusion.diagonal() / np.maximum(confusion.sum(axis=1), 1)
     report = {"checkpoint": str(path), "split": split, "accuracy": result["accuracy"],
               "loss": result["loss"], "n": result["n"], "per_class": per_class.tolist(),
-              "confusion": confusion.tolist(), "epoch": ckpt.meta["epoch"]}
+              "confusion": confusion.tolist(), "epoch": ckpt.meta["epoch"],
+              "position": describe_position(ckpt.meta)}
     if keep_errors:
         wrong = np.flatnonzero(result["predictions"] != chosen.labels)
         images = chosen.images[wrong, 0] * cfg.data.std + cfg.data.mean

@@ -130,10 +130,9 @@ class Trainer:
             logits = self.network.forward(x)
             loss = self.loss.forward(logits, y)
             if not math.isfinite(loss):
-                raise DivergedError(
-                    f"training diverged at epoch {state.epoch + 1}, step {state.step + 1}: the loss "
-                    f"is {loss}; lower the learning rate (e.g. --set train.lr="
-                    f"{self.optimizer.lr / 4:.3g}) and start again")
+                # What to change is the run's to say: it knows the config behind the numbers.
+                raise DivergedError(f"training diverged at epoch {state.epoch + 1}, step "
+                                    f"{state.step + 1}: the loss is {loss}")
             self.network.backward(self.loss.backward())
             self.optimizer.step(self.network.grads)
 
@@ -166,6 +165,11 @@ class Trainer:
                     desc=f"epoch {state.epoch + 1}/{self.epochs}", leave=False, dynamic_ncols=True)
 
     def _end_epoch(self, state):
+        for name, value in self.network.params.items():
+            if not np.isfinite(value).all():
+                # The last step's update overflowed: such a model is neither scored nor saved.
+                raise DivergedError(f"training diverged in epoch {state.epoch + 1}: {name} is no "
+                                    "longer finite")
         started = time.perf_counter()
         metrics = {"epoch": state.epoch + 1, "step": state.step, "lr": self.optimizer.lr,
                    "train_loss": state.loss_sum / state.seen, "train_acc": state.correct / state.seen}

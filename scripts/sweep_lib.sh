@@ -26,8 +26,8 @@ SWEEP_RUN_NAME=""
 SWEEP_RUN_OVERRIDES=()
 
 # The files `cnntrain fit` may leave in a run folder before summary.json; mirrors
-# cnntrain.logs.RUN_FILES. Any of them without a checkpoint means a fit died before its first
-# epoch, and fit refuses such a folder unless given --overwrite.
+# cnntrain.runfolder.RUN_FILES. Any of them without a checkpoint means a fit died before its
+# first epoch; fit starts such a folder again (the sweep still says --overwrite, harmlessly).
 SWEEP_RUN_FILES=(config.ini metrics.jsonl train.log checkpoints)
 
 sweep_die() {  # EXIT_CODE MESSAGE

@@ -70,6 +70,7 @@ def run(table, data_dir, *args, send=None, after=None, faults=None, cwd=None, ti
     proc = start(table, data_dir, *args, faults=faults, cwd=cwd)
     if send is not None:
         if wait_for_text(*after, proc):
+            time.sleep(0.02)  # an epoch's log line is its last write: aim into the next epoch
             proc.send_signal(send)
     out, err = proc.communicate(timeout=timeout)
     return proc.returncode, out, err

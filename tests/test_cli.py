@@ -235,6 +235,7 @@ def run_cnntrain_process(env, *args, interrupt_after_line=None):
         deadline = time.time() + 120
         while time.time() < deadline and proc.poll() is None:
             if log.exists() and interrupt_after_line in log.read_text():
+                time.sleep(0.02)  # the epoch's log line is its last write: aim into the next one
                 proc.send_signal(__import__("signal").SIGINT)
                 break
             time.sleep(0.01)
@@ -255,7 +256,8 @@ def test_ctrl_c_saves_the_exact_position_and_resume_matches_an_uninterrupted_run
     assert f"continue with: cnntrain fit --resume {last}" in err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
     position = load_checkpoint(last).meta
-    assert position["epoch"] >= 1 and position["step"] > 63  # 63 steps per epoch at batch 8
+    # 63 steps per epoch at batch 8; usually mid-epoch 2, at its start on a loaded machine
+    assert position["epoch"] >= 1 and position["step"] >= 63
 
     code, out, err = run_cnntrain_process(env, "fit", "--resume", last, "-q")
     assert code == 0, err

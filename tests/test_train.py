@@ -106,11 +106,11 @@ def test_same_seed_same_run_other_seed_other_run(splits):
     assert not np.array_equal(a.network.params["dense2.W"], c.network.params["dense2.W"])
 
 
-def test_a_non_finite_loss_stops_at_once_suggesting_a_lower_rate(splits):
+def test_a_non_finite_loss_stops_at_once(splits):
+    # What to change is the run's advice (tests/test_faults.py); the trainer says where.
     trainer = make_trainer(splits, lr=1e8)
     ends = []
-    with pytest.raises(DivergedError, match=r"diverged at epoch 1, step \d+: the loss is (nan|inf).*"
-                                            r"lower the learning rate \(e\.g\. --set train\.lr="):
+    with pytest.raises(DivergedError, match=r"diverged at epoch 1, step \d+: the loss is (nan|inf)$"):
         trainer.fit(TrainState(), lambda m, s: ends.append(m))
     assert ends == []
 

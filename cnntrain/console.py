@@ -1,0 +1,71 @@
+"""Console output is best effort: a closed pipe (`| head`), a full device (`> /dev/full`) or a
+vanished terminal never stops a command or costs it a file.
+
+While a command runs, sys.stdout and sys.stderr are wrapped: the first write or flush that
+fails marks the stream broken, points its file descriptor at /dev/null (so that nothing later,
+not even Python's flush at exit, meets the error again) and every later write is dropped.
+`cnntrain eval CKPT | head -1` thus prints its first line and exits 0 without a word, like
+any Unix filter, and `cnntrain fit ... | head -1` trains to its end with every checkpoint.
+"""
+
+import os
+import sys
+from contextlib import contextmanager
+
+
+class BestEffortStream:
+    """A text stream that swallows its own write errors (see the module docstring)."""
+
+    def __init__(self, stream):
+        self._stream = stream
+        self.broken = False
+
+    def write(self, text):
+        if not self.broken:
+            try:
+                return self._stream.write(text)
+            except (OSError, ValueError):  # ValueError: the stream was closed
+                self._break()
+        return len(text)
+
+    def flush(self):
+        if not self.broken:
+            try:
+                self._stream.flush()
+            except (OSError, ValueError):
+                self._break()
+
+    def _break(self):
+        self.broken = True
+        try:
+            fd = self._stream.fileno()
+        except (OSError, ValueError, AttributeError):
+            return
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, fd)
+            os.close(devnull)
+        except OSError:
+            return
+        try:
+            self._stream.flush()  # what was buffered now goes to /dev/null
+        except (OSError, ValueError):
+            pass
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
+@contextmanager
+def best_effort_output():
+    """Wrap sys.stdout and sys.stderr for the duration of the block."""
+    saved = sys.stdout, sys.stderr
+    sys.stdout = BestEffortStream(sys.stdout) if sys.stdout is not None else None
+    sys.stderr = BestEffortStream(sys.stderr) if sys.stderr is not None else None
+    try:
+        yield
+    finally:
+        for wrapped in (sys.stdout, sys.stderr):
+            if isinstance(wrapped, BestEffortStream):
+                wrapped.flush()
+        sys.stdout, sys.stderr = saved

@@ -1,0 +1,367 @@
+"""The run folder: its layout, whose run it holds, its lock, and the order of its writes.
+
+Layout:
+  config.ini            the resolved config (overrides applied)
+  metrics.jsonl         one strict-JSON object per completed epoch
+  train.log             the human lines
+  checkpoints/last.npz  the latest position (every epoch, and on a stop signal mid-epoch)
+  checkpoints/best.npz  the epoch with the best validation accuracy
+  summary.json          final and best metrics, wall time, checkpoint paths (a finished run)
+  .lock                 the PID and host of the process holding the folder
+
+Rules that keep the folder consistent at every instant, whatever kills the process:
+  - Every file is written atomically (cnntrain.fileio) or appended to in whole lines.
+  - An epoch's checkpoint is written before its metrics line, and summary.json last, so a
+    logged epoch implies its checkpoint, and summary.json implies a finished run. A folder
+    "holds a run" exactly when it holds checkpoints/last.npz; anything else in it (a log, a
+    config, metrics of a run killed before its first checkpoint) does not block a new start.
+  - Each start (new or resumed) makes metrics.jsonl exactly the starting checkpoint's history,
+    which also drops an epoch logged after that checkpoint and a line a crash cut in half,
+    and removes temporary files a killed write left behind.
+  - One process at a time: an OS lock (flock) on .lock, held for the whole run, released by
+    the kernel when the process ends however it ends, so a SIGKILL leaves no stale lock.
+"""
+
+import errno
+import fcntl
+import json
+import os
+import shlex
+import shutil
+import socket
+from contextlib import contextmanager
+from pathlib import Path
+
+from cnntrain.errors import CnnTrainError, ConfigError
+from cnntrain.fileio import (append_line, atomic_write_text, remove_temporaries,
+                             repair_torn_tail)
+from cnntrain.logs import metrics_json
+
+CONFIG = "config.ini"
+METRICS = "metrics.jsonl"
+LOG = "train.log"
+SUMMARY = "summary.json"
+CHECKPOINTS = "checkpoints"
+LOCK = ".lock"
+
+# What a run folder holds; `cnntrain summarize` recognises runs by them.
+RUN_FILES = (CONFIG, METRICS, LOG, SUMMARY, CHECKPOINTS)
+
+
+class FolderBusy(ConfigError):
+    """Another process holds the run folder's lock."""
+
+
+class RunWriteError(CnnTrainError):
+    """Writing one of the run's files failed (a full disk, a read-only folder, ...)."""
+
+    def __init__(self, path, error, message=None):
+        reason = error.strerror or str(error)
+        super().__init__(message or f"cannot write {path}: {reason}")
+        self.path, self.error = path, error
+
+
+class FolderNotWritable(RunWriteError):
+    """The folder (or its lock file) cannot be made: nothing of the run was touched."""
+
+
+def run_dir_of_checkpoint(path):
+    """runs/x/checkpoints/last.npz -> runs/x."""
+    path = Path(path)
+    return path.parent.parent if path.parent.name == CHECKPOINTS else path.parent
+
+
+def load_checkpoint(path):
+    # numpy is imported only when a checkpoint is touched: `cnntrain summarize` reads this
+    # module's layout and must start without it.
+    from cnntrain.checkpoint import load_checkpoint as load
+    return load(path)
+
+
+def save_checkpoint(path, ckpt):
+    from cnntrain.checkpoint import save_checkpoint as save
+    save(path, ckpt)
+
+
+def _same_settings(text_a, text_b):
+    """Two config texts that differ at most in comment lines (the header naming the source)."""
+    def settings(text):
+        return [line for line in text.splitlines() if not line.lstrip().startswith(("#", ";"))]
+    return settings(text_a) == settings(text_b)
+
+
+def _same_path(a, b):
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return os.path.abspath(a) == os.path.abspath(b)
+
+
+class RunFolder:
+    """One run's folder. Use as a context manager (or call lock() and unlock())."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+        self.config = self.path / CONFIG
+        self.metrics = self.path / METRICS
+        self.log_path = self.path / LOG
+        self.summary = self.path / SUMMARY
+        self.checkpoints = self.path / CHECKPOINTS
+        self.last = self.checkpoints / "last.npz"
+        self.best = self.checkpoints / "best.npz"
+        self.lock_path = self.path / LOCK
+        self._lock_fd = None
+
+    # ------------------------------------------------------------------ whose run is it
+
+    def holds_run(self):
+        return self.last.exists()
+
+    def stored(self):
+        """The meta of the run's last.npz (None without one; {} when it is unreadable)."""
+        if not self.last.exists():
+            return None
+        try:
+            return load_checkpoint(self.last).meta
+        except CnnTrainError:
+            return {}
+
+    def describe(self):
+        """Where last.npz stands ('after epoch 3 of 5'), or '' when it cannot tell."""
+        meta = self.stored()
+        if not meta:
+            return ""
+        return describe_position(meta)
+
+    def is_run_of(self, checkpoint_path, checkpoint_meta):
+        """True when this folder holds the run `checkpoint_path` belongs to (or no run)."""
+        if not self.holds_run():
+            return True
+        if _same_path(self.path, run_dir_of_checkpoint(checkpoint_path)):
+            return True
+        mine = (self.stored() or {}).get("run_id")
+        return mine is not None and mine == checkpoint_meta.get("run_id")
+
+    # ------------------------------------------------------------------ the lock
+
+    def lock(self):
+        """Take the folder's lock (making the folder), or raise FolderBusy at once."""
+        if self._lock_fd is not None:
+            return
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+        except OSError as exc:
+            where = exc.filename or self.path
+            raise FolderNotWritable(where, exc, f"cannot write {where}: {exc.strerror or exc}; a run "
+                                "folder must be writable (it holds the run's lock, checkpoints "
+                                "and logs); choose another with --out DIR") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            holder = os.pread(fd, 256, 0).decode("utf-8", "replace").split()
+            os.close(fd)
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise RunWriteError(self.lock_path, exc) from None
+            who = (f"PID {holder[0]} on {holder[1]}" if len(holder) >= 2 else "another process")
+            raise FolderBusy(f"{self.path} is in use by another cnntrain fit ({who}); wait for "
+                             "it to finish or stop it, or choose another folder with --out DIR")
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
+        except OSError:
+            pass  # a full disk: the lock holds all the same, only its message loses the PID
+        self._lock_fd = fd
+
+    def lock_if_present(self):
+        """Take the lock of a folder that already exists (refusing a busy folder before any
+        slow work); a folder that does not exist yet is locked when it is made."""
+        if self.path.is_dir():
+            self.lock()
+
+    def unlock(self):
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # closing the last descriptor releases the flock
+            self._lock_fd = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.unlock()
+
+    # ------------------------------------------------------------------ starting
+
+    def check_new(self, *, overwrite):
+        """Refuse, before any work, to start a new run over one that has results."""
+        if overwrite or not self.holds_run():
+            return
+        what = self.describe()
+        raise ConfigError(f"{self.path} already holds a run{f' ({what})' if what else ''}; "
+                          f"continue it with --resume {self.last}, choose another folder with "
+                          "--out DIR, or replace it with --overwrite")
+
+    def check_resume(self, checkpoint_path, checkpoint_meta, *, overwrite):
+        """Refuse to continue a checkpoint into a folder that holds another run, or that holds
+        this run further on than the checkpoint (resuming best.npz would replace last.npz)."""
+        if overwrite:
+            return
+        if self.is_run_of(checkpoint_path, checkpoint_meta):
+            stored = self.stored() or {}
+            if (self.last.exists() and not _same_path(checkpoint_path, self.last)
+                    and stored.get("step", 0) > checkpoint_meta["step"]):
+                raise ConfigError(
+                    f"{self.path} holds this run further on ({self.describe()}) than "
+                    f"{checkpoint_path} ({describe_position(checkpoint_meta)}); continue from "
+                    f"--resume {self.last}, continue the older position elsewhere with --out "
+                    "DIR, or go back to it here with --overwrite")
+            return
+        what = ", ".join(filter(None, (_config_source(self.stored() or {}), self.describe())))
+        raise ConfigError(
+            f"{self.path} holds another run{f' ({what})' if what else ''}, not the one "
+            f"{checkpoint_path} belongs to; continue it in its own folder "
+            f"({run_dir_of_checkpoint(checkpoint_path)}, the default without --out), choose an "
+            f"empty folder with --out DIR, or replace {self.path} with --overwrite")
+
+    def check_input_config(self, config_path, config_text):
+        """Never overwrite the config file the user gave: refuse when it is this folder's
+        config.ini and differs from the resolved config that would be written there."""
+        if not config_path or not self.config.exists() or not _same_path(config_path, self.config):
+            return
+        if _same_settings(self.config.read_text(encoding="utf-8", errors="replace"), config_text):
+            return  # cnntrain's own resolved config given back: nothing would change
+        raise ConfigError(
+            f"{config_path} is the config you gave and also where this run's resolved config "
+            f"goes ({self.config}), which would overwrite it; copy it elsewhere (e.g. cp "
+            f"{config_path} my.ini) and give --config my.ini, or choose another --out DIR")
+
+    def begin(self, *, history, config_text, replace):
+        """Under the lock: clean what a killed process left, clear a replaced run, and make
+        metrics.jsonl exactly `history` (the starting checkpoint's epochs)."""
+        assert self._lock_fd is not None, "begin() needs the folder's lock"
+        with self._writing(self.path):
+            remove_temporaries(self.path)
+            if self.checkpoints.is_dir():
+                remove_temporaries(self.checkpoints)
+            if replace:
+                for name in RUN_FILES:
+                    target = self.path / name
+                    if target.is_dir():
+                        shutil.rmtree(target)
+                    elif target.exists():
+                        target.unlink()
+            if not self.last.exists() or self._best_epoch() > len(history):
+                # Without last.npz there is no run, and a best.npz of an epoch beyond the
+                # starting history (a resume that went back) claims results that are gone.
+                self.best.unlink(missing_ok=True)
+            self.summary.unlink(missing_ok=True)  # back only when the run is done again
+            self.checkpoints.mkdir(parents=True, exist_ok=True)
+        with self._writing(self.metrics):
+            if history:
+                atomic_write_text(self.metrics, "".join(metrics_json(m) + "\n" for m in history))
+            else:
+                self.metrics.unlink(missing_ok=True)
+        with self._writing(self.log_path):
+            repair_torn_tail(self.log_path)
+        with self._writing(self.config):
+            if not (self.config.exists() and _same_settings(
+                    self.config.read_text(encoding="utf-8", errors="replace"), config_text)):
+                atomic_write_text(self.config, config_text)
+
+    # ------------------------------------------------------------------ writing
+
+    @contextmanager
+    def _writing(self, path):
+        try:
+            yield
+        except RunWriteError:
+            raise
+        except OSError as exc:
+            raise RunWriteError(exc.filename or path, exc) from None
+
+    def log(self, text):
+        with self._writing(self.log_path):
+            append_line(self.log_path, text)
+
+    def save_epoch(self, snapshot, metrics, *, is_best, line):
+        """An epoch's results in the order that keeps the folder consistent: last.npz, then
+        best.npz, then its metrics line, then its log line."""
+        with self._writing(self.last):
+            save_checkpoint(self.last, snapshot)
+        if is_best:
+            with self._writing(self.best):
+                save_checkpoint(self.best, snapshot)
+        with self._writing(self.metrics):
+            append_line(self.metrics, metrics_json(metrics))
+        self.log(line)
+
+    def save_position(self, snapshot):
+        with self._writing(self.last):
+            save_checkpoint(self.last, snapshot)
+
+    def _best_epoch(self):
+        if not self.best.exists():
+            return 0
+        try:
+            return load_checkpoint(self.best).meta["epoch"]
+        except CnnTrainError:
+            return float("inf")  # unreadable: not a best checkpoint of this history
+
+    def repair_best(self, snapshot, best_epoch_number):
+        """On resume at an epoch boundary: a process killed between writing last.npz and
+        best.npz of its best epoch left best.npz behind; write it from that snapshot."""
+        if self.best.exists():
+            try:
+                if load_checkpoint(self.best).meta.get("epoch") == best_epoch_number:
+                    return
+            except CnnTrainError:
+                pass
+        with self._writing(self.best):
+            save_checkpoint(self.best, snapshot)
+
+    def write_summary(self, summary):
+        with self._writing(self.summary):
+            atomic_write_text(self.summary, json.dumps(summary, indent=2) + "\n")
+
+    def what_is_safe(self, data_dir=None, fix="free some space"):
+        """For a failure message: what the folder still holds and how to go on."""
+        if self.stored():
+            return (f"{self.last} ({self.describe()}) is intact; {fix}, then continue with: "
+                    f"{continue_command(self.last, data_dir)}")
+        return f"no checkpoint was written yet; {fix} and run the same command again"
+
+
+def continue_command(checkpoint, data_dir=None):
+    """The command line that continues the run saved in `checkpoint`."""
+    words = ["cnntrain", "fit", "--resume", str(checkpoint)]
+    if data_dir:
+        words += ["--data-dir", str(data_dir)]
+    return shlex.join(words)
+
+
+def describe_position(meta):
+    """Where a checkpoint stands, from its meta: 'after epoch 3 of 5' at an epoch's end,
+    'epoch 4 of 5, mid-epoch at step 1234' (the epoch it is in) otherwise."""
+    planned = _peek(meta.get("config", ""), "train", "epochs")
+    of = f" of {planned}" if planned else ""
+    if meta.get("step_in_epoch"):
+        return f"epoch {meta.get('epoch', 0) + 1}{of}, mid-epoch at step {meta.get('step')}"
+    return f"after epoch {meta.get('epoch')}{of}"
+
+
+def _config_source(meta):
+    """The config file a checkpoint's run was started from, as its stored config names it."""
+    first = str(meta.get("config", "")).split("\n", 1)[0]
+    _, marker, source = first.partition("; read from ")
+    return f"from {source}" if marker and source else ""
+
+
+def _peek(text, section, key):
+    """One raw value of INI text (None when absent or unreadable), without checking it."""
+    import configparser
+    parser = configparser.ConfigParser(interpolation=None)
+    try:
+        parser.read_string(text)
+        return parser.get(section, key, fallback=None)
+    except (configparser.Error, TypeError):
+        return None
