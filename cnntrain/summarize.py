@@ -7,7 +7,8 @@ scripts/sweep.sh and scripts/sweep_slurm.sh make them). What a row says comes fr
   metrics.jsonl         an unfinished run: the epochs so far
   config.ini            the number of epochs planned ([train] epochs)
   overrides.txt         the sweep's --set overrides for this run, one per line
-  sweep-status.json     the sweep's record of the last attempt: exit code and error line
+  sweep-status.json     the sweep's record of the last attempt: exit code, error line, the
+                        times Slurm requeued the task, a note (e.g. its requeues used up)
   train.log             the last line, when a failed attempt left no error line
 
 Standard library only: this runs on a login node over many folders and should answer at once.
@@ -58,15 +59,19 @@ class RunRow:
     wall_s: Optional[float] = None
     exit_code: Optional[int] = None
     reason: str = ""
+    requeues: int = 0  # times Slurm requeued the run's task (sweep_slurm.sh)
+    note: str = ""     # the sweep's note on the last attempt, e.g. its requeues used up
 
     @property
     def status_text(self) -> str:
         if self.status == INCOMPLETE:
             planned = self.planned_epochs if self.planned_epochs is not None else "?"
-            return f"incomplete (epoch {self.epochs or 0}/{planned})"
-        if self.status == FAILED and self.exit_code is not None:
-            return f"failed (exit {self.exit_code})"
-        return self.status
+            text = f"incomplete (epoch {self.epochs or 0}/{planned})"
+        elif self.status == FAILED and self.exit_code is not None:
+            text = f"failed (exit {self.exit_code})"
+        else:
+            text = self.status
+        return f"{text}, requeued {self.requeues}" if self.requeues else text
 
     @property
     def overrides_text(self) -> str:
@@ -133,6 +138,11 @@ def read_run(folder) -> RunRow:
     folder = Path(folder)
     row = RunRow(run=folder.name or str(folder), path=str(folder), status=NOT_STARTED,
                  overrides=_read_overrides(folder), planned_epochs=_planned_epochs(folder))
+    record = _read_json(folder / "sweep-status.json")
+    if record is not None:
+        requeues = record.get("requeues")
+        row.requeues = requeues if isinstance(requeues, int) and requeues > 0 else 0
+        row.note = _one_line(record.get("note") or "")
     summary = _read_json(folder / "summary.json")
     if summary is not None:
         row.status = DONE
@@ -145,7 +155,6 @@ def read_run(folder) -> RunRow:
     if history:
         _fill_metrics(row, best_epoch(history), history[-1])
         row.epochs = history[-1].get("epoch", len(history))
-    record = _read_json(folder / "sweep-status.json")
     code = record.get("exit_code") if record else None
     if isinstance(code, int) and code not in (0, *_INTERRUPTED):
         row.status, row.exit_code = FAILED, code
@@ -304,6 +313,8 @@ def format_table(rows) -> str:
     for row in rows:
         if row.status == FAILED:
             out.append(f"{row.run} failed: {row.reason}")
+        elif row.status == INCOMPLETE and row.note:
+            out.append(f"{row.run}: {row.note}")
     return "\n".join(out)
 
 

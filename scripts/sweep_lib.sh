@@ -6,7 +6,8 @@
 # that the local sweep calls #i, in the same folder.
 #
 # A sourcing script sets SWEEP_PROG and defines usage() before calling sweep_parse_args; it
-# may define sweep_script_option FLAG (return 0 when it takes the flag) for flags of its own.
+# may define sweep_script_option FLAG NEXT... (return 0 when it takes the flag; it sets
+# SWEEP_OPTION_ARGS=2 when it took NEXT as the flag's value) for flags of its own.
 #
 # Layout written into each run folder SWEEP_DIR/NAME, next to what `cnntrain fit` writes there:
 #   overrides.txt       the run's --set overrides, one per line (swept ones first)
@@ -129,8 +130,12 @@ sweep_parse_args() {  # "$@" of the script
                 SWEEP_LIST=1 ;;
             --) positional+=("$@"); break ;;
             -?*)
-                if ! { declare -F sweep_script_option >/dev/null && sweep_script_option "$arg"; }; then
+                SWEEP_OPTION_ARGS=1
+                if ! { declare -F sweep_script_option >/dev/null && sweep_script_option "$arg" "$@"; }; then
                     sweep_usage_error "unknown option $arg"
+                fi
+                if ((SWEEP_OPTION_ARGS == 2)); then
+                    shift
                 fi ;;
             *) positional+=("$arg") ;;
         esac
@@ -333,11 +338,15 @@ sweep_json_string() {  # TEXT -> REPLY as a JSON string
 }
 
 sweep_write_status() {  # RUN_DIR EXIT_CODE ERROR ACTION SECONDS
-    local error
+    # SWEEP_REQUEUES (set by a Slurm task): how many times Slurm has requeued the run's task.
+    local error requeues=""
     sweep_json_string "$3"
     error=$REPLY
-    printf '{\n  "exit_code": %d,\n  "error": %s,\n  "action": "%s",\n  "seconds": %d,\n  "finished": "%s"\n}\n' \
-        "$2" "$error" "$4" "$5" "$(date -u '+%Y-%m-%dT%H:%M:%SZ')" >"$1/.sweep-status.json.tmp"
+    if [[ -n ${SWEEP_REQUEUES:-} ]]; then
+        requeues=$(printf ',\n  "requeues": %d' "$SWEEP_REQUEUES")
+    fi
+    printf '{\n  "exit_code": %d,\n  "error": %s,\n  "action": "%s",\n  "seconds": %d,\n  "finished": "%s"%s\n}\n' \
+        "$2" "$error" "$4" "$5" "$(date -u '+%Y-%m-%dT%H:%M:%SZ')" "$requeues" >"$1/.sweep-status.json.tmp"
     mv -f "$1/.sweep-status.json.tmp" "$1/sweep-status.json"
 }
 

@@ -353,6 +353,99 @@ def test_scancel_of_a_running_task_saves_its_position_and_a_resubmission_finishe
                          tmp_path / "reference" / "checkpoints" / "last.npz")
 
 
+def wait_releasing(job_id, timeout):
+    """wait_for, starting each requeued task of the job at once instead of after the 120 s
+    Slurm holds it: 2 s after it is seen held, since slurmd refuses to launch a job within the
+    second it killed it (its credential is revoked to the second)."""
+    deadline = time.monotonic() + timeout
+    held_since = {}
+    while time.monotonic() < deadline:
+        records = job_records(job_id)
+        if all(fields["JobState"] in ENDED for fields in records.values()):
+            return records
+        for fields in records.values():
+            if fields["JobState"] == "PENDING" and fields.get("Reason") == "BeginTime":
+                task = f"{fields['ArrayJobId']}_{fields['ArrayTaskId']}"
+                seen = held_since.setdefault((task, fields["Restarts"]), time.monotonic())
+                if time.monotonic() - seen >= 2:
+                    subprocess.run(["scontrol", "update", f"JobId={task}", "StartTime=now"],
+                                   capture_output=True, timeout=30)
+        time.sleep(0.5)
+    subprocess.run(["scancel", job_id], timeout=30)
+    pytest.fail(f"job {job_id} did not end within {timeout} s: {job_records(job_id)}")
+
+
+def test_tasks_requeue_themselves_at_the_early_signal_and_finish_unattended(
+        cluster, real_mnist_dir, reference_run, tmp_path):
+    env = job_env(real_mnist_dir, SBATCH_TIMELIMIT="1", SBATCH_SIGNAL="B:INT@25")
+    # About 45 s of training and at most 35 s of it per attempt: two attempts or more.
+    epochs = epochs_lasting(TIMED_SECONDS, env, tmp_path)
+    timed = ["train.lr=0.05", "--set", f"train.epochs={epochs}", *TIMED_FIXED]
+    reference = reference_run(timed, tmp_path / "reference", env)
+    # The same run with --max-requeues 0 at the same time: it stops at its first signal.
+    once_dir = tmp_path / "once"
+    once = submitted(run(SLURM, QUICK, *timed, "-o", once_dir, "--max-requeues", "0", env=env,
+                         cwd=tmp_path))
+    sweep_dir, run_dir = tmp_path / "s", tmp_path / "s" / "lr-0.05"
+    # A bound the test cannot exhaust, however early the signals come.
+    job = submitted(run(SLURM, QUICK, *timed, "-o", sweep_dir, "--max-requeues", "10", env=env,
+                        cwd=tmp_path))
+
+    records = wait_releasing(job, 400)
+    assert states(records) == {"0": ("COMPLETED", "0:0")}
+    requeues = int(records["0"]["Restarts"])
+    assert 1 <= requeues <= 10
+    said = (sweep_dir / "sweep.log").read_text()  # every attempt's lines, timestamped
+    assert len(re.findall(r" requeue #0 lr-0\.05 \(\d+ of 10\): the requeued task goes on from "
+                          r"checkpoints/last\.npz$", said, re.M)) == requeues, said
+    assert len(re.findall(r" resume  #0 lr-0\.05 from ", said, re.M)) == requeues, said
+    assert re.search(r" done +#0 lr-0\.05 ", said, re.M), said
+    log = (run_dir / "train.log").read_text()
+    assert len(re.findall(r"^interrupted at epoch \d+, step \d+; saved ", log, re.M)) == requeues
+    assert len(re.findall(r"^resumed at epoch \d+, step \d+ ", log, re.M)) == requeues
+    assert json.loads((run_dir / "sweep-status.json").read_text())["requeues"] == requeues
+    row = summarize(sweep_dir).splitlines()[1]
+    assert f" done, requeued {requeues} " in row, row
+    assert reference.wait(timeout=300) == 0, reference.stderr.read()
+    assert_bit_identical(run_dir / "checkpoints" / "last.npz",
+                         tmp_path / "reference" / "checkpoints" / "last.npz")
+
+    records = wait_for(once, 60)
+    assert states(records) == {"0": ("FAILED", "130:0")} and records["0"]["Restarts"] == "0"
+    output = (once_dir / f"slurm-{once}_0.out").read_text()
+    assert "stopped #0 lr-0.05 by SIGINT; run the sweep again to resume it" in output
+    assert "requeue" not in output
+    stopped_position(once_dir / "lr-0.05", "SIGINT")
+    row = summarize(once_dir).splitlines()[1]
+    assert "incomplete (epoch" in row and "requeued" not in row, row
+
+
+def test_a_task_requeued_by_slurm_itself_goes_on_from_its_checkpoint(
+        cluster, real_mnist_dir, reference_run, tmp_path):
+    # What preemption with PreemptMode=REQUEUE or an admin does: no early signal, SIGTERM.
+    env = job_env(real_mnist_dir)
+    reference = reference_run(CANCELLED, tmp_path / "reference", env)
+    sweep_dir, run_dir = tmp_path / "s", tmp_path / "s" / "lr-0.05"
+    job = submitted(run(SLURM, QUICK, *CANCELLED, "-o", sweep_dir, env=env, cwd=tmp_path))
+    log = run_dir / "train.log"
+    wait_until(lambda: log.exists() and "epoch 1/3" in log.read_text(), 120,
+               "the task's first epoch")
+    subprocess.run(["scontrol", "requeue", f"{job}_0"], check=True, timeout=30)
+    records = wait_releasing(job, 180)
+    assert states(records) == {"0": ("COMPLETED", "0:0")} and records["0"]["Restarts"] == "1"
+    text = log.read_text()
+    stopped = re.search(r"^stopped by SIGTERM at epoch 2, step (\d+); saved ", text, re.M)
+    assert stopped, text
+    assert f"resumed at epoch 2, step {stopped.group(1)} " in text
+    said = (sweep_dir / "sweep.log").read_text()
+    assert re.search(r" stopped #0 lr-0\.05 by SIGTERM; ", said) and " requeue #0" not in said
+    assert summarize(sweep_dir).splitlines()[1].split()[:4] == ["lr-0.05", "done,", "requeued",
+                                                                "1"]
+    assert reference.wait(timeout=120) == 0, reference.stderr.read()
+    assert_bit_identical(run_dir / "checkpoints" / "last.npz",
+                         tmp_path / "reference" / "checkpoints" / "last.npz")
+
+
 def test_a_plain_sbatch_wrap_run_cut_by_its_time_limit_saves_its_position(wrapped_run):
     job, tmp = wrapped_run["job"], wrapped_run["dir"]
     records = wait_for(job, 200)

@@ -213,6 +213,12 @@ def test_slurm_submission_prints_the_array_of_the_runs_not_done(grid, tmp_path):
     assert command.endswith(f"{SLURM} {QUICK} train.lr=0.02,0.05 train.batch_size=32,64 "
                             + " ".join(FIXED) + f" -o {tmp_path}/new")
     assert not (tmp_path / "new").exists()  # --print changes nothing
+    bounded = run(SLURM, *GRID, "-o", "new", "--max-requeues", "5", "--print", env=env,
+                  cwd=tmp_path)
+    assert bounded.stdout.strip() == command + " --max-requeues 5"  # the tasks get it
+    for bad in ("x", "-1", "1.5"):
+        refused = run(SLURM, *GRID, f"--max-requeues={bad}", "--print", env=env, cwd=tmp_path)
+        assert refused.returncode == 2 and "expected a whole number" in refused.stderr
 
     copy = tmp_path / "copy"
     shutil.copytree(grid["dir"], copy)
