@@ -293,35 +293,59 @@ def epochs_lasting(seconds, env, tmp_path):
     return max(10, math.ceil(seconds / epoch["seconds"]))
 
 
-def test_a_task_cut_by_its_time_limit_saves_its_position_and_a_resubmission_finishes_it(
-        cluster, real_mnist_dir, reference_run, tmp_path):
+@pytest.fixture(scope="module")
+def timed(cluster, real_mnist_dir, tmp_path_factory):
+    """The combination the time-limit tests cut (about TIMED_SECONDS of training) and its
+    uninterrupted reference run, trained on this machine from the first test that needs it
+    on; reference() waits for it and returns its last checkpoint."""
+    tmp = tmp_path_factory.mktemp("timed")
     env = job_env(real_mnist_dir)
-    epochs = epochs_lasting(TIMED_SECONDS, env, tmp_path)
-    timed = ["train.lr=0.05", "--set", f"train.epochs={epochs}", *TIMED_FIXED]
-    reference = reference_run(timed, tmp_path / "reference", env)
+    epochs = epochs_lasting(TIMED_SECONDS, env, tmp)
+    args = ["train.lr=0.05", "--set", f"train.epochs={epochs}", *TIMED_FIXED]
+    command = [sys.executable, "-m", "cnntrain", "fit", "--config", str(QUICK),
+               "--out", str(tmp / "reference"), "--quiet"]
+    for override in [args[0]] + args[2::2]:
+        command += ["--set", override]
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True)
+
+    def reference():
+        assert process.wait(timeout=300) == 0, process.stderr.read()
+        return tmp / "reference" / "checkpoints" / "last.npz"
+
+    yield {"args": args, "epochs": epochs, "env": env, "reference": reference}
+    if process.poll() is None:
+        process.kill()
+    process.wait()
+    process.stderr.close()
+
+
+def test_a_task_cut_by_its_time_limit_saves_its_position_and_a_resubmission_finishes_it(
+        timed, tmp_path):
+    env, epochs = timed["env"], timed["epochs"]
     sweep_dir, run_dir = tmp_path / "s", tmp_path / "s" / "lr-0.05"
-    args = [QUICK, *timed, "-o", sweep_dir]
+    # Without requeues, as a sweep stopped by its time limit waits for its user.
+    args = [QUICK, *timed["args"], "-o", sweep_dir, "--max-requeues", "0"]
     # sbatch's input variables override the script's #SBATCH lines, as a user would.
     limited = dict(env, SBATCH_TIMELIMIT="1", SBATCH_SIGNAL="B:INT@25")
     job = submitted(run(SLURM, *args, env=limited, cwd=tmp_path))
     records = wait_for(job, 150)
-    assert records["0"]["TimeLimit"] == "00:01:00"
+    assert records["0"]["TimeLimit"] == "00:01:00" and records["0"]["Restarts"] == "0"
     assert states(records) == {"0": ("FAILED", "130:0")}, "the run ended before the signal came"
     epoch, step = stopped_position(run_dir, "SIGINT")
     output = (sweep_dir / f"slurm-{job}_0.out").read_text()
     assert "stopped #0 lr-0.05 by SIGINT; run the sweep again to resume it" in output
+    assert "requeue" not in output
     assert json.loads((run_dir / "sweep-status.json").read_text())["exit_code"] == 130
     assert not (run_dir / "summary.json").exists()
     row = summarize(sweep_dir).splitlines()[1]
-    assert f"incomplete (epoch {epoch - 1}/{epochs})" in row, row
+    assert f"incomplete (epoch {epoch - 1}/{epochs})" in row and "requeued" not in row, row
 
     job = submitted(run(SLURM, *args, env=env, cwd=tmp_path))
     assert states(wait_for(job, 180)) == {"0": ("COMPLETED", "0:0")}
     assert f"resumed at epoch {epoch}, step {step}" in (run_dir / "train.log").read_text()
     assert summarize(sweep_dir).splitlines()[1].split()[:2] == ["lr-0.05", "done"]
-    assert reference.wait(timeout=180) == 0, reference.stderr.read()
-    assert_bit_identical(run_dir / "checkpoints" / "last.npz",
-                         tmp_path / "reference" / "checkpoints" / "last.npz")
+    assert_bit_identical(run_dir / "checkpoints" / "last.npz", timed["reference"]())
 
 
 def test_scancel_of_a_running_task_saves_its_position_and_a_resubmission_finishes_it(
@@ -353,17 +377,18 @@ def test_scancel_of_a_running_task_saves_its_position_and_a_resubmission_finishe
                          tmp_path / "reference" / "checkpoints" / "last.npz")
 
 
-def wait_releasing(job_id, timeout):
-    """wait_for, starting each requeued task of the job at once instead of after the 120 s
-    Slurm holds it: 2 s after it is seen held, since slurmd refuses to launch a job within the
-    second it killed it (its credential is revoked to the second)."""
+def wait_releasing(job_id, timeout, also=None):
+    """wait_for, starting each requeued task of the job (and of job `also`) at once instead of
+    after the 120 s Slurm holds it: 2 s after it is seen held, since slurmd refuses to launch
+    a job within the second it killed it (its credential is revoked to the second)."""
     deadline = time.monotonic() + timeout
     held_since = {}
     while time.monotonic() < deadline:
         records = job_records(job_id)
         if all(fields["JobState"] in ENDED for fields in records.values()):
             return records
-        for fields in records.values():
+        watched = list(records.values()) + (list(job_records(also).values()) if also else [])
+        for fields in watched:
             if fields["JobState"] == "PENDING" and fields.get("Reason") == "BeginTime":
                 task = f"{fields['ArrayJobId']}_{fields['ArrayTaskId']}"
                 seen = held_since.setdefault((task, fields["Restarts"]), time.monotonic())
@@ -375,23 +400,22 @@ def wait_releasing(job_id, timeout):
     pytest.fail(f"job {job_id} did not end within {timeout} s: {job_records(job_id)}")
 
 
-def test_tasks_requeue_themselves_at_the_early_signal_and_finish_unattended(
-        cluster, real_mnist_dir, reference_run, tmp_path):
-    env = job_env(real_mnist_dir, SBATCH_TIMELIMIT="1", SBATCH_SIGNAL="B:INT@25")
-    # About 45 s of training and at most 35 s of it per attempt: two attempts or more.
-    epochs = epochs_lasting(TIMED_SECONDS, env, tmp_path)
-    timed = ["train.lr=0.05", "--set", f"train.epochs={epochs}", *TIMED_FIXED]
-    reference = reference_run(timed, tmp_path / "reference", env)
-    # The same run with --max-requeues 0 at the same time: it stops at its first signal.
-    once_dir = tmp_path / "once"
-    once = submitted(run(SLURM, QUICK, *timed, "-o", once_dir, "--max-requeues", "0", env=env,
-                         cwd=tmp_path))
+def test_tasks_requeue_themselves_at_the_early_signal_until_done_or_out_of_requeues(
+        timed, tmp_path):
+    env = dict(timed["env"], SBATCH_TIMELIMIT="1", SBATCH_SIGNAL="B:INT@25")
+    # At the same time, a run far longer than two attempts with one requeue: the second early
+    # signal finds it with none left.
+    bounded_dir = tmp_path / "bounded"
+    bounded = submitted(run(SLURM, QUICK, "train.lr=0.05", "--set", "train.epochs=1000",
+                            *TIMED_FIXED, "-o", bounded_dir, "--max-requeues", "1", env=env,
+                            cwd=tmp_path))
+    # About 45 s of training and at most 35 s of it per attempt: two attempts or more, with a
+    # bound the test cannot exhaust, however early the signals come.
     sweep_dir, run_dir = tmp_path / "s", tmp_path / "s" / "lr-0.05"
-    # A bound the test cannot exhaust, however early the signals come.
-    job = submitted(run(SLURM, QUICK, *timed, "-o", sweep_dir, "--max-requeues", "10", env=env,
-                        cwd=tmp_path))
+    job = submitted(run(SLURM, QUICK, *timed["args"], "-o", sweep_dir, "--max-requeues", "10",
+                        env=env, cwd=tmp_path))
 
-    records = wait_releasing(job, 400)
+    records = wait_releasing(job, 400, also=bounded)
     assert states(records) == {"0": ("COMPLETED", "0:0")}
     requeues = int(records["0"]["Restarts"])
     assert 1 <= requeues <= 10
@@ -406,18 +430,19 @@ def test_tasks_requeue_themselves_at_the_early_signal_and_finish_unattended(
     assert json.loads((run_dir / "sweep-status.json").read_text())["requeues"] == requeues
     row = summarize(sweep_dir).splitlines()[1]
     assert f" done, requeued {requeues} " in row, row
-    assert reference.wait(timeout=300) == 0, reference.stderr.read()
-    assert_bit_identical(run_dir / "checkpoints" / "last.npz",
-                         tmp_path / "reference" / "checkpoints" / "last.npz")
+    assert_bit_identical(run_dir / "checkpoints" / "last.npz", timed["reference"]())
 
-    records = wait_for(once, 60)
-    assert states(records) == {"0": ("FAILED", "130:0")} and records["0"]["Restarts"] == "0"
-    output = (once_dir / f"slurm-{once}_0.out").read_text()
-    assert "stopped #0 lr-0.05 by SIGINT; run the sweep again to resume it" in output
-    assert "requeue" not in output
-    stopped_position(once_dir / "lr-0.05", "SIGINT")
-    row = summarize(once_dir).splitlines()[1]
-    assert "incomplete (epoch" in row and "requeued" not in row, row
+    records = wait_releasing(bounded, 200)
+    assert states(records) == {"0": ("FAILED", "130:0")} and records["0"]["Restarts"] == "1"
+    note = "used its 1 of 1 requeues (--max-requeues); submit the sweep again to resume it"
+    said = (bounded_dir / "sweep.log").read_text()
+    assert re.search(r" stopped #0 lr-0\.05 after 1 requeues \(--max-requeues 1\); submit the "
+                     r"sweep again to resume it$", said, re.M), said
+    status = json.loads((bounded_dir / "lr-0.05" / "sweep-status.json").read_text())
+    assert (status["exit_code"], status["requeues"], status["note"]) == (130, 1, note)
+    lines = summarize(bounded_dir).splitlines()
+    assert re.search(r"incomplete \(epoch \d+/1000\), requeued 1", lines[1]), lines
+    assert f"lr-0.05: {note}" in lines
 
 
 def test_a_task_requeued_by_slurm_itself_goes_on_from_its_checkpoint(
