@@ -1,7 +1,8 @@
 """scripts/sweep_slurm.sh and the one-run `sbatch --wrap` recipe on a real Slurm cluster, through
 the real sbatch, squeue, scontrol and scancel: what a stand-in sbatch cannot show (the #SBATCH
 lines, the spool copy of the script, the environment reaching the tasks, the signals Slurm
-sends at a time limit or on scancel, and who receives them).
+sends at a time limit, on scancel or a requeue, and who receives them), and tasks that requeue
+themselves (scontrol requeue) until their run is done.
 
 They run whenever a Slurm controller answers (`scripts/slurm_local.sh up` starts a one-node
 cluster on this machine; CI does that) and skip otherwise, unless CNNTRAIN_REQUIRE_SLURM=1,
