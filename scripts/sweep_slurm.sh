@@ -152,8 +152,12 @@ run_task() {  # INDEX
         sweep_run_one "$1"
     ) &
     local task=$! rc=0
-    # shellcheck disable=SC2064  # the pid is fixed now
-    trap "warned=1; signal_below INT $task" INT
+    if [[ -n ${SLURM_JOB_ID:-} ]]; then
+        # shellcheck disable=SC2064  # the pid is fixed now
+        trap "warned=1; signal_below INT $task" INT
+    else
+        trap : INT  # a task run by hand at a terminal: its Ctrl-C reaches the run by itself
+    fi
     while kill -0 "$task" 2>/dev/null; do
         wait "$task" || true
     done
