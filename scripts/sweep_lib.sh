@@ -6,7 +6,8 @@
 # that the local sweep calls #i, in the same folder.
 #
 # A sourcing script sets SWEEP_PROG and defines usage() before calling sweep_parse_args; it
-# may define sweep_script_option FLAG (return 0 when it takes the flag) for flags of its own.
+# may define sweep_script_option FLAG NEXT... (return 0 when it takes the flag; it sets
+# SWEEP_OPTION_ARGS=2 when it took NEXT as the flag's value) for flags of its own.
 #
 # Layout written into each run folder SWEEP_DIR/NAME, next to what `cnntrain fit` writes there:
 #   overrides.txt       the run's --set overrides, one per line (swept ones first)
@@ -129,8 +130,12 @@ sweep_parse_args() {  # "$@" of the script
                 SWEEP_LIST=1 ;;
             --) positional+=("$@"); break ;;
             -?*)
-                if ! { declare -F sweep_script_option >/dev/null && sweep_script_option "$arg"; }; then
+                SWEEP_OPTION_ARGS=1
+                if ! { declare -F sweep_script_option >/dev/null && sweep_script_option "$arg" "$@"; }; then
                     sweep_usage_error "unknown option $arg"
+                fi
+                if ((SWEEP_OPTION_ARGS == 2)); then
+                    shift
                 fi ;;
             *) positional+=("$arg") ;;
         esac
@@ -333,12 +338,30 @@ sweep_json_string() {  # TEXT -> REPLY as a JSON string
 }
 
 sweep_write_status() {  # RUN_DIR EXIT_CODE ERROR ACTION SECONDS
-    local error
+    # SWEEP_REQUEUES (set by a Slurm task): how many times Slurm has requeued the run's task.
+    local error requeues=""
     sweep_json_string "$3"
     error=$REPLY
-    printf '{\n  "exit_code": %d,\n  "error": %s,\n  "action": "%s",\n  "seconds": %d,\n  "finished": "%s"\n}\n' \
-        "$2" "$error" "$4" "$5" "$(date -u '+%Y-%m-%dT%H:%M:%SZ')" >"$1/.sweep-status.json.tmp"
+    if [[ -n ${SWEEP_REQUEUES:-} ]]; then
+        requeues=$(printf ',\n  "requeues": %d' "$SWEEP_REQUEUES")
+    fi
+    printf '{\n  "exit_code": %d,\n  "error": %s,\n  "action": "%s",\n  "seconds": %d,\n  "finished": "%s"%s\n}\n' \
+        "$2" "$error" "$4" "$5" "$(date -u '+%Y-%m-%dT%H:%M:%SZ')" "$requeues" >"$1/.sweep-status.json.tmp"
     mv -f "$1/.sweep-status.json.tmp" "$1/sweep-status.json"
+}
+
+sweep_stopped_code() {  # EXIT_CODE: true for cnntrain's exit after a stop signal
+    # 130 SIGINT (Ctrl-C, the sweeps' own stop), 143 SIGTERM (Slurm's time limit, scancel),
+    # 129 SIGHUP: the run saved its exact position; cnntrain.summarize reads them alike.
+    [[ $1 == 130 || $1 == 143 || $1 == 129 ]]
+}
+
+sweep_signal_name() {  # EXIT_CODE of a stop -> the signal's name on stdout
+    case $1 in
+        129) printf 'SIGHUP' ;;
+        130) printf 'SIGINT' ;;
+        *) printf 'SIGTERM' ;;
+    esac
 }
 
 sweep_status_code() {  # RUN_DIR -> REPLY: the exit code of the last attempt, or "" if none
@@ -405,8 +428,8 @@ sweep_run_one() {  # INDEX: train, resume or skip combination #INDEX; returns fi
     sweep_write_status "$dir" "$rc" "$reason" "$action" "$(($(date +%s) - started))"
     if ((rc == 0)); then
         sweep_say "done    $tag ($(($(date +%s) - started))s)"
-    elif ((rc == 130)); then
-        sweep_say "stopped $tag; its last checkpoint is kept, run the sweep again to resume"
+    elif sweep_stopped_code "$rc"; then
+        sweep_say "stopped $tag by $(sweep_signal_name "$rc"); run the sweep again to resume it"
     else
         sweep_say "FAILED  $tag (exit $rc): $reason"
     fi
