@@ -7,7 +7,8 @@ scripts/sweep.sh and scripts/sweep_slurm.sh make them). What a row says comes fr
   metrics.jsonl         an unfinished run: the epochs so far
   config.ini            the number of epochs planned ([train] epochs)
   overrides.txt         the sweep's --set overrides for this run, one per line
-  sweep-status.json     the sweep's record of the last attempt: exit code and error line
+  sweep-status.json     the sweep's record of the last attempt: exit code, error line, the
+                        times Slurm requeued the task, a note (e.g. its requeues used up)
   train.log             the last line, when a failed attempt left no error line
 
 A file that is there but cannot be read or makes no sense (a malformed metrics line, a
@@ -33,6 +34,7 @@ from cnntrain.fileio import atomic_write_text
 from cnntrain.logs import best_epoch
 from cnntrain.runfolder import (CONFIG, EMPTY, LOG, METRICS, OVERRIDES, RUN_MARKERS, SUMMARY,
                                 SWEEP_STATUS, folder_state, is_run_folder)
+from cnntrain.stopsignals import STOP_SIGNALS
 
 ACCURACY_KEYS = ("best_val_acc", "best_test_acc", "final_val_acc", "final_test_acc")
 SORT_KEYS = ("run", "status", "overrides") + ACCURACY_KEYS + ("epochs", "wall_s")
@@ -41,8 +43,9 @@ DONE, INCOMPLETE, FAILED, NOT_STARTED = "done", "incomplete", "failed", "not sta
 UNREADABLE = "unreadable"
 # Finished runs first, then the ones that may still finish, then the ones that will not.
 _STATUS_RANK = {DONE: 0, INCOMPLETE: 1, FAILED: 2, UNREADABLE: 3, NOT_STARTED: 4}
-# An interrupted run kept its position and is resumed by the next attempt: not a failure.
-_INTERRUPTED = 130
+# A run stopped by a signal (Ctrl-C, or SIGTERM/SIGHUP: Slurm's time limit, scancel) kept its
+# position and is resumed by the next attempt: not a failure.
+_INTERRUPTED = tuple(128 + signum for signum in STOP_SIGNALS)
 
 
 @dataclasses.dataclass
@@ -62,15 +65,19 @@ class RunRow:
     wall_s: Optional[float] = None
     exit_code: Optional[int] = None
     reason: str = ""
+    requeues: int = 0  # times Slurm requeued the run's task (sweep_slurm.sh)
+    note: str = ""     # the sweep's note on the last attempt, e.g. its requeues used up
 
     @property
     def status_text(self) -> str:
         if self.status == INCOMPLETE:
             planned = self.planned_epochs if self.planned_epochs is not None else "?"
-            return f"incomplete (epoch {self.epochs or 0}/{planned})"
-        if self.status == FAILED and self.exit_code is not None:
-            return f"failed (exit {self.exit_code})"
-        return self.status
+            text = f"incomplete (epoch {self.epochs or 0}/{planned})"
+        elif self.status == FAILED and self.exit_code is not None:
+            text = f"failed (exit {self.exit_code})"
+        else:
+            text = self.status
+        return f"{text}, requeued {self.requeues}" if self.requeues else text
 
     @property
     def overrides_text(self) -> str:
@@ -236,6 +243,13 @@ def read_run(folder) -> RunRow:
 
 def _read_files(folder: Path, row: RunRow) -> None:
     row.planned_epochs = _planned_epochs(folder)
+    record = _read_json(folder / SWEEP_STATUS)
+    if record is not None:
+        _check_field(record, "exit_code", SWEEP_STATUS, "count")
+        _check_field(record, "error", SWEEP_STATUS, "text")
+        requeues = record.get("requeues")
+        row.requeues = requeues if isinstance(requeues, int) and requeues > 0 else 0
+        row.note = _one_line(record.get("note") or "")
     summary = _read_json(folder / SUMMARY)
     if summary is not None:
         for key in ("best", "final"):
@@ -253,12 +267,8 @@ def _read_files(folder: Path, row: RunRow) -> None:
     if history:
         _fill_metrics(row, best_epoch(history), history[-1])
         row.epochs = history[-1].get("epoch", len(history))
-    record = _read_json(folder / SWEEP_STATUS)
-    if record is not None:
-        _check_field(record, "exit_code", SWEEP_STATUS, "count")
-        _check_field(record, "error", SWEEP_STATUS, "text")
     code = record.get("exit_code") if record else None
-    if isinstance(code, int) and code not in (0, _INTERRUPTED):
+    if isinstance(code, int) and code not in (0, *_INTERRUPTED):
         row.status, row.exit_code = FAILED, code
         row.reason = _one_line(record.get("error") or _last_line(folder / LOG)
                                or f"exit code {code}")
@@ -414,6 +424,8 @@ def format_table(rows) -> str:
     for row in rows:
         if row.status == FAILED:
             out.append(f"{row.run} failed: {row.reason}")
+        elif row.status == INCOMPLETE and row.note:
+            out.append(f"{row.run}: {row.note}")
     for row in rows:
         if row.status == UNREADABLE:
             out.append(f"{row.run} unreadable: {row.reason}")

@@ -130,7 +130,7 @@ for ((i = 0; i < total; i++)); do
     sweep_status_code "$dir"
     if [[ $SWEEP_RUN_STATE == finished ]]; then
         finished=$((finished + 1))
-    elif [[ -z $REPLY || $REPLY == 130 ]] && ((stopping)); then
+    elif { [[ -z $REPLY ]] || sweep_stopped_code "$REPLY"; } && ((stopping)); then
         unfinished+=("$SWEEP_RUN_NAME")
     else
         failed+=("$SWEEP_RUN_NAME")

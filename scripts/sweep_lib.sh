@@ -6,7 +6,8 @@
 # that the local sweep calls #i, in the same folder.
 #
 # A sourcing script sets SWEEP_PROG and defines usage() before calling sweep_parse_args; it
-# may define sweep_script_option FLAG (return 0 when it takes the flag) for flags of its own.
+# may define sweep_script_option FLAG NEXT... (return 0 when it takes the flag; it sets
+# SWEEP_OPTION_ARGS=2 when it took NEXT as the flag's value) for flags of its own.
 #
 # Written into each run folder SWEEP_DIR/NAME, next to what `cnntrain fit` writes there:
 #   overrides.txt       the run's --set overrides, one per line (swept ones first)
@@ -134,8 +135,12 @@ sweep_parse_args() {  # "$@" of the script
                 SWEEP_LIST=1 ;;
             --) positional+=("$@"); break ;;
             -?*)
-                if ! { declare -F sweep_script_option >/dev/null && sweep_script_option "$arg"; }; then
+                SWEEP_OPTION_ARGS=1
+                if ! { declare -F sweep_script_option >/dev/null && sweep_script_option "$arg" "$@"; }; then
                     sweep_usage_error "unknown option $arg"
+                fi
+                if ((SWEEP_OPTION_ARGS == 2)); then
+                    shift
                 fi ;;
             *) positional+=("$arg") ;;
         esac
@@ -353,13 +358,31 @@ sweep_json_string() {  # TEXT -> REPLY as a JSON string
 }
 
 sweep_write_status() {  # STATUS_FILE EXIT_CODE ERROR ACTION SECONDS
-    local error tmp
+    # SWEEP_REQUEUES (set by a Slurm task): how many times Slurm has requeued the run's task.
+    local error requeues="" tmp
     sweep_json_string "$3"
     error=$REPLY
+    if [[ -n ${SWEEP_REQUEUES:-} ]]; then
+        requeues=$(printf ',\n  "requeues": %d' "$SWEEP_REQUEUES")
+    fi
     tmp=$(sweep_temporary "$1")
-    printf '{\n  "exit_code": %d,\n  "error": %s,\n  "action": "%s",\n  "seconds": %d,\n  "finished": "%s"\n}\n' \
-        "$2" "$error" "$4" "$5" "$(date -u '+%Y-%m-%dT%H:%M:%SZ')" >"$tmp"
+    printf '{\n  "exit_code": %d,\n  "error": %s,\n  "action": "%s",\n  "seconds": %d,\n  "finished": "%s"%s\n}\n' \
+        "$2" "$error" "$4" "$5" "$(date -u '+%Y-%m-%dT%H:%M:%SZ')" "$requeues" >"$tmp"
     mv -f "$tmp" "$1"
+}
+
+sweep_stopped_code() {  # EXIT_CODE: true for cnntrain's exit after a stop signal
+    # 130 SIGINT (Ctrl-C, the sweeps' own stop), 143 SIGTERM (Slurm's time limit, scancel),
+    # 129 SIGHUP: the run saved its exact position; cnntrain.summarize reads them alike.
+    [[ $1 == 130 || $1 == 143 || $1 == 129 ]]
+}
+
+sweep_signal_name() {  # EXIT_CODE of a stop -> the signal's name on stdout
+    case $1 in
+        129) printf 'SIGHUP' ;;
+        130) printf 'SIGINT' ;;
+        *) printf 'SIGTERM' ;;
+    esac
 }
 
 sweep_status_code() {  # RUN_DIR -> REPLY: the exit code of the last attempt, or "" if none;
@@ -426,8 +449,8 @@ sweep_run_one() {  # INDEX: train, resume or skip combination #INDEX; returns fi
     sweep_write_status "$SWEEP_RUN_STATUS_FILE" "$rc" "$reason" "$action" "$(($(date +%s) - started))"
     if ((rc == 0)); then
         sweep_say "done    $tag ($(($(date +%s) - started))s)"
-    elif ((rc == 130)); then
-        sweep_say "stopped $tag; its last checkpoint is kept, run the sweep again to resume"
+    elif sweep_stopped_code "$rc"; then
+        sweep_say "stopped $tag by $(sweep_signal_name "$rc"); run the sweep again to resume it"
     else
         sweep_say "FAILED  $tag (exit $rc): $reason"
     fi

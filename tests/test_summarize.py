@@ -323,3 +323,26 @@ def test_a_torn_last_metrics_line_is_still_just_skipped(tmp_path):
     run = make_incomplete(tmp_path / "crashed", [0.8, 0.85], 5)  # ends in '{"epoch": 9, "val_'
     row = summarize.read_run(run)
     assert row.status_text == "incomplete (epoch 2/5)" and row.best_val_acc == 0.85
+
+
+def test_requeues_a_slurm_task_used_show_in_the_status_and_a_used_up_bound_is_explained(tmp_path):
+    root = tmp_path / "sweep"
+    done = make_done(root / "lr-0.05", [0.9, 0.95], [0.9, 0.95], ["train.lr=0.05"])
+    (done / "sweep-status.json").write_text(json.dumps(
+        {"exit_code": 0, "error": "", "action": "resume", "seconds": 3, "requeues": 2}))
+    note = "used its 3 of 3 requeues (--max-requeues); submit the sweep again to resume it"
+    make_incomplete(root / "lr-0.1", [0.9], 4, ["train.lr=0.1"], status={
+        "exit_code": 130, "error": "interrupted at epoch 2, step 15; saved ...",
+        "action": "resume", "seconds": 3, "requeues": 3, "note": note})
+    make_incomplete(root / "lr-0.2", [0.9], 4, ["train.lr=0.2"], status={
+        "exit_code": 143, "error": "stopped by SIGTERM at epoch 2, step 12; saved ...",
+        "action": "fresh", "seconds": 3, "requeues": 0})
+
+    rows = by_run(summarize.collect_runs([root]))
+    assert (rows["lr-0.05"].status_text, rows["lr-0.05"].requeues) == ("done, requeued 2", 2)
+    assert rows["lr-0.1"].status_text == "incomplete (epoch 1/4), requeued 3"
+    # A run stopped by SIGTERM (Slurm's time limit, scancel) kept its position: not failed.
+    assert rows["lr-0.2"].status_text == "incomplete (epoch 1/4)"
+    table = summarize.format_table(summarize.sort_rows(rows.values(), "run"))
+    assert f"lr-0.1: {note}" in table.splitlines()
+    assert not any(line.startswith(("lr-0.05:", "lr-0.2:")) for line in table.splitlines())
