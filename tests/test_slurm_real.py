@@ -67,10 +67,14 @@ def cluster():
 
 
 def job_env(data_dir, **extra):
-    """The sweep's environment for submitting: this Python's cnntrain (CNNTRAIN), the MNIST
-    folder and no mirror, so a task that did not get this environment could not run at all."""
-    return sweep_env(data_dir, SBATCH_MEM_PER_NODE=MEMORY, OPENBLAS_NUM_THREADS="1",
-                     OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", **extra)
+    """The sweep's environment for submitting: this Python's own cnntrain (CNNTRAIN) on the
+    real MNIST folder, and no mirror, so a task that did not get this environment could not
+    run at all. The time-limit runs need the real data's size to be paced (TIMED_SECONDS)."""
+    env = sweep_env(data_dir, SBATCH_MEM_PER_NODE=MEMORY, OPENBLAS_NUM_THREADS="1",
+                    OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", **extra)
+    env["CNNTRAIN"] = f"{sys.executable} -m cnntrain"
+    env.pop("CNNTRAIN_TEST_MNIST_TABLE")
+    return env
 
 
 def run(script, *args, env, cwd):
