@@ -236,9 +236,9 @@ def test_a_2x2_grid_completes_on_the_cluster_with_every_run_done(cluster, real_m
         output = (sweep_dir / f"slurm-{job}_{i}.out").read_text()
         assert re.search(rf"^start +#{i} {name}$", output, re.M), output
         assert re.search(rf"^done +#{i} {name} ", output, re.M), output
-        # The task ran the cnntrain given through the submitter's environment (CNNTRAIN).
+        # The task ran this Python's cnntrain, given through the submitter's environment.
         first = (run_dir / "sweep-output.log").read_text().splitlines()[0]
-        assert f": {env['CNNTRAIN']} fit --config {QUICK}" in first
+        assert f": {sys.executable} -m cnntrain fit --config {QUICK}" in first
 
     rows = [line.split() for line in summarize(sweep_dir).splitlines()[1:5]]
     assert sorted(row[0] for row in rows) == GRID_NAMES
