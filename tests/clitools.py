@@ -33,6 +33,18 @@ def use_synthetic_mnist(mp, synthetic_mnist, data_dir):
     mp.delenv("CNNTRAIN_MNIST_MIRRORS", raising=False)
 
 
+def small_run_env(tmp_path, monkeypatch, synthetic_mnist, synthetic_mnist_dir):
+    """Synthetic MNIST in place of the real files, the working folder in tmp_path, and a small
+    config there whose run folder is tmp_path/runs/small: what the CLI tests' `env` fixtures
+    hand their tests."""
+    use_synthetic_mnist(monkeypatch, synthetic_mnist, synthetic_mnist_dir)
+    monkeypatch.chdir(tmp_path)
+    config = tmp_path / "small.ini"
+    config.write_text(small_config(run={"dir": tmp_path / "runs" / "small"}))
+    return {"config": str(config), "run": tmp_path / "runs" / "small", "tmp": tmp_path,
+            "data_dir": synthetic_mnist_dir, "table": synthetic_mnist.table}
+
+
 def invoke(*args):
     return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
 

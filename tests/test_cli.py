@@ -12,7 +12,8 @@ import pytest
 
 from cnntrain import __version__
 from cnntrain.checkpoint import FORMAT_VERSION, load_checkpoint
-from tests.clitools import SMALL_LAYERS, assert_one_line_error, invoke, small_config, use_synthetic_mnist
+from tests.clitools import (SMALL_LAYERS, assert_one_line_error, invoke, small_config,
+                            small_run_env)
 
 REPO = Path(__file__).resolve().parents[1]
 EPOCH_LINE = re.compile(r"^epoch (\d+)/(\d+) train_loss \d+\.\d{4} train_acc \d+\.\d\d% "
@@ -20,13 +21,7 @@ EPOCH_LINE = re.compile(r"^epoch (\d+)/(\d+) train_loss \d+\.\d{4} train_acc \d+
 
 @pytest.fixture
 def env(tmp_path, monkeypatch, synthetic_mnist, synthetic_mnist_dir):
-    """Synthetic MNIST in place of the real files, and a small config in tmp_path."""
-    use_synthetic_mnist(monkeypatch, synthetic_mnist, synthetic_mnist_dir)
-    monkeypatch.chdir(tmp_path)
-    config = tmp_path / "small.ini"
-    config.write_text(small_config(run={"dir": tmp_path / "runs" / "small"}))
-    return {"config": str(config), "run": tmp_path / "runs" / "small", "tmp": tmp_path,
-            "data_dir": synthetic_mnist_dir, "table": synthetic_mnist.table}
+    return small_run_env(tmp_path, monkeypatch, synthetic_mnist, synthetic_mnist_dir)
 
 
 def test_fit_writes_a_complete_run_folder(env):

@@ -17,17 +17,12 @@ import pytest
 from cnntrain import fileio
 from cnntrain.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from tests import proctools
-from tests.clitools import assert_one_line_error, invoke, small_config, use_synthetic_mnist
+from tests.clitools import assert_one_line_error, invoke, small_config, small_run_env
 
 
 @pytest.fixture
 def env(tmp_path, monkeypatch, synthetic_mnist, synthetic_mnist_dir):
-    use_synthetic_mnist(monkeypatch, synthetic_mnist, synthetic_mnist_dir)
-    monkeypatch.chdir(tmp_path)
-    config = tmp_path / "small.ini"
-    config.write_text(small_config(run={"dir": tmp_path / "runs" / "small"}))
-    return {"config": str(config), "run": tmp_path / "runs" / "small", "tmp": tmp_path,
-            "data_dir": synthetic_mnist_dir, "table": synthetic_mnist.table}
+    return small_run_env(tmp_path, monkeypatch, synthetic_mnist, synthetic_mnist_dir)
 
 
 def strict_json_lines(path):
