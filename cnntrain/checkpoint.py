@@ -88,6 +88,11 @@ def meta_problem(meta, order):
         return f"meta.json 'run_id' is {_shown(meta['run_id'])}, not a string"
     if "rng" in meta and not isinstance(meta["rng"], dict):
         return f"meta.json 'rng' is {_shown(meta['rng'])}, not a generator state"
+    layer_rngs = meta.get("layer_rngs", {})
+    if not isinstance(layer_rngs, dict) or not all(isinstance(state, dict)
+                                                   for state in layer_rngs.values()):
+        return (f"meta.json 'layer_rngs' is {_shown(layer_rngs)}, not one generator state per "
+                "layer name")
     step_in_epoch = meta.get("step_in_epoch", 0)
     if step_in_epoch > meta["step"]:
         return (f"meta.json 'step_in_epoch' ({step_in_epoch}) is more than 'step' "

@@ -427,6 +427,8 @@ EDITS = {
     "mid-epoch without order": (lambda m, o: (m, None), "has no epoch_order"),
     "negative step": (lambda m, o: (dict(m, step=-3), o), "'step' is -3"),
     "loss not a number": (lambda m, o: (dict(m, loss_sum="x"), o), "'loss_sum' is \"x\""),
+    "layer generators not states": (lambda m, o: (dict(m, layer_rngs={"dropout1": 7}), o),
+                                    "'layer_rngs' is {\"dropout1\": 7}"),
 }
 
 
