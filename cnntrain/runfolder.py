@@ -90,19 +90,45 @@ def folder_state(path):
     return EMPTY
 
 
+class BadMetricsLine(ValueError):
+    """A line of metrics.jsonl that is not a JSON object (and not a torn last line)."""
+
+    def __init__(self, number, reason):
+        super().__init__(f"{METRICS} line {number}: {reason}")
+        self.number, self.reason = number, reason
+
+
+def parse_metrics(text, skip_bad=False):
+    """[(line number, record)] of a metrics.jsonl text, one JSON object per line, blank lines
+    ignored. A last line without its newline that is not an object was cut short by a crash
+    and is always dropped; any other line that is not raises BadMetricsLine, or is dropped
+    with skip_bad=True (a plot draws what it can; a summary reports the damage)."""
+    lines = text.split("\n")
+    records = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)
+            reason = None if isinstance(value, dict) else \
+                f"a JSON {type(value).__name__}, expected an object"
+        except ValueError as exc:
+            reason = f"not valid JSON ({exc})"
+        if reason is None:
+            records.append((number, value))
+        elif not (skip_bad or number == len(lines)):
+            raise BadMetricsLine(number, reason)
+    return records
+
+
 def read_metrics(run_dir):
-    """The epochs recorded in RUN_DIR/metrics.jsonl ([] when there is none); a line cut short
-    by a crash is skipped."""
+    """The epochs recorded in RUN_DIR/metrics.jsonl ([] when there is none), skipping any
+    line that is not a JSON object (see parse_metrics)."""
     path = Path(run_dir) / METRICS
     if not path.exists():
         return []
-    rows = []
-    for text in path.read_text(encoding="utf-8").splitlines():
-        try:
-            rows.append(json.loads(text))
-        except json.JSONDecodeError:
-            continue
-    return rows
+    text = path.read_text(encoding="utf-8", errors="replace")
+    return [record for _, record in parse_metrics(text, skip_bad=True)]
 
 
 class FolderBusy(ConfigError):

@@ -33,7 +33,8 @@ from cnntrain.errors import ConfigError
 from cnntrain.fileio import atomic_write_text
 from cnntrain.logs import best_epoch
 from cnntrain.runfolder import (CONFIG, EMPTY, LOG, METRICS, OVERRIDES, RUN_MARKERS, SUMMARY,
-                                SWEEP_STATUS, folder_state, is_run_folder)
+                                SWEEP_STATUS, BadMetricsLine, folder_state, is_run_folder,
+                                parse_metrics)
 from cnntrain.stopsignals import STOP_SIGNALS
 
 ACCURACY_KEYS = ("best_val_acc", "best_test_acc", "final_val_acc", "final_test_acc")
@@ -164,19 +165,12 @@ def _read_history(folder: Path) -> List[dict]:
     text = _read_text(folder / METRICS)
     if text is None:
         return []
-    lines = text.split("\n")
-    history = []
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        where = f"{METRICS} line {number}"
-        try:
-            record = _parse_object(line, where)
-        except _Unreadable:
-            if number == len(lines):  # no newline after it: torn by a crash
-                continue
-            raise
-        history.append(_check_epoch_record(record, where))
+    try:
+        records = parse_metrics(text)
+    except BadMetricsLine as exc:
+        raise _Unreadable(str(exc)) from None
+    history = [_check_epoch_record(record, f"{METRICS} line {number}")
+               for number, record in records]
     for record in history:
         if record.get("val_acc") is not None and record.get("epoch") is None:
             raise _Unreadable(f"{METRICS}: an epoch with val_acc but no epoch number")

@@ -346,3 +346,24 @@ def test_requeues_a_slurm_task_used_show_in_the_status_and_a_used_up_bound_is_ex
     table = summarize.format_table(summarize.sort_rows(rows.values(), "run"))
     assert f"lr-0.1: {note}" in table.splitlines()
     assert not any(line.startswith(("lr-0.05:", "lr-0.2:")) for line in table.splitlines())
+
+
+def test_plots_and_summaries_read_metrics_with_one_parser_under_two_policies(tmp_path):
+    """runfolder.parse_metrics is the one reader of metrics.jsonl: a plot (read_metrics) draws
+    every good epoch around damaged lines, a summary names the first damaged line; both drop a
+    torn last line (here one that even parses, as a number)."""
+    from cnntrain.runfolder import BadMetricsLine, parse_metrics, read_metrics
+
+    good = [json.dumps(_metrics(epoch, 0.9, 0.9)) for epoch in (1, 2, 3)]
+    text = "\n".join([good[0], "{'epoch': 2}", "[1, 2]", good[1], "\ufffd", good[2], "12"])
+    (tmp_path / "metrics.jsonl").write_bytes(text.replace("\ufffd", "\udcff").encode(
+        "utf-8", "surrogateescape"))  # line 5: a byte that is not UTF-8
+    assert [row["epoch"] for row in read_metrics(tmp_path)] == [1, 2, 3]
+    assert [n for n, _ in parse_metrics(text, skip_bad=True)] == [1, 4, 6]
+    with pytest.raises(BadMetricsLine, match=r"^metrics.jsonl line 2: not valid JSON") as info:
+        parse_metrics(text)
+    assert info.value.number == 2
+    with pytest.raises(BadMetricsLine, match=r"line 3: a JSON list, expected an object"):
+        parse_metrics("\n".join([good[0], good[1], "[1, 2]", good[2]]))
+    assert [n for n, _ in parse_metrics("\n".join(good + ['{"epoch": 4, "val_']))] == [1, 2, 3]
+    assert parse_metrics("\n".join(good) + "\n\n") == parse_metrics("\n".join(good))
