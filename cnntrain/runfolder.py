@@ -123,12 +123,13 @@ def parse_metrics(text, skip_bad=False):
 
 def read_metrics(run_dir):
     """The epochs recorded in RUN_DIR/metrics.jsonl ([] when there is none), skipping any
-    line that is not a JSON object (see parse_metrics)."""
+    line that is not a JSON object (see parse_metrics) or has no whole epoch number."""
     path = Path(run_dir) / METRICS
     if not path.exists():
         return []
     text = path.read_text(encoding="utf-8", errors="replace")
-    return [record for _, record in parse_metrics(text, skip_bad=True)]
+    return [record for _, record in parse_metrics(text, skip_bad=True)
+            if isinstance(record.get("epoch"), int) and not isinstance(record["epoch"], bool)]
 
 
 class FolderBusy(ConfigError):

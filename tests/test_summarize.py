@@ -355,11 +355,12 @@ def test_plots_and_summaries_read_metrics_with_one_parser_under_two_policies(tmp
     from cnntrain.runfolder import BadMetricsLine, parse_metrics, read_metrics
 
     good = [json.dumps(_metrics(epoch, 0.9, 0.9)) for epoch in (1, 2, 3)]
-    text = "\n".join([good[0], "{'epoch': 2}", "[1, 2]", good[1], "\ufffd", good[2], "12"])
+    text = "\n".join([good[0], "{'epoch': 2}", "[1, 2]", good[1], "\ufffd", '{"epoch": "x"}',
+                      good[2], "12"])
     (tmp_path / "metrics.jsonl").write_bytes(text.replace("\ufffd", "\udcff").encode(
         "utf-8", "surrogateescape"))  # line 5: a byte that is not UTF-8
     assert [row["epoch"] for row in read_metrics(tmp_path)] == [1, 2, 3]
-    assert [n for n, _ in parse_metrics(text, skip_bad=True)] == [1, 4, 6]
+    assert [n for n, _ in parse_metrics(text, skip_bad=True)] == [1, 4, 6, 7]
     with pytest.raises(BadMetricsLine, match=r"^metrics.jsonl line 2: not valid JSON") as info:
         parse_metrics(text)
     assert info.value.number == 2
