@@ -98,6 +98,17 @@ class BadMetricsLine(ValueError):
         self.number, self.reason = number, reason
 
 
+def parse_json_object(text):
+    """(value, None) when `text` is one JSON object, else (None, why not) in a few words."""
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        return None, f"not valid JSON ({exc})"
+    if not isinstance(value, dict):
+        return None, f"a JSON {type(value).__name__}, expected an object"
+    return value, None
+
+
 def parse_metrics(text, skip_bad=False):
     """[(line number, record)] of a metrics.jsonl text, one JSON object per line, blank lines
     ignored. A last line without its newline that is not an object was cut short by a crash
@@ -108,12 +119,7 @@ def parse_metrics(text, skip_bad=False):
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
-        try:
-            value = json.loads(line)
-            reason = None if isinstance(value, dict) else \
-                f"a JSON {type(value).__name__}, expected an object"
-        except ValueError as exc:
-            reason = f"not valid JSON ({exc})"
+        value, reason = parse_json_object(line)
         if reason is None:
             records.append((number, value))
         elif not (skip_bad or number == len(lines)):

@@ -34,7 +34,7 @@ from cnntrain.fileio import atomic_write_text
 from cnntrain.logs import best_epoch
 from cnntrain.runfolder import (CONFIG, EMPTY, LOG, METRICS, OVERRIDES, RUN_MARKERS, SUMMARY,
                                 SWEEP_STATUS, BadMetricsLine, folder_state, is_run_folder,
-                                parse_metrics)
+                                parse_json_object, parse_metrics)
 from cnntrain.stopsignals import STOP_SIGNALS
 
 ACCURACY_KEYS = ("best_val_acc", "best_test_acc", "final_val_acc", "final_test_acc")
@@ -113,12 +113,9 @@ def _read_text(path: Path) -> Optional[str]:
 
 
 def _parse_object(text: str, where: str) -> dict:
-    try:
-        value = json.loads(text)
-    except ValueError as exc:
-        raise _Unreadable(f"{where}: not valid JSON ({exc})") from None
-    if not isinstance(value, dict):
-        raise _Unreadable(f"{where}: a JSON {type(value).__name__}, expected an object")
+    value, reason = parse_json_object(text)
+    if reason is not None:
+        raise _Unreadable(f"{where}: {reason}")
     return value
 
 
