@@ -260,6 +260,9 @@ SCHEMA: Dict[str, Dict[str, Key]] = {
                              "34"),
         "elastic_sigma": Key(Float(0, lo_open=True), 4.0,
                              "smoothness of the elastic displacement field in pixels"),
+        "clean_epochs": Key(Int(0), 0, "the last N epochs train on undistorted images, so the "
+                            "weights and batch norm's statistics settle on images like the test "
+                            "set's; 0 = distort in every epoch", "2"),
     },
     "model": {
         "layers": Key(Lines("layer", ("conv 6 5 pad=2", "relu", "maxpool 2", "flatten",

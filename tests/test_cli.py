@@ -63,6 +63,22 @@ def test_set_overrides_reach_the_run_and_its_config(env):
     assert not env["run"].exists()
 
 
+@pytest.mark.parametrize("clean_epochs, distorted_epochs", [(0, 3), (1, 2), (5, 0)])
+def test_clean_epochs_leave_the_last_epochs_undistorted(env, monkeypatch, clean_epochs,
+                                                        distorted_epochs):
+    from cnntrain.augment import Augmenter
+    distorted = []
+    real_call = Augmenter.__call__
+    monkeypatch.setattr(Augmenter, "__call__",
+                        lambda self, images, rng: distorted.append(1) or real_call(self, images, rng))
+    result = invoke("fit", "--config", env["config"], "--set", "train.epochs=3",
+                    "--set", "augment.translate=2", "--set", f"augment.clean_epochs={clean_epochs}")
+    assert result.exit_code == 0, result.output
+    assert len(distorted) == distorted_epochs * 16  # 500 images: 16 steps of 32 per epoch
+    assert re.search(rf"^clean_epochs = {clean_epochs}$",
+                     (env["run"] / "config.ini").read_text(), re.M)
+
+
 def test_eval_json_matches_the_training_metrics(env):
     assert invoke("fit", "--config", env["config"], "-q").exit_code == 0
     best = env["run"] / "checkpoints" / "best.npz"

@@ -144,7 +144,8 @@ def test_valid_keys_match_the_dataclasses():
         cls = type(getattr(C.load_config(CONFIGS / "lenet5.ini"), section))
         assert sorted(f.name for f in dataclasses.fields(cls)) == sorted(names)
     assert [f.name for f in dataclasses.fields(C.Config)] == list(keys) + ["source"]
-    assert keys["augment"] == ["translate", "rotate", "scale", "elastic_alpha", "elastic_sigma"]
+    assert keys["augment"] == ["translate", "rotate", "scale", "elastic_alpha", "elastic_sigma",
+                              "clean_epochs"]
 
 
 def test_defaults_from_the_table():

@@ -23,14 +23,15 @@ def splits(synthetic_mnist, synthetic_mnist_dir):
     return load_mnist(synthetic_mnist_dir, val_size=100, rng=np.random.default_rng(0))
 
 
-def make_trainer(splits, seed=0, lr=0.05, augment=None):
+def make_trainer(splits, seed=0, lr=0.05, augment=None, augment_epochs=None):
     init_rng, _, train_rng = random_streams(seed)
     net = build_network(SMALL_LAYERS, rng=init_rng)
     opt = SGD(net.params, lr, momentum=0.9, weight_decay=5e-4)
     schedule = LRSchedule(lr, "cosine", epochs=EPOCHS,
                           steps_per_epoch=steps_per_epoch(len(splits.train), BATCH))
     return Trainer(net, opt, schedule, splits, epochs=EPOCHS, batch_size=BATCH,
-                   eval_batch_size=64, rng=train_rng, augment=augment)
+                   eval_batch_size=64, rng=train_rng, augment=augment,
+                   augment_epochs=augment_epochs)
 
 
 def interrupt_at(step):
@@ -94,6 +95,59 @@ def test_training_learns_and_reshuffles_every_epoch(splits):
     assert len(first_batches) == 3
     assert not np.array_equal(first_batches[0], first_batches[1])
     assert not np.array_equal(first_batches[1], first_batches[2])
+
+
+def test_clean_epochs_see_undistorted_images_and_resume_exactly(splits, tmp_path):
+    """augment_epochs=2 of 3: the last epoch trains on the images as they are, and a run
+    stopped in a distorted epoch resumes into the same clean one."""
+    def noisy(calls, stop_at=None):
+        def hook(x, rng):  # draws from the training generator, as the real distortions do
+            calls.append(len(calls))
+            if len(calls) == stop_at:
+                os.kill(os.getpid(), signal.SIGINT)
+            return x + rng.normal(0, 2.0, size=x.shape).astype(x.dtype)
+        return hook
+
+    calls, seen_by_clean_epoch = [], []
+    straight = make_trainer(splits, augment=noisy(calls), augment_epochs=2)
+    straight_net_forward = straight.network.forward
+
+    def spy(x, train=True):
+        if train and len(calls) == 2 * straight.steps_per_epoch:  # epoch 3 has begun
+            seen_by_clean_epoch.append(x)
+        return straight_net_forward(x, train=train)
+
+    straight.network.forward = spy
+    final = straight.fit(TrainState(), lambda m, s: None)
+    steps = straight.steps_per_epoch
+    assert len(calls) == 2 * steps  # no distortion in epoch 3
+    # The last step of epoch 2 also lands here, after its distortion: skip it.
+    clean = seen_by_clean_epoch[1:]
+    assert len(clean) == steps
+    train_images = splits.train.images.reshape(len(splits.train.images), -1)
+    rows = {row.tobytes() for row in train_images}
+    assert all(img.tobytes() in rows for x in clean for img in x.reshape(len(x), -1))
+
+    always = make_trainer(splits, augment=noisy([]))
+    always.fit(TrainState(), lambda m, s: None)
+    assert not np.array_equal(always.network.params["dense2.W"],
+                              straight.network.params["dense2.W"])
+
+    first = make_trainer(splits, augment=noisy([], stop_at=steps + 3), augment_epochs=2)
+    with pytest.raises(Interrupted) as stopped:
+        first.fit(TrainState(), lambda m, s: None)
+    path = tmp_path / "last.npz"
+    save_checkpoint(path, _snapshot(first.network, first.optimizer, stopped.value.state,
+                                    first.rng, "config"))
+    ckpt = load_checkpoint(path)
+    resumed = make_trainer(splits, augment=noisy([]), augment_epochs=2)
+    resumed.network.load_params(ckpt.params)
+    resumed.optimizer.load_state_dict(ckpt.optimizer)
+    resumed.rng.bit_generator.state = ckpt.meta["rng"]
+    resumed.fit(TrainState.from_meta(ckpt.meta, ckpt.epoch_order), lambda m, s: None)
+    for name, value in straight.network.params.items():
+        np.testing.assert_array_equal(resumed.network.params[name], value, err_msg=name)
+    assert final.history[-1]["train_loss"] < final.history[0]["train_loss"]
 
 
 def test_same_seed_same_run_other_seed_other_run(splits):
