@@ -301,7 +301,7 @@ def _assemble(cfg, config_text, resume, *, data_dir, mirrors, progress):
     trainer = Trainer(network, optimizer, schedule, splits, epochs=t.epochs,
                       batch_size=t.batch_size, eval_batch_size=t.eval_batch_size, rng=train_rng,
                       progress=progress, augment=build_augmenter(cfg),
-                      augment_epochs=max(t.epochs - cfg.augment.clean_epochs, 0))
+                      clean_epochs=cfg.augment.clean_epochs)
     if resume is not None:
         state = _restore(network, optimizer, train_rng, resume, len(splits.train), steps)
         run_id = resume.meta.get("run_id") or uuid.uuid4().hex

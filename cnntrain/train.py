@@ -81,17 +81,17 @@ class Trainer:
 
     schedule(step) -> the learning rate of each global step (0-based).
     on_epoch_end(metrics, state) is called after every epoch (state already points at the next
-    one); `augment(images, rng) -> images` optionally transforms each training batch of the
-    first `augment_epochs` epochs (default: all of them).
+    one); `augment(images, rng) -> images` optionally transforms each training batch, except
+    in the last `clean_epochs` epochs.
     """
 
     def __init__(self, network, optimizer, schedule, splits, *, epochs, batch_size,
-                 eval_batch_size, rng, progress=False, augment=None, augment_epochs=None):
+                 eval_batch_size, rng, progress=False, augment=None, clean_epochs=0):
         self.network, self.optimizer, self.schedule = network, optimizer, schedule
         self.splits, self.epochs, self.batch_size = splits, epochs, batch_size
         self.eval_batch_size, self.rng, self.augment = eval_batch_size, rng, augment
         self.progress = progress
-        self.augment_epochs = epochs if augment_epochs is None else augment_epochs
+        self.clean_epochs = clean_epochs
         self.loss = SoftmaxCrossEntropy()
         self.steps_per_epoch = steps_per_epoch(len(splits.train.labels), batch_size)
 
@@ -128,7 +128,7 @@ class Trainer:
         for i in range(state.step_in_epoch, self.steps_per_epoch):
             batch = state.order[i * self.batch_size:(i + 1) * self.batch_size]
             x, y = images[batch], labels[batch]
-            if self.augment is not None and state.epoch < self.augment_epochs:
+            if self.augment is not None and state.epoch < self.epochs - self.clean_epochs:
                 x = self.augment(x, self.rng)
             self.optimizer.lr = self.schedule(state.step)
             logits = self.network.forward(x)

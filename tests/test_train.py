@@ -23,7 +23,7 @@ def splits(synthetic_mnist, synthetic_mnist_dir):
     return load_mnist(synthetic_mnist_dir, val_size=100, rng=np.random.default_rng(0))
 
 
-def make_trainer(splits, seed=0, lr=0.05, augment=None, augment_epochs=None):
+def make_trainer(splits, seed=0, lr=0.05, augment=None, clean_epochs=0):
     init_rng, _, train_rng = random_streams(seed)
     net = build_network(SMALL_LAYERS, rng=init_rng)
     opt = SGD(net.params, lr, momentum=0.9, weight_decay=5e-4)
@@ -31,7 +31,21 @@ def make_trainer(splits, seed=0, lr=0.05, augment=None, augment_epochs=None):
                           steps_per_epoch=steps_per_epoch(len(splits.train), BATCH))
     return Trainer(net, opt, schedule, splits, epochs=EPOCHS, batch_size=BATCH,
                    eval_batch_size=64, rng=train_rng, augment=augment,
-                   augment_epochs=augment_epochs)
+                   clean_epochs=clean_epochs)
+
+
+def resume_through_checkpoint(stopped_trainer, state, tmp_path, fresh_trainer):
+    """Save the stopped trainer's position as `cnntrain fit` does, load it into a fresh
+    trainer and train that to the end: (the fresh trainer, its final state)."""
+    path = tmp_path / "last.npz"
+    save_checkpoint(path, _snapshot(stopped_trainer.network, stopped_trainer.optimizer, state,
+                                    stopped_trainer.rng, "config"))
+    ckpt = load_checkpoint(path)
+    fresh_trainer.network.load_params(ckpt.params)
+    fresh_trainer.optimizer.load_state_dict(ckpt.optimizer)
+    fresh_trainer.rng.bit_generator.state = ckpt.meta["rng"]
+    final = fresh_trainer.fit(TrainState.from_meta(ckpt.meta, ckpt.epoch_order), lambda m, s: None)
+    return fresh_trainer, final
 
 
 def interrupt_at(step):
@@ -57,15 +71,7 @@ def test_interrupted_then_resumed_run_ends_bit_identical(splits, tmp_path, stop_
         first.fit(TrainState(), lambda m, s: None)
     state = stopped.value.state
     assert state.step == stop_step  # the step that saw Ctrl-C finished; no later one started
-    path = tmp_path / "last.npz"
-    save_checkpoint(path, _snapshot(first.network, first.optimizer, state, first.rng, "config"))
-
-    ckpt = load_checkpoint(path)
-    resumed = make_trainer(splits)
-    resumed.network.load_params(ckpt.params)
-    resumed.optimizer.load_state_dict(ckpt.optimizer)
-    resumed.rng.bit_generator.state = ckpt.meta["rng"]
-    final_resumed = resumed.fit(TrainState.from_meta(ckpt.meta, ckpt.epoch_order), lambda m, s: None)
+    resumed, final_resumed = resume_through_checkpoint(first, state, tmp_path, make_trainer(splits))
 
     for name, value in straight.network.params.items():
         np.testing.assert_array_equal(resumed.network.params[name], value, err_msg=name)
@@ -98,7 +104,7 @@ def test_training_learns_and_reshuffles_every_epoch(splits):
 
 
 def test_clean_epochs_see_undistorted_images_and_resume_exactly(splits, tmp_path):
-    """augment_epochs=2 of 3: the last epoch trains on the images as they are, and a run
+    """clean_epochs=1 of 3: the last epoch trains on the images as they are, and a run
     stopped in a distorted epoch resumes into the same clean one."""
     def noisy(calls, stop_at=None):
         def hook(x, rng):  # draws from the training generator, as the real distortions do
@@ -109,7 +115,7 @@ def test_clean_epochs_see_undistorted_images_and_resume_exactly(splits, tmp_path
         return hook
 
     calls, seen_by_clean_epoch = [], []
-    straight = make_trainer(splits, augment=noisy(calls), augment_epochs=2)
+    straight = make_trainer(splits, augment=noisy(calls), clean_epochs=1)
     straight_net_forward = straight.network.forward
 
     def spy(x, train=True):
@@ -133,18 +139,11 @@ def test_clean_epochs_see_undistorted_images_and_resume_exactly(splits, tmp_path
     assert not np.array_equal(always.network.params["dense2.W"],
                               straight.network.params["dense2.W"])
 
-    first = make_trainer(splits, augment=noisy([], stop_at=steps + 3), augment_epochs=2)
+    first = make_trainer(splits, augment=noisy([], stop_at=steps + 3), clean_epochs=1)
     with pytest.raises(Interrupted) as stopped:
         first.fit(TrainState(), lambda m, s: None)
-    path = tmp_path / "last.npz"
-    save_checkpoint(path, _snapshot(first.network, first.optimizer, stopped.value.state,
-                                    first.rng, "config"))
-    ckpt = load_checkpoint(path)
-    resumed = make_trainer(splits, augment=noisy([]), augment_epochs=2)
-    resumed.network.load_params(ckpt.params)
-    resumed.optimizer.load_state_dict(ckpt.optimizer)
-    resumed.rng.bit_generator.state = ckpt.meta["rng"]
-    resumed.fit(TrainState.from_meta(ckpt.meta, ckpt.epoch_order), lambda m, s: None)
+    resumed, _ = resume_through_checkpoint(first, stopped.value.state, tmp_path,
+                                           make_trainer(splits, augment=noisy([]), clean_epochs=1))
     for name, value in straight.network.params.items():
         np.testing.assert_array_equal(resumed.network.params[name], value, err_msg=name)
     assert final.history[-1]["train_loss"] < final.history[0]["train_loss"]
