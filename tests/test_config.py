@@ -114,6 +114,14 @@ def test_classic_and_quick_flavours():
     assert quick.run.dir == "runs/quick"
 
 
+def test_bn_aug_trains_on_whole_batches_only():
+    # Its README figures rely on it: a partial last batch has shapes whose products OpenBLAS
+    # sums in another order on 2 threads than on 1.
+    cfg = C.load_config(CONFIGS / "bn-aug.ini")
+    assert cfg.data.train_size == 0
+    assert (C.MNIST_TRAIN_IMAGES - cfg.data.val_size) % cfg.train.batch_size == 0
+
+
 def test_shipped_configs_comment_every_key():
     # Caffe-style: each key has a comment beside it, or sits right under a comment; a comment
     # may cover a pair of keys that belong together (mean and std, say), no more.
