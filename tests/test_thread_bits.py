@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cnntrain.checkpoint import Checkpoint, load_checkpoint
+from cnntrain.checkpoint import Checkpoint
 from tests.checkpoints import make_network, save_network
 from tests.clitools import small_config
 
@@ -25,8 +25,8 @@ def thread_bits():
     return module
 
 
-def _checkpoint(seed=0):
-    network, _ = make_network(["batchnorm", "flatten", "dense 10"], seed=seed)
+def _checkpoint():
+    network, _ = make_network(["batchnorm", "flatten", "dense 10"])
     return Checkpoint(params={k: v.copy() for k, v in network.params.items()},
                       buffers={k: v.copy() for k, v in network.buffers.items()},
                       optimizer={"velocity/dense1.W": np.zeros((784, 10), np.float32)})
