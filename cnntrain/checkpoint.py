@@ -46,6 +46,14 @@ class Checkpoint:
     def config_text(self):
         return self.meta["config"]
 
+    def named_arrays(self):
+        """{key: array} of the parameters, buffers and velocities, keyed as the file stores
+        them: 'param/conv1.W', 'buffer/batchnorm1.running_mean', 'optim/conv1.W.v'."""
+        named = {f"param/{name}": value for name, value in self.params.items()}
+        named.update({f"buffer/{name}": value for name, value in self.buffers.items()})
+        named.update({f"optim/{name}": value for name, value in self.optimizer.items()})
+        return named
+
 
 def non_finite_entry(params, optimizer=None, buffers=None):
     """The name of the first parameter (or velocity, or buffer) holding NaN or inf, or None."""
@@ -143,10 +151,7 @@ def save_checkpoint(path, ckpt):
     if bad:
         raise NonFiniteModelError(f"not saving {path}: {bad} holds NaN or infinite values")
     meta = dict(ckpt.meta, format_version=FORMAT_VERSION)
-    arrays = {f"param/{name}": np.ascontiguousarray(value) for name, value in ckpt.params.items()}
-    arrays.update({f"buffer/{name}": np.ascontiguousarray(value)
-                   for name, value in ckpt.buffers.items()})
-    arrays.update({f"optim/{name}": value for name, value in ckpt.optimizer.items()})
+    arrays = {key: np.ascontiguousarray(value) for key, value in ckpt.named_arrays().items()}
     if ckpt.epoch_order is not None:
         arrays["epoch_order"] = np.asarray(ckpt.epoch_order, dtype=np.int64)
     arrays["meta.json"] = np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)

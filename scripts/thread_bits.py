@@ -33,19 +33,10 @@ THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"
 NAMES_SHOWN = 8  # once one array differs, training carries it into nearly all the others
 
 
-def arrays_of(checkpoint):
-    """{name: array} of everything a checkpoint trains or accumulates, prefixed by kind."""
-    named = {}
-    for kind, arrays in (("param", checkpoint.params), ("buffer", checkpoint.buffers),
-                         ("optim", checkpoint.optimizer)):
-        named.update({f"{kind}/{name}": value for name, value in arrays.items()})
-    return named
-
-
 def differing_arrays(a, b):
     """Names of the arrays that are not bit-identical between checkpoints a and b (an array
     only one of them has counts as differing). NaNs compare by their bits too."""
-    first, second = arrays_of(a), arrays_of(b)
+    first, second = a.named_arrays(), b.named_arrays()
     return sorted(name for name in first.keys() | second.keys()
                   if name not in first or name not in second
                   or first[name].shape != second[name].shape
@@ -91,7 +82,7 @@ def main(argv=None):
         paths = [train(threads, args, Path(work) / f"run{i}-threads-{threads}")
                  for i, threads in enumerate(args.threads)]
         checkpoints = [load_checkpoint(path) for path in paths]
-        names = arrays_of(checkpoints[0])
+        names = checkpoints[0].named_arrays()
         same = True
         for threads, checkpoint in zip(args.threads[1:], checkpoints[1:]):
             differing = differing_arrays(checkpoints[0], checkpoint)
