@@ -5,7 +5,8 @@ Trains the config from scratch once per --threads value (each child process gets
 OPENBLAS_NUM_THREADS, OMP_NUM_THREADS and MKL_NUM_THREADS set to it), then compares the
 final checkpoints array by array, bit for bit: parameters, buffers (batch norm's running
 statistics), optimizer velocities. Exit 0 when they all match, 1 when any differs (each one
-listed), 2 when a run fails.
+listed), 2 when a run fails; a stop signal (Ctrl-C, SIGTERM, SIGHUP) during a run stops the
+script with the run's own exit code (130, 143, 129).
 
     python scripts/thread_bits.py --config configs/bn-aug.ini --set train.epochs=2 \\
         --set data.train_size=5760 --set data.test_size=1000 --threads 1 2
@@ -19,6 +20,7 @@ own, so keep the full run's remainder of training images modulo the batch size.
 
 import argparse
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -28,6 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from cnntrain.checkpoint import load_checkpoint  # noqa: E402
+from cnntrain.stopsignals import STOP_SIGNALS, describe  # noqa: E402
 
 THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 NAMES_SHOWN = 8  # once one array differs, training carries it into nearly all the others
@@ -56,10 +59,27 @@ def train(threads, args, out):
     command += [part for pair in args.set for part in ("--set", pair)]
     if args.data_dir:
         command += ["--data-dir", args.data_dir]
-    done = subprocess.run(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                          text=True)
+    done = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
+    # A stop signal is the run's to handle (it saves and exits 128 + the signal): pass it on
+    # rather than dying here mid-wait with a traceback, whether it came to this process alone
+    # or, from a terminal, to both.
+    previous = {signum: signal.signal(signum, lambda signum, frame: done.send_signal(signum))
+                for signum in STOP_SIGNALS}
+    try:
+        _, stderr = done.communicate()
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    stopped_by = [signum for signum in STOP_SIGNALS if done.returncode == 128 + signum]
+    if stopped_by:
+        # The run saved its position, but in a folder this script is about to remove: its
+        # "continue with" line would point at nothing.
+        print(f"stopped by {describe(stopped_by[0])} during the run with {threads} thread(s); "
+              "nothing was compared", file=sys.stderr)
+        raise SystemExit(done.returncode)
     if done.returncode != 0:
-        last_line = (done.stderr.strip().splitlines() or [""])[-1]
+        last_line = (stderr.strip().splitlines() or [""])[-1]
         print(f"the run with {threads} thread(s) failed (exit {done.returncode}): {last_line}",
               file=sys.stderr)
         raise SystemExit(2)

@@ -3,8 +3,12 @@ on a short real-MNIST run. Whether a BLAS gives the same bits for 1 and 2 thread
 about the machine, which the script measures; these tests check the measuring."""
 
 import importlib.util
+import os
+import signal
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -107,6 +111,34 @@ def test_a_failing_run_exits_2_with_its_own_error(real_mnist_dir, tmp_path):
     assert done.returncode == 2
     assert "the run with 1 thread(s) failed (exit 2): error: " in done.stderr
     assert "train.epochs" in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("signum, whole_group, code, name", [
+    (signal.SIGINT, True, 130, "Ctrl-C (SIGINT)"),  # a terminal's Ctrl-C reaches the group
+    (signal.SIGTERM, False, 143, "SIGTERM"),       # `kill PID`: the script passes it on
+])
+def test_a_stop_signal_during_a_run_stops_with_its_code_and_no_continue_line(
+        real_mnist_dir, tmp_path, signum, whole_group, code, name):
+    config = tmp_path / "small.ini"
+    config.write_text(small_config(run={"dir": tmp_path / "unused"}))
+    before = set(os.listdir(tempfile.gettempdir()))
+    script = subprocess.Popen(
+        [sys.executable, str(SCRIPT), "--config", str(config), "--set", "train.epochs=500",
+         "--data-dir", str(real_mnist_dir)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    time.sleep(3)  # the first run is training by now: 500 epochs take minutes
+    if whole_group:
+        os.killpg(script.pid, signum)
+    else:
+        script.send_signal(signum)
+    out, err = script.communicate(timeout=120)
+    assert script.returncode == code, err
+    # The run's own "continue with" line would name a folder the script has removed.
+    assert err.strip() == f"stopped by {name} during the run with 1 thread(s); nothing was compared"
+    assert out == ""
+    left = {entry for entry in set(os.listdir(tempfile.gettempdir())) - before
+            if entry.startswith("cnntrain-thread-bits-")}
+    assert not left
 
 
 def test_fewer_than_two_thread_counts_is_a_usage_error():
