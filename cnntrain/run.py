@@ -220,7 +220,9 @@ def _restore(network, optimizer, train_rng, resume, n_train, steps):
     if state.order is not None and len(state.order) != n_train:
         raise CnnTrainError(f"cannot resume from this checkpoint: its epoch_order covers "
                             f"{len(state.order)} training images, the data has {n_train}")
-    if state.step_in_epoch >= steps and state.order is not None:
+    # At `steps` itself the epoch's training is done and its evaluation still to come: a
+    # stop during an epoch's last step saves that position, and the resume evaluates it.
+    if state.step_in_epoch > steps and state.order is not None:
         raise CnnTrainError(f"cannot resume from this checkpoint: it stands at step "
                             f"{state.step_in_epoch} of an epoch of {steps} steps")
     return state

@@ -7,6 +7,8 @@ checksum table, optionally a fault (below), and calls the CLI's main().
 Faults (FAULTS_JSON, a dict):
   {"signal_in_save": [15, 2]}  the first checkpoint write sends these signals to the process
                                itself just before numpy writes the temporary file
+  {"signal_at_step": [63, 15]}  the process sends itself signal 15 during its 63rd optimizer
+                               step (counted from this process's start), after the update
 """
 
 import json
@@ -33,6 +35,16 @@ LAUNCHER = textwrap.dedent("""\
                     os.kill(os.getpid(), signum)
             real_savez(f, **arrays)
         numpy.savez = savez
+    if "signal_at_step" in faults:
+        import cnntrain.optim
+        at_step, signum = faults["signal_at_step"]
+        real_step, taken = cnntrain.optim.SGD.step, []
+        def step(self, grads):
+            real_step(self, grads)
+            taken.append(1)
+            if len(taken) == at_step:
+                os.kill(os.getpid(), signum)
+        cnntrain.optim.SGD.step = step
     from cnntrain.cli import main
     sys.argv = ["cnntrain", *sys.argv[3:]]
     main()

@@ -7,7 +7,7 @@ import signal
 import numpy as np
 import pytest
 
-from cnntrain.checkpoint import load_checkpoint
+from cnntrain.checkpoint import load_checkpoint, save_checkpoint
 from tests import proctools
 from tests.clitools import small_config
 
@@ -33,6 +33,12 @@ def assert_same_weights(a, b):
 
 def epochs_logged(run):
     return [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def trained_metrics(run):
+    """Each epoch's metrics without its timings, which differ from run to run."""
+    return [{k: v for k, v in json.loads(line).items() if k not in ("seconds", "images_per_s")}
+            for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
 @pytest.fixture
@@ -61,6 +67,37 @@ def test_a_stop_signal_saves_the_exact_position_and_resume_is_bit_identical(env,
     assert code == 0, err
     assert_same_weights(straight, last)
     assert epochs_logged(run) == [1, 2, 3]
+
+
+@pytest.mark.parametrize("step", [62, 63, 64])  # an epoch is 63 steps
+def test_a_stop_on_any_step_around_an_epochs_end_resumes_bit_identical(env, straight, step):
+    """A stop that lands during an epoch's last step saves the position before that epoch's
+    evaluation; the resume evaluates it and goes on, as a stop a step earlier or later does."""
+    run = env["tmp"] / "stopped"
+    code, _, err = cnntrain(env, "fit", "--config", env["config"], "-q", "--out", run,
+                            faults={"signal_at_step": [step, signal.SIGTERM]})
+    assert code == 143, err
+    last = run / "checkpoints" / "last.npz"
+    assert load_checkpoint(last).meta["step"] == step
+    assert (run / "metrics.jsonl").exists() == (step > 63)
+    code, _, err = cnntrain(env, "fit", "--resume", last, "-q")
+    assert code == 0, err
+    assert_same_weights(straight, last)
+    assert trained_metrics(run) == trained_metrics(straight.parents[1])
+
+
+def test_a_hand_edited_position_past_the_epochs_end_is_refused_in_one_line(env):
+    run = env["tmp"] / "stopped"
+    code, _, err = cnntrain(env, "fit", "--config", env["config"], "-q", "--out", run,
+                            faults={"signal_at_step": [63, signal.SIGTERM]})
+    assert code == 143, err
+    last = run / "checkpoints" / "last.npz"
+    ckpt = load_checkpoint(last)
+    ckpt.meta.update(step=64, step_in_epoch=64)
+    save_checkpoint(last, ckpt)
+    code, _, err = cnntrain(env, "fit", "--resume", last, "-q")
+    assert code == 1 and err == ("error: cannot resume from this checkpoint: it stands at step "
+                                 "64 of an epoch of 63 steps\n"), err
 
 
 @pytest.mark.parametrize("signals", [[signal.SIGTERM, signal.SIGTERM], [signal.SIGHUP, signal.SIGINT]])

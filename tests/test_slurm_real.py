@@ -438,9 +438,10 @@ def test_tasks_requeue_themselves_at_the_early_signal_until_done_or_out_of_reque
     assert_bit_identical(run_dir / "checkpoints" / "last.npz", timed["reference"]())
 
     records = wait_releasing(bounded, 200)
-    assert states(records) == {"0": ("FAILED", "130:0")} and records["0"]["Restarts"] == "1"
-    note = "used its 1 of 1 requeues (--max-requeues); submit the sweep again to resume it"
     said = (bounded_dir / "sweep.log").read_text()
+    assert states(records) == {"0": ("FAILED", "130:0")} and records["0"]["Restarts"] == "1", \
+        (records, said)
+    note = "used its 1 of 1 requeues (--max-requeues); submit the sweep again to resume it"
     assert re.search(r" stopped #0 lr-0\.05 after 1 requeues \(--max-requeues 1\); submit the "
                      r"sweep again to resume it$", said, re.M), said
     status = json.loads((bounded_dir / "lr-0.05" / "sweep-status.json").read_text())
