@@ -175,7 +175,10 @@ class Trainer:
                 raise DivergedError(f"training diverged in epoch {state.epoch + 1}: {name} is no "
                                     "longer finite")
         started = time.perf_counter()
-        metrics = {"epoch": state.epoch + 1, "step": state.step, "lr": self.optimizer.lr,
+        # The lr of the epoch's last step, from the schedule: a run resumed after that step
+        # has taken no step yet, so the optimizer still holds the config's lr.
+        metrics = {"epoch": state.epoch + 1, "step": state.step,
+                   "lr": self.schedule(state.step - 1),
                    "train_loss": state.loss_sum / state.seen, "train_acc": state.correct / state.seen}
         for split in ("val", "test"):
             data = getattr(self.splits, split)

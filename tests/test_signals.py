@@ -69,7 +69,7 @@ def test_a_stop_signal_saves_the_exact_position_and_resume_is_bit_identical(env,
     assert epochs_logged(run) == [1, 2, 3]
 
 
-@pytest.mark.parametrize("step", [62, 63, 64])  # an epoch is 63 steps
+@pytest.mark.parametrize("step", [62, 63, 64, 189])  # an epoch is 63 steps; 189 ends the run
 def test_a_stop_on_any_step_around_an_epochs_end_resumes_bit_identical(env, straight, step):
     """A stop that lands during an epoch's last step saves the position before that epoch's
     evaluation; the resume evaluates it and goes on, as a stop a step earlier or later does."""
