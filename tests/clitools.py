@@ -1,6 +1,8 @@
 """Helpers for tests that drive the real CLI on synthetic MNIST: a small config, the data
 environment, invoking a command, and checking the one-line errors."""
 
+import json
+
 from click.testing import CliRunner
 
 from cnntrain import download
@@ -57,3 +59,15 @@ def assert_one_line_error(result, code, *fragments):
     assert "Traceback" not in result.output
     for fragment in fragments:
         assert fragment in lines[0], (fragment, lines[0])
+
+
+def without_timings(history):
+    """Each epoch's metrics without its timings, which differ from run to run: what two runs
+    that trained alike must agree on."""
+    return [{k: v for k, v in m.items() if k not in ("seconds", "images_per_s")} for m in history]
+
+
+def logged_metrics(run):
+    """without_timings of the run folder's metrics.jsonl."""
+    return without_timings(json.loads(line)
+                           for line in (run / "metrics.jsonl").read_text().splitlines())

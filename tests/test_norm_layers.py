@@ -14,7 +14,8 @@ from cnntrain.model import LayerLineError, build_network, check_layers
 from cnntrain.losses import SoftmaxCrossEntropy
 from cnntrain.optim import SGD
 from cnntrain.run import layer_seeds
-from tests.clitools import assert_one_line_error, invoke, small_config, use_synthetic_mnist
+from tests.clitools import (assert_one_line_error, invoke, logged_metrics, small_config,
+                             use_synthetic_mnist)
 from tests.gradcheck import numeric_gradient, relative_error
 
 if os.environ.get("CNNTRAIN_REQUIRE_TORCH") == "1":
@@ -275,9 +276,7 @@ def test_a_run_with_dropout_and_batchnorm_resumes_bit_identical(
             np.testing.assert_array_equal(getattr(b, kind)[name], value, err_msg=name)
     assert a.meta["layer_rngs"] == b.meta["layer_rngs"]
     assert not np.array_equal(a.buffers["batchnorm1.running_var"], saved.buffers["batchnorm1.running_var"])
-    drop = ("seconds", "images_per_s")
-    metrics = [[{k: v for k, v in json.loads(line).items() if k not in drop}
-                for line in (run / "metrics.jsonl").read_text().splitlines()] for run in (straight, stopped)]
+    metrics = [logged_metrics(run) for run in (straight, stopped)]
     assert metrics[0] == metrics[1] and len(metrics[0]) == 3
 
     # eval rebuilds the network, running statistics included, from the checkpoint alone.

@@ -9,7 +9,7 @@ import pytest
 
 from cnntrain.checkpoint import load_checkpoint, save_checkpoint
 from tests import proctools
-from tests.clitools import small_config
+from tests.clitools import logged_metrics, small_config
 
 
 @pytest.fixture
@@ -33,12 +33,6 @@ def assert_same_weights(a, b):
 
 def epochs_logged(run):
     return [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()]
-
-
-def trained_metrics(run):
-    """Each epoch's metrics without its timings, which differ from run to run."""
-    return [{k: v for k, v in json.loads(line).items() if k not in ("seconds", "images_per_s")}
-            for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
 @pytest.fixture
@@ -83,7 +77,7 @@ def test_a_stop_on_any_step_around_an_epochs_end_resumes_bit_identical(env, stra
     code, _, err = cnntrain(env, "fit", "--resume", last, "-q")
     assert code == 0, err
     assert_same_weights(straight, last)
-    assert trained_metrics(run) == trained_metrics(straight.parents[1])
+    assert logged_metrics(run) == logged_metrics(straight.parents[1])
 
 
 def test_a_hand_edited_position_past_the_epochs_end_is_refused_in_one_line(env):
