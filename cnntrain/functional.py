@@ -393,19 +393,35 @@ def softmax(z):
     return np.exp(log_softmax(z))
 
 
-def cross_entropy(log_probs, labels):
-    """Mean negative log-likelihood of the true classes. log_probs: (N, K), labels: (N,) -> float."""
-    return float(-log_probs[np.arange(len(labels)), labels].mean())
+def cross_entropy(log_probs, labels, smoothing=0.0):
+    """Mean cross-entropy of the predicted distribution against the target distribution
+    t = (1 - smoothing) * onehot(y) + smoothing / K, which is onehot(y) by default:
+    -mean_n sum_k t[n, k] * log_probs[n, k].
+
+    log_probs: (N, K), labels: (N,) -> float. With smoothing > 0 the target keeps some
+    probability on every class, so the loss stops rewarding ever larger logits
+    (label smoothing, Szegedy et al. 2016).
+    """
+    true_class = log_probs[np.arange(len(labels)), labels].mean()
+    if not smoothing:
+        return float(-true_class)
+    K = log_probs.shape[1]
+    every_class = log_probs.sum(axis=1).mean() / K
+    return float(-((1 - smoothing) * true_class + smoothing * every_class))
 
 
-def softmax_cross_entropy_backward(probs, labels):
-    """The output delta of softmax + cross-entropy: (softmax(z) - onehot(y)) / N.
+def softmax_cross_entropy_backward(probs, labels, smoothing=0.0):
+    """The output delta of softmax + cross-entropy: (softmax(z) - t) / N, with t the target
+    distribution of `cross_entropy`: onehot(y) by default, (1 - smoothing) * onehot(y) +
+    smoothing / K with label smoothing.
 
     The division by the batch size N happens here, once, and nowhere else.
     probs: (N, K), labels: (N,) -> dz: (N, K)
     """
-    N = len(labels)
+    N, K = probs.shape
     dz = probs.copy()
-    dz[np.arange(N), labels] -= 1
+    dz[np.arange(N), labels] -= 1 - smoothing
+    if smoothing:
+        dz -= dz.dtype.type(smoothing / K)
     dz *= dz.dtype.type(1.0 / N)
     return dz

@@ -115,7 +115,7 @@ def network_from_checkpoint(ckpt, cfg, path):
 RESUME_ACCEPTS = (
     ["train." + key for key in ("epochs", "lr", "lr_schedule", "lr_step_epochs", "lr_gamma",
                                 "warmup_epochs", "momentum", "nesterov", "weight_decay",
-                                "decay_biases", "eval_batch_size")]
+                                "decay_biases", "label_smoothing", "eval_batch_size")]
     + ["augment." + key for key in SCHEMA["augment"]]
     + ["data.dir", "data.mirrors", "run.dir"])
 BATCH_SIZE_KEY = "train.batch_size"  # accepted at an epoch boundary only
@@ -303,7 +303,7 @@ def _assemble(cfg, config_text, resume, *, data_dir, mirrors, progress):
     trainer = Trainer(network, optimizer, schedule, splits, epochs=t.epochs,
                       batch_size=t.batch_size, eval_batch_size=t.eval_batch_size, rng=train_rng,
                       progress=progress, augment=build_augmenter(cfg),
-                      clean_epochs=cfg.augment.clean_epochs)
+                      clean_epochs=cfg.augment.clean_epochs, label_smoothing=t.label_smoothing)
     if resume is not None:
         state = _restore(network, optimizer, train_rng, resume, len(splits.train), steps)
         run_id = resume.meta.get("run_id") or uuid.uuid4().hex

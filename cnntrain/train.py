@@ -82,17 +82,19 @@ class Trainer:
     schedule(step) -> the learning rate of each global step (0-based).
     on_epoch_end(metrics, state) is called after every epoch (state already points at the next
     one); `augment(images, rng) -> images` optionally transforms each training batch, except
-    in the last `clean_epochs` epochs.
+    in the last `clean_epochs` epochs. `label_smoothing` smooths the training loss's targets;
+    evaluation always scores against the true labels, so its losses compare across runs.
     """
 
     def __init__(self, network, optimizer, schedule, splits, *, epochs, batch_size,
-                 eval_batch_size, rng, progress=False, augment=None, clean_epochs=0):
+                 eval_batch_size, rng, progress=False, augment=None, clean_epochs=0,
+                 label_smoothing=0.0):
         self.network, self.optimizer, self.schedule = network, optimizer, schedule
         self.splits, self.epochs, self.batch_size = splits, epochs, batch_size
         self.eval_batch_size, self.rng, self.augment = eval_batch_size, rng, augment
         self.progress = progress
         self.clean_epochs = clean_epochs
-        self.loss = SoftmaxCrossEntropy()
+        self.loss = SoftmaxCrossEntropy(label_smoothing)
         self.steps_per_epoch = steps_per_epoch(len(splits.train.labels), batch_size)
 
     def fit(self, state, on_epoch_end, stop=None):

@@ -79,6 +79,33 @@ def test_clean_epochs_leave_the_last_epochs_undistorted(env, monkeypatch, clean_
                      (env["run"] / "config.ini").read_text(), re.M)
 
 
+def test_label_smoothing_reaches_the_training_loss_and_not_the_scores(env, monkeypatch):
+    from cnntrain import functional
+    smoothings = []
+    real_delta = functional.softmax_cross_entropy_backward
+    monkeypatch.setattr(functional, "softmax_cross_entropy_backward",
+                        lambda probs, labels, smoothing=0.0:
+                        smoothings.append(smoothing) or real_delta(probs, labels, smoothing))
+    runs = {s: env["tmp"] / f"smoothing-{s}" for s in ("0", "0.2")}
+    for s, run in runs.items():
+        result = invoke("fit", "--config", env["config"], "-q", "--out", run,
+                        "--set", f"train.label_smoothing={s}")
+        assert result.exit_code == 0, result.output
+    assert smoothings == [0.0] * 32 + [0.2] * 32  # 2 epochs of 16 steps each
+    assert re.search(r"^label_smoothing = 0\.2$", (runs["0.2"] / "config.ini").read_text(), re.M)
+    plain, smoothed = (load_checkpoint(run / "checkpoints" / "last.npz") for run in runs.values())
+    assert any(not np.array_equal(plain.params[k], smoothed.params[k]) for k in plain.params)
+    # The logged test loss is plain cross-entropy, as `cnntrain eval` scores it.
+    report = json.loads(invoke("eval", runs["0.2"] / "checkpoints" / "last.npz", "--json").stdout)
+    summary = json.loads((runs["0.2"] / "summary.json").read_text())
+    assert report["loss"] == pytest.approx(summary["final"]["test_loss"], rel=1e-6)
+    # A resume may change it, as it may change the learning rate.
+    resumed = invoke("fit", "--resume", runs["0.2"] / "checkpoints" / "last.npz", "-q",
+                     "--set", "train.epochs=3", "--set", "train.label_smoothing=0.1")
+    assert resumed.exit_code == 0, resumed.output
+    assert smoothings[64:] == [0.1] * 16
+
+
 def test_eval_json_matches_the_training_metrics(env):
     assert invoke("fit", "--config", env["config"], "-q").exit_code == 0
     best = env["run"] / "checkpoints" / "best.npz"

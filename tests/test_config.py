@@ -431,6 +431,8 @@ def test_choice_suggests_the_right_spelling():
     ("train", "lr", "0", "a number > 0"),
     ("train", "lr", "-0.1", "a number > 0"),
     ("train", "momentum", "1", "a number in [0, 1)"),
+    ("train", "label_smoothing", "1", "a number in [0, 1)"),
+    ("train", "label_smoothing", "-0.1", "a number in [0, 1)"),
     ("train", "momentum", "-0.1", "a number in [0, 1)"),
     ("train", "weight_decay", "-1e-4", "a number >= 0"),
     ("train", "lr_step_epochs", "0", "an integer >= 1"),

@@ -172,6 +172,49 @@ def test_softmax_cross_entropy_value_and_delta():
     assert relative_error(loss.backward(), numeric_gradient(objective, z)) < TOL
 
 
+@pytest.mark.parametrize("smoothing", [0.1, 0.5])
+def test_label_smoothing_value_and_delta(smoothing):
+    """The target (1 - s) * onehot + s / K, written out: the loss is -sum_k t_k log p_k per
+    image, its delta (p - t) / N, and both agree with central differences in float64."""
+    rng = np.random.default_rng(9)
+    z = rng.standard_normal((6, 5)) * 3
+    y = np.array([0, 4, 1, 1, 2, 3])
+    loss = SoftmaxCrossEntropy(smoothing)
+    value = loss.forward(z, y)
+    probs = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
+    target = (1 - smoothing) * np.eye(5)[y] + smoothing / 5
+    assert value == pytest.approx(-np.mean((target * np.log(probs)).sum(axis=1)), rel=1e-12)
+    assert value > SoftmaxCrossEntropy().forward(z, y, train=False) * (1 - smoothing)
+    np.testing.assert_allclose(loss.backward(), (probs - target) / 6, rtol=1e-12, atol=1e-15)
+
+    def objective():
+        return SoftmaxCrossEntropy(smoothing).forward(z, y, train=False)
+
+    loss.forward(z, y)
+    assert relative_error(loss.backward(), numeric_gradient(objective, z)) < TOL
+
+
+def test_label_smoothing_stops_pulling_once_the_target_is_met():
+    # Plain cross-entropy always pushes the true logit further up; with smoothing the delta
+    # is zero exactly where softmax(z) equals the smoothed target.
+    s, K = 0.1, 4
+    target = np.full(K, s / K)
+    target[2] += 1 - s
+    z = np.log(target)[None, :]
+    smoothed = SoftmaxCrossEntropy(s)
+    smoothed.forward(z, np.array([2]))
+    np.testing.assert_allclose(smoothed.backward(), 0, atol=1e-15)
+    plain = SoftmaxCrossEntropy()
+    plain.forward(z, np.array([2]))
+    assert plain.backward()[0, 2] < -0.07
+
+
+@pytest.mark.parametrize("smoothing", [-0.1, 1.0, 1.5])
+def test_label_smoothing_outside_0_1_is_refused(smoothing):
+    with pytest.raises(ValueError, match="label smoothing must be in"):
+        SoftmaxCrossEntropy(smoothing)
+
+
 def test_softmax_cross_entropy_is_stable_for_huge_logits():
     z = np.array([[1e4, 0.0, -1e4], [0.0, 1e4, 1e4]])
     loss = SoftmaxCrossEntropy()

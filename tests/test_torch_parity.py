@@ -105,14 +105,15 @@ def test_dense_and_activations(kernels):
         close(grad, ta.grad)
 
 
-def test_softmax_cross_entropy():
+@pytest.mark.parametrize("smoothing", [0.0, 0.1, 0.3])
+def test_softmax_cross_entropy(smoothing):
     rng = np.random.default_rng(3)
     z = rng.standard_normal((8, 10)) * 5
     y = rng.integers(0, 10, 8)
-    loss = SoftmaxCrossEntropy()
+    loss = SoftmaxCrossEntropy(smoothing)
     value = loss.forward(z, y)
     tz = t(z)
-    tl = TF.cross_entropy(tz, torch.tensor(y))
+    tl = TF.cross_entropy(tz, torch.tensor(y), label_smoothing=smoothing)
     tl.backward()
     assert value == pytest.approx(tl.item(), rel=RTOL)
     close(loss.backward(), tz.grad)
