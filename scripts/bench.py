@@ -218,6 +218,7 @@ class Torch:
         self.opt = torch.optim.SGD([{"params": groups[True], "weight_decay": t.weight_decay},
                                     {"params": groups[False], "weight_decay": 0.0}],
                                    lr=t.lr, momentum=t.momentum, nesterov=t.nesterov)
+        self.label_smoothing = t.label_smoothing
         self.batches = Batches(len(ty), batch, np.random.default_rng(ARGS.seed))
         self.description = f"torch {torch.__version__}, {torch.get_num_threads()} threads"
 
@@ -227,7 +228,8 @@ class Torch:
         start = time.perf_counter()
         for _ in range(steps):
             index = torch.from_numpy(self.batches.next())
-            loss = F.cross_entropy(self.model(self.tx[index]), self.ty[index])
+            loss = F.cross_entropy(self.model(self.tx[index]), self.ty[index],
+                                   label_smoothing=self.label_smoothing)
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
             self.opt.step()

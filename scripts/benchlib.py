@@ -50,7 +50,7 @@ class TrainStep:
                                  init=cfg.model.init, kernels=cfg.train.kernels,
                                  seeds=layer_seeds(seed))
         self.opt = build_optimizer(cfg, self.net)
-        self.loss = SoftmaxCrossEntropy()
+        self.loss = SoftmaxCrossEntropy(cfg.train.label_smoothing)
 
     def __call__(self, x, y):
         loss = self.loss.forward(self.net.forward(x), y)
