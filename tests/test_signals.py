@@ -1,7 +1,6 @@
 """SIGTERM and SIGHUP stop a run like Ctrl-C: exact position saved, the continue command
 printed, the shell's exit code; a second signal while results are written changes nothing."""
 
-import json
 import signal
 
 import numpy as np
@@ -32,7 +31,7 @@ def assert_same_weights(a, b):
 
 
 def epochs_logged(run):
-    return [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [m["epoch"] for m in logged_metrics(run)]
 
 
 @pytest.fixture
