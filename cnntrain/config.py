@@ -280,9 +280,12 @@ SCHEMA: Dict[str, Dict[str, Key]] = {
         "nesterov": Key(Bool(), False, "Nesterov momentum (needs momentum > 0)"),
         "weight_decay": Key(Float(0), 5e-4, "L2 penalty coefficient added to the gradient"),
         "decay_biases": Key(Bool(), True, "apply weight_decay to biases too, as PyTorch does"),
-        "label_smoothing": Key(Float(0, 1, hi_open=True), 0.0,
+        # At 0.9 the target is uniform over the ten digits and above it favours the wrong
+        # ones: nothing a network could learn from.
+        "label_smoothing": Key(Float(0, 0.9, hi_open=True), 0.0,
                                "training targets (1 - s) * onehot + s / 10 instead of onehot; "
-                               "0 = plain cross-entropy", "0.1"),
+                               "0 = plain cross-entropy; below 0.9, where the target would "
+                               "stop favouring the true digit", "0.1"),
         "lr_schedule": Key(Choice(*SCHEDULES), "cosine",
                            "how the learning rate changes over the epochs"),
         "lr_step_epochs": Key(Int(1), 5, "step schedule: epochs between decays"),
