@@ -514,6 +514,7 @@ class DigitServer(http.server.ThreadingHTTPServer):
             self.log(f"all {self.max_connections} connections busy; new ones wait their turn")
             while not self._slots.acquire(timeout=SLOT_POLL):
                 if self._stopping.is_set():
+                    self.log(f"{client_address[0]} closed unanswered: the server is stopping")
                     self.shutdown_request(request)
                     return
         try:

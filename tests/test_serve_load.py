@@ -178,11 +178,18 @@ def test_past_the_connection_limit_clients_wait_their_turn_and_a_stop_still_work
             # Both slots taken again, one client waiting: a stop must not wait for a slot.
             holders[0] = http.client.HTTPConnection(server.host, server.port, timeout=TIMEOUT)
             assert keep_alive_get(holders[0]) == 200
+            mark = server.log.mark()
             stuck = socket.create_connection((server.host, server.port), timeout=TIMEOUT)
             stuck.sendall(b"GET /api/model HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            deadline = time.monotonic() + 10  # until the server has taken it and waits
+            while (not any("connections busy" in line for line in server.log.since(mark))
+                   and time.monotonic() < deadline):
+                time.sleep(0.01)
             started = time.monotonic()
             server.server.shutdown()
             assert time.monotonic() - started < 5
+            assert any("closed unanswered: the server is stopping" in line
+                       for line in server.log.since(mark))
             stuck.close()
         finally:
             for conn in holders:
