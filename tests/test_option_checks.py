@@ -152,3 +152,20 @@ def test_fit_at_lr_1e300_says_which_rate_to_try(tmp_path, monkeypatch, synthetic
     assert_one_line_error(result, 1, "diverged", "train.lr = 1e+300 is far above",
                           "(e.g. --set train.lr=0.05)")
     assert "2.5e+299" not in result.stderr
+
+
+@pytest.mark.parametrize("overrides,limit", [
+    (["augment.elastic_alpha=1e300"], 343),
+    (["augment.elastic_alpha=400", "augment.elastic_sigma=4"], 343),
+    (["augment.elastic_alpha=90", "augment.elastic_sigma=1"], 85),
+])
+def test_an_elastic_distortion_that_leaves_no_digit_is_refused(overrides, limit):
+    """elastic_alpha = 1e300 made the first step's loss NaN and the advice blame the rate."""
+    with pytest.raises(C.ConfigError) as info:
+        C.load_config(QUICK, overrides)
+    message = str(info.value)
+    assert "\n" not in message and message.startswith(f"{QUICK}, --set {overrides[0]}")
+    assert "[augment] elastic_alpha" in message and "more than half the image" in message
+    assert f"keep elastic_alpha at most {limit} at this sigma" in message
+    edge = [f"augment.elastic_alpha={limit}"] + overrides[1:]
+    assert C.load_config(QUICK, edge).augment.elastic_alpha == limit  # the limit itself is kept
