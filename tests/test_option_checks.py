@@ -1,8 +1,9 @@
 """Numbers that can only fail, pass everything or diverge are refused up front in one line
 naming the option or key, the value and the fix: `gradcheck --tolerance nan` (which failed
 every layer) and its kin, more --images than the split holds, a label smoothing that stops
-favouring the true digit; and the advice after a divergence suggests a learning rate that
-can train, not a quarter of an absurd one (1e300 -> 2.5e299)."""
+favouring the true digit, an elastic distortion that leaves no digit; and the advice after a
+divergence suggests a learning rate that can train, not a quarter of an absurd one
+(1e300 -> 2.5e299)."""
 
 import math
 from pathlib import Path
