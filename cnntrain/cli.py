@@ -220,6 +220,12 @@ def info(config_path, overrides):
     click.echo(f"{'total':<12}{'':<40}{'':>16}{total_params:>10,}{total_macs:>12,}")
 
 
+def _checked_tolerance(value):
+    # click's FloatRange lets NaN through (every comparison with it is false) and inf too.
+    from cnntrain.gradcheck import check_tolerance
+    return check_tolerance(value)
+
+
 @cli.command(context_settings=CONTEXT_SETTINGS)
 @click.option("--config", "config_path", required=True, metavar="FILE", help="The INI config.")
 @set_option
@@ -227,8 +233,9 @@ def info(config_path, overrides):
               help="Real MNIST training images to run through the network.")
 @click.option("--probes", type=click.IntRange(min=1), default=60, show_default=True, metavar="N",
               help="Entries of each array (input, each parameter) probed per layer.")
-@click.option("--tolerance", type=click.FloatRange(min=0, min_open=True), default=1e-6,
-              show_default=True, help="The largest relative error a layer may show.")
+@click.option("--tolerance", type=float, default=1e-6, show_default=True, metavar="X",
+              callback=lambda ctx, param, value: _checked_tolerance(value),
+              help="The largest relative error a layer may show, between 0 and 1.")
 @data_dir_option
 @mirror_option
 def gradcheck(config_path, overrides, images, probes, tolerance, data_dir, mirrors):

@@ -280,9 +280,12 @@ SCHEMA: Dict[str, Dict[str, Key]] = {
         "nesterov": Key(Bool(), False, "Nesterov momentum (needs momentum > 0)"),
         "weight_decay": Key(Float(0), 5e-4, "L2 penalty coefficient added to the gradient"),
         "decay_biases": Key(Bool(), True, "apply weight_decay to biases too, as PyTorch does"),
-        "label_smoothing": Key(Float(0, 1, hi_open=True), 0.0,
+        # At 0.9 the target is uniform over the ten digits and above it favours the wrong
+        # ones: nothing a network could learn from.
+        "label_smoothing": Key(Float(0, 0.9, hi_open=True), 0.0,
                                "training targets (1 - s) * onehot + s / 10 instead of onehot; "
-                               "0 = plain cross-entropy", "0.1"),
+                               "0 = plain cross-entropy; below 0.9, where the target would "
+                               "stop favouring the true digit", "0.1"),
         "lr_schedule": Key(Choice(*SCHEDULES), "cosine",
                            "how the learning rate changes over the epochs"),
         "lr_step_epochs": Key(Int(1), 5, "step schedule: epochs between decays"),
@@ -532,8 +535,26 @@ def _convert(values: _Values, section: str, key: str) -> Any:
         raise _error(_join(message, str(exc))) from None
 
 
+# Elastic distortion moves pixels by about ELASTIC_RMS * alpha / sigma on average (RMS per
+# axis; cnntrain/augment.py derives it). Past half the 28-pixel image no digit survives, and
+# far past it the displacements overflow to NaN, which made training diverge and the advice
+# blame the learning rate.
+ELASTIC_RMS = 0.163
+ELASTIC_MAX_SHIFT = INPUT_SHAPE[-1] / 2
+
+
 def _check_rules(cfg: Dict[str, Dict[str, Any]], values: _Values) -> None:
-    data, train = cfg["data"], cfg["train"]
+    data, train, augment = cfg["data"], cfg["train"], cfg["augment"]
+    shift = ELASTIC_RMS * augment["elastic_alpha"] / augment["elastic_sigma"]
+    if shift > ELASTIC_MAX_SHIFT:
+        raise _error(
+            f"{values.where_all(('augment', 'elastic_alpha'), ('augment', 'elastic_sigma'))}: "
+            f"[augment] elastic_alpha = {_num(augment['elastic_alpha'])} with elastic_sigma = "
+            f"{_num(augment['elastic_sigma'])} moves pixels by about {shift:.3g} px, more than "
+            f"half the image, so no digit would be left; keep elastic_alpha at most "
+            f"{math.floor(ELASTIC_MAX_SHIFT / ELASTIC_RMS * augment['elastic_sigma'])} at this "
+            "sigma "
+            "(Simard's values are elastic_alpha = 34, elastic_sigma = 4)")
     if data["val_size"] + data["train_size"] > MNIST_TRAIN_IMAGES:
         raise _error(
             f"{values.where_all(('data', 'val_size'), ('data', 'train_size'))}: [data] "

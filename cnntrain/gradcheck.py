@@ -4,10 +4,12 @@ numeric_gradient and relative_error are the two tools (the tests use them too); 
 applies them to every layer of a network, in float64, at the activations real images produce.
 """
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 
+from cnntrain.errors import ConfigError
 from cnntrain.model import build_network
 
 
@@ -82,6 +84,31 @@ class LayerCheck:
     @property
     def passed(self):
         return self.worst <= self.tolerance
+
+
+def check_tolerance(tolerance, option="--tolerance"):
+    """ConfigError (one line) unless 0 < tolerance < 1: relative_error lies in [0, 1], so a
+    tolerance of 1 or more passes any gradient, 0 or less fails every one that rounding
+    touches, and NaN, which compares false with everything, failed every layer."""
+    if not math.isfinite(tolerance):
+        problem = "is not a finite number"
+    elif tolerance <= 0:
+        problem = "would fail every layer (finite differences always carry rounding error)"
+    elif tolerance >= 1:
+        problem = "would pass any gradient, right or wrong (a relative error is at most 1)"
+    else:
+        return tolerance
+    raise ConfigError(f"{option} {tolerance:g} {problem}; give the largest relative error to "
+                      f"accept, between 0 and 1, e.g. {option} {DEFAULT_TOLERANCE:g}")
+
+
+def check_image_count(images, available, option="--images"):
+    """ConfigError (one line) when `images` asks for more images than the split holds, which
+    would otherwise quietly check fewer."""
+    if images > available:
+        raise ConfigError(f"{option} {images}: the config's training split holds {available} "
+                          f"images; give at most {available} (the default is 8)")
+    return images
 
 
 def _probe_indices(size, count, rng):
@@ -194,8 +221,10 @@ def check_config(cfg, *, images=8, probes=DEFAULT_PROBES, tolerance=DEFAULT_TOLE
     `images` training images of the config's MNIST split."""
     from cnntrain import run
 
+    check_tolerance(tolerance)
     init_rng, data_rng, _ = run.random_streams(cfg.train.seed)
     splits = run.prepare_data(cfg, data_rng, data_dir=data_dir, mirrors=mirrors, progress=progress)
+    check_image_count(images, len(splits.train.images))
     network = build_network(cfg.model.layers, rng=init_rng, dtype=np.float64, init=cfg.model.init,
                             kernels=cfg.train.kernels, seeds=run.layer_seeds(cfg.train.seed))
     return check_network(network, splits.train.images[:images], seed=cfg.train.seed,

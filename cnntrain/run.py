@@ -245,6 +245,12 @@ def divergence_advice(cfg, splits):
         return (f"train.weight_decay = {t.weight_decay:g} at lr {t.lr:g} takes more than each "
                 f"weight's own size off it every step; lower it (e.g. --set "
                 "train.weight_decay=0.0005)")
+    # A quarter of an absurd rate (1e300 -> 2.5e299) would diverge just the same. The shipped
+    # configs train at 0.05 to 0.1; past ten times that, their rate is the useful suggestion.
+    if t.lr > 1:
+        usual = SCHEMA["train"]["lr"].default
+        return (f"train.lr = {t.lr:g} is far above the 0.05 to 0.1 that the shipped configs "
+                f"use; lower the learning rate (e.g. --set train.lr={usual:g})")
     lower = float(f"{t.lr / 4:.3g}")
     if lower > 0 and math.isfinite(lower):
         return f"lower the learning rate (e.g. --set train.lr={lower:g})"

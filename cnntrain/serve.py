@@ -14,7 +14,9 @@ before anything is decoded; every refusal is a JSON {"error": one line} with a 4
 log line, never a traceback; only the page in memory is served (no request path reaches the
 file system); the page is static and gets model facts through the API, so nothing from a
 request is ever written into HTML. A loopback server also refuses requests whose Host is not a
-loopback name, so a web page elsewhere cannot reach it through DNS rebinding.
+loopback name, so a web page elsewhere cannot reach it through DNS rebinding. A crowd of
+clients waits its turn (a listen queue of REQUEST_QUEUE, at most MAX_CONNECTIONS served at
+once) rather than being reset, and every request that reaches the server gets a log line.
 """
 
 import base64
@@ -47,6 +49,14 @@ MAX_PIXELS = 2048 * 2048           # pixels per image (checked before a PNG is d
 DRAIN_BYTES = 8 * 1024 * 1024      # an oversized body up to this is read and dropped, so the
                                    # client can finish sending and read the 413
 SOCKET_TIMEOUT = 20.0              # seconds a client may stay silent mid-request or idle
+# Connections the kernel completes and holds until the server takes them (listen()'s backlog;
+# Linux caps it at net.core.somaxconn). socketserver's 5 made a burst of clients overflow it,
+# and the kernel then dropped or reset their connections before the server ever saw them.
+REQUEST_QUEUE = 1024
+# Connections served at once, one thread each; past that, new ones wait in the queue above
+# until one ends, so a flood costs waiting, never unbounded threads or lost requests.
+MAX_CONNECTIONS = 256
+SLOT_POLL = 0.2                    # seconds between checks for a stop while all slots are taken
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 LOOPBACK_NAMES = ("localhost",)
 PILLOW_MISSING = ("PNG input needs Pillow on the server (pip install 'cnntrain[images]'); "
@@ -447,13 +457,23 @@ class Handler(http.server.BaseHTTPRequestHandler):
 class DigitServer(http.server.ThreadingHTTPServer):
     """A ThreadingHTTPServer serving one predictor. `predictor` has .probabilities(fields)
     (N, 28, 28) -> (N, 10), safe to call from several threads (as a Predictor is), and
-    .summary() -> dict; `log` takes one line at a time."""
+    .summary() -> dict; `log` takes one line at a time.
+
+    At most `max_connections` connections are served at once, each by its own thread; while
+    all are taken, the next connection waits for a slot and the ones after it wait, completed
+    by the kernel, in a listen queue of REQUEST_QUEUE, so a burst of clients is answered in
+    turn instead of being reset."""
 
     daemon_threads = True      # a stuck client never keeps the process alive after a stop
     allow_reuse_address = True
+    request_queue_size = REQUEST_QUEUE
 
     def __init__(self, predictor, host="127.0.0.1", port=8000, *, log=None,
-                 max_body_bytes=MAX_BODY_BYTES, socket_timeout=SOCKET_TIMEOUT):
+                 max_body_bytes=MAX_BODY_BYTES, socket_timeout=SOCKET_TIMEOUT,
+                 max_connections=MAX_CONNECTIONS):
+        self.max_connections = max_connections
+        self._slots = threading.BoundedSemaphore(max_connections)
+        self._stopping = threading.Event()
         self.predictor = predictor
         self.socket_timeout = socket_timeout
         self.summary_json = json_bytes(predictor.summary())
@@ -486,6 +506,32 @@ class DigitServer(http.server.ThreadingHTTPServer):
                 self._log_stream.flush()
             except (OSError, ValueError):
                 pass  # a closed log must not take the server down
+
+    def process_request(self, request, client_address):
+        """Serve the connection in a thread once a slot is free; until then nothing more is
+        accepted and new clients wait in the listen queue."""
+        if not self._slots.acquire(blocking=False):
+            self.log(f"all {self.max_connections} connections busy; new ones wait their turn")
+            while not self._slots.acquire(timeout=SLOT_POLL):
+                if self._stopping.is_set():
+                    self.log(f"{client_address[0]} closed unanswered: the server is stopping")
+                    self.shutdown_request(request)
+                    return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()  # no thread took the slot
+            raise
+
+    def process_request_thread(self, request, client_address):
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    def shutdown(self):
+        self._stopping.set()
+        super().shutdown()
 
     def handle_error(self, request, client_address):
         """A client that went away mid-answer is one log line; anything else is a bug and
