@@ -178,6 +178,11 @@ def eval_command(checkpoint, split, as_json, batch_size, errors_png, data_dir, m
 def download(data_dir, mirrors, config_path, quiet, verify):
     """Download and verify the four MNIST files (fit and eval do this when needed).
 
+    Mirrors are tried in order. A download slower than 8 KiB/s over its last 20 seconds
+    gives up that mirror at once and tries the next, as does a mirror that keeps the
+    download waiting 30 seconds in all without any data; later files do not ask a given-up
+    mirror again. Each failed attempt is told on stderr in one line.
+
     \b
     Examples:
       cnntrain download

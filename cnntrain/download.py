@@ -22,6 +22,7 @@ import time
 import urllib.parse
 import urllib.request
 import zlib
+from collections import deque
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -81,6 +82,9 @@ _MANIFEST = ".cnntrain-verified.json"
 _LOCK = ".cnntrain.lock"
 _PART = ".part"
 _CHUNK = 1 << 16
+# Without urllib3's read1 (urllib3 1.x) a read waits for its whole size: small reads keep a
+# trickle from hiding behind one.
+_SMALL_CHUNK = 1 << 10
 _GZIP_MAGIC = b"\x1f\x8b"
 # Statuses worth asking again for; every other 4xx means this mirror will not have the file.
 _TRANSIENT_STATUS = frozenset({408, 429})
@@ -90,6 +94,12 @@ _TRANSIENT_STATUS = frozenset({408, 429})
 MIRROR_PATIENCE = 30.0
 # After this long without a byte, say which mirror is being waited on (once per mirror).
 _WAIT_NOTICE = 5.0
+#: The throughput floor: a mirror whose download brought less than MIN_RATE bytes a second
+#: over the last RATE_WINDOW seconds is given up (not asked again) and the next one tried.
+#: At the floor MNIST's 11 MiB take 23 minutes: a slower link is better served by another
+#: mirror or by placing the files by hand. A mirror that falls silent meets the read timeout.
+MIN_RATE = 8 * 1024
+RATE_WINDOW = 20.0
 
 # The backoff's wait and the clock that measures silence, looked up at call time so tests can
 # record them instead of waiting.
@@ -425,6 +435,28 @@ def _no_such_host(exc: requests.exceptions.ConnectionError) -> bool:
     return "Name or service not known" in text or "nodename nor servname" in text
 
 
+def _chunks(response: requests.Response):
+    """The body's chunks, each handed over as soon as it arrives: a read that waited for a
+    full buffer would keep a trickling mirror from ever meeting the throughput floor."""
+    read1 = getattr(response.raw, "read1", None)
+    if read1 is None:
+        yield from response.iter_content(_SMALL_CHUNK)
+        return
+    while True:
+        chunk = read1(_CHUNK, decode_content=True)
+        if not chunk:
+            return
+        yield chunk
+
+
+def _cut_at(response: requests.Response) -> str:
+    """Where the body stopped: "after 1,234 of 9,912,422 bytes" (as sent, before decoding)."""
+    got = response.raw.tell()
+    length = response.headers.get("Content-Length", "")
+    of = f" of {int(length):,}" if length.isdigit() else ""
+    return f"after {got:,}{of} bytes"
+
+
 @contextmanager
 def _open_http(session: requests.Session, url: str, timeout):
     """GET `url`, streamed: yields (content type, iterator over body chunks), errors classified."""
@@ -458,14 +490,19 @@ def _open_http(session: requests.Session, url: str, timeout):
 
         def body():
             try:
-                yield from response.iter_content(_CHUNK)
-            except requests.exceptions.ChunkedEncodingError as e:
-                raise _Transient(f"body cut short ({_short_reason(e)})") from e
-            except requests.exceptions.ConnectionError as e:
-                # requests reports a read timeout inside the body as a ConnectionError
+                yield from _chunks(response)
+            except (requests.exceptions.ChunkedEncodingError,
+                    urllib3.exceptions.ProtocolError) as e:
+                reason = _short_reason(e)
+                # an IncompleteRead's numbers are the ones _cut_at gives, less readably
+                detail = "" if reason.startswith("IncompleteRead") else f" ({reason})"
+                raise _Transient(f"body cut short {_cut_at(response)}{detail}") from e
+            except (requests.exceptions.ConnectionError,
+                    urllib3.exceptions.ReadTimeoutError) as e:
+                # a read timeout inside the body: urllib3's own, or requests' ConnectionError
                 what = "read timed out" if "timed out" in str(e) else "connection lost"
-                raise _Transient(f"{what} during the body") from e
-            except requests.RequestException as e:
+                raise _Transient(f"{what} during the body {_cut_at(response)}") from e
+            except (requests.RequestException, urllib3.exceptions.HTTPError) as e:
                 raise _Transient(_short_reason(e)) from e
 
         yield response.headers.get("Content-Type"), body()
@@ -529,6 +566,9 @@ class _MirrorWaits:
         self.patience = patience
         self.spent: dict[str, float] = {}
         self.announced: set[str] = set()
+        # mirror -> "all N attempts at FILE": it failed a file through all its retries, so each
+        # later file gives it one attempt only
+        self.exhausted: dict[str, str] = {}
 
     def left(self, source: str) -> float:
         return self.patience - self.spent.get(source, 0.0)
@@ -545,13 +585,42 @@ class _MirrorWaits:
                 f"gave up on this mirror")
 
 
+def _amount(n: int) -> str:
+    if n < 1024:
+        return f"{n:,} bytes"
+    return f"{n / 1024:.1f} KiB" if n < 1 << 20 else f"{n / (1 << 20):.1f} MiB"
+
+
+class _Throughput:
+    """The throughput floor of one attempt: at each chunk, once the attempt is RATE_WINDOW
+    seconds old, the bytes of the last RATE_WINDOW seconds (or a little more, back to the
+    chunk that began them) must come to MIN_RATE a second."""
+
+    def __init__(self):
+        self.total = 0
+        self.marks = deque()  # (time, bytes received up to then), oldest first
+
+    def add(self, now: float, count: int) -> None:
+        self.total += count
+        self.marks.append((now, self.total))
+        while len(self.marks) > 1 and now - self.marks[1][0] >= RATE_WINDOW:
+            self.marks.popleft()
+        since, before = self.marks[0]
+        elapsed, got = now - since, self.total - before
+        if elapsed >= RATE_WINDOW and got < MIN_RATE * elapsed:
+            raise _Permanent(f"{_amount(got)} in {elapsed:.0f} s, below the "
+                             f"{MIN_RATE / 1024:g} KiB/s floor", unreachable=True)
+
+
 class _Watch:
-    """One attempt at a mirror: `data()` marks progress; after _WAIT_NOTICE seconds without
-    any, one line on stderr says which mirror is being waited on (once per mirror)."""
+    """One attempt at a mirror: `data(count)` marks bytes received (0 when the response
+    starts) and holds them to the throughput floor; after _WAIT_NOTICE seconds without any,
+    one line on stderr says which mirror is being waited on (once per mirror)."""
 
     def __init__(self, waits: _MirrorWaits, source: str, name: str):
         self.waits, self.source, self.name = waits, source, name
         self.last = _clock()
+        self.throughput = _Throughput()
         self._done = threading.Event()
         self._thread = None
 
@@ -562,8 +631,9 @@ class _Watch:
             self._thread.start()
         return self
 
-    def data(self) -> None:
+    def data(self, count: int = 0) -> None:
         self.last = _clock()
+        self.throughput.add(self.last, count)
 
     def _notice(self) -> None:
         while not self._done.wait(max(self.last + _WAIT_NOTICE - _clock(), 0.05)):
@@ -582,11 +652,11 @@ class _Watch:
 
 
 def _fetch_once(source, name: str, size: int, sha256: str, part: Path, session, timeout,
-                progress: bool, on_data=lambda: None) -> None:
+                progress: bool, on_data=lambda count=0: None) -> None:
     """One attempt: stream `source`'s copy of `name` into `part`, verified and fsynced.
-    `on_data` is called when the response starts and at every chunk received."""
+    `on_data` is called when the response starts and with the size of every chunk received."""
     with _open_source(source, name, session, timeout) as (content_type, body):
-        on_data()
+        on_data(0)
         try:
             out = open(part, "wb")
         except OSError as e:
@@ -595,7 +665,7 @@ def _fetch_once(source, name: str, size: int, sha256: str, part: Path, session, 
                        disable=not progress, leave=False) as bar:
             verifier = _Verifier(out, size, sha256, content_type, bar)
             for chunk in body:
-                on_data()
+                on_data(len(chunk))
                 verifier.feed(chunk)
             verifier.finish()
             try:
@@ -627,58 +697,82 @@ def _remove(path: Path) -> None:
         pass  # absent, or a read-only folder where nothing of ours can be either
 
 
+def _tell(source, name: str, why: str, then: str) -> None:
+    """One line on stderr for a failed attempt that the download goes on from."""
+    where = source + name + ".gz" if _is_http(source) else str(source)
+    print(f"{where}: {why}; {then}", file=sys.stderr, flush=True)
+
+
 def _fetch(name, size, sha256, data_dir: Path, sources, session, timeout, retries, backoff,
            progress, unreachable: dict, waits: _MirrorWaits) -> list[str] | None:
     """Put a verified `name` into `data_dir` from the first source that has it.
 
     Returns None on success, else one "source: why" line per source. `unreachable` carries
-    mirrors that could not be connected to at all, or that kept us waiting too long (`waits`),
-    from one file to the next.
+    mirrors that could not be connected to at all, that kept us waiting too long (`waits`) or
+    fell below the throughput floor, from one file to the next. Each failed attempt that the
+    download goes on from (a retry, the next source) is told on stderr, one line.
     """
-    part = data_dir / (name + _PART)
     failures = []
-    for source in sources:
+    for index, source in enumerate(sources):
         if source in unreachable:
             failures.append(f"{source}: {unreachable[source]} (not tried again)")
             continue
-        # a local file reads the same the second time: only the network is worth retrying
-        tries_left = retries if _is_http(source) else 0
-        attempt = 0
-        while True:
-            try:
-                if _is_http(source):
-                    with _Watch(waits, source, name) as watch:
-                        _fetch_once(source, name, size, sha256, part, session,
-                                    waits.timeout(source, timeout), progress, watch.data)
-                else:
-                    _fetch_once(source, name, size, sha256, part, session, timeout, progress)
-                _place(part, data_dir / name)
-                return None
-            except _Transient as e:
-                pause = backoff * 2 ** attempt
-                patient = not _is_http(source) or pause < waits.left(source)
-                if attempt < tries_left and patient:
-                    _sleep(pause)
-                    waits.spend(source, pause)
-                    attempt += 1
-                    continue
-                why = f"{e} (after {attempt + 1} attempts)" if attempt else str(e)
-                if not patient:
-                    why = waits.given_up(source, why)
-                failures.append(f"{source}: {why}")
-                if e.unreachable or not patient:
-                    unreachable[source] = why
-                break
-            except _Permanent as e:
-                failures.append(f"{source}: {e}")
-                if e.unreachable:
-                    unreachable[source] = str(e)
-                break
-            except _Fatal as e:
-                raise DataError(_local_failure(e)) from e
-            finally:
-                _remove(part)  # a no-op after success: the rename consumed it
+        why = _fetch_from(source, name, size, sha256, data_dir, session, timeout, retries,
+                          backoff, progress, unreachable, waits)
+        if why is None:
+            return None
+        failures.append(f"{source}: {why}")
+        if any(later not in unreachable for later in sources[index + 1:]):
+            _tell(source, name, why, "trying the next mirror")
     return failures
+
+
+def _fetch_from(source, name, size, sha256, data_dir: Path, session, timeout, retries, backoff,
+                progress, unreachable: dict, waits: _MirrorWaits) -> str | None:
+    """`name` from one source, retried as the design allows: None on success, else why not."""
+    part = data_dir / (name + _PART)
+    # A local file reads the same the second time: only the network is worth retrying, and
+    # only at a mirror that has not already failed a file through all its retries.
+    tries = 1 + retries if _is_http(source) and source not in waits.exhausted else 1
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            if _is_http(source):
+                with _Watch(waits, source, name) as watch:
+                    _fetch_once(source, name, size, sha256, part, session,
+                                waits.timeout(source, timeout), progress, watch.data)
+            else:
+                _fetch_once(source, name, size, sha256, part, session, timeout, progress)
+            _place(part, data_dir / name)
+            return None
+        except _Transient as e:
+            pause = backoff * 2 ** (attempt - 1)
+            patient = not _is_http(source) or pause < waits.left(source)
+            if attempt < tries and patient:
+                _tell(source, name, str(e), f"retrying in {pause:g} s "
+                                            f"(attempt {attempt + 1} of {tries})")
+                _sleep(pause)
+                waits.spend(source, pause)
+                continue
+            why = f"{e} (after {attempt} attempts)" if attempt > 1 else str(e)
+            if not patient:
+                why = waits.given_up(source, why)
+            elif attempt > 1:
+                waits.exhausted[source] = f"all {attempt} attempts at {name}.gz"
+            elif source in waits.exhausted:
+                why += f" (not retried: it failed {waits.exhausted[source]})"
+            if e.unreachable or not patient:
+                unreachable[source] = why
+            return why
+        except _Permanent as e:
+            if e.unreachable:
+                unreachable[source] = str(e)
+            return str(e)
+        except _Fatal as e:
+            raise DataError(_local_failure(e)) from e
+        finally:
+            _remove(part)  # a no-op after success: the rename consumed it
 
 
 _NOT_DOWNLOADED = "not downloaded yet"
@@ -736,10 +830,14 @@ def ensure_mnist(data_dir, mirrors, *, progress=True, files=None, timeout=(10, 3
     from the `mirrors` in order (http(s) base URLs, file:// URLs or folders holding the .gz or
     decompressed files; a `<name>.gz` already in `data_dir` is used first). Transient failures
     (5xx, connection errors, timeouts, truncated bodies) are retried `retries` times, waiting
-    `backoff`, 2*`backoff`, 4*`backoff`... seconds; a 4xx or wrong content moves to the next
-    mirror at once. `timeout` is (connect, read) seconds for every request; a mirror that keeps
-    us waiting without data for `patience` seconds in all (attempts and pauses summed) is
-    given up, and after 5 s of silence stderr says which mirror is being waited on. A file
+    `backoff`, 2*`backoff`, 4*`backoff`... seconds; a mirror that failed one file through all
+    its retries gets a single attempt at each later file. A 4xx or wrong content moves to the
+    next mirror at once. Each failed attempt that the download goes on from is told on
+    stderr, one line. `timeout` is (connect, read) seconds for every request; a mirror that
+    keeps us waiting without data for `patience` seconds in all (attempts and pauses summed)
+    is given up, and after 5 s of silence stderr says which mirror is being waited on; a
+    mirror that sends less than MIN_RATE bytes a second over the last RATE_WINDOW seconds
+    of a download is given up too (later files do not ask either again). A file
     lands in place only after its decompressed size and SHA-256 match; a lock file serialises
     processes sharing the folder. What was verified is recorded, so a later call costs one
     stat per file (a file changed since, even with its mtime set back, is hashed again);

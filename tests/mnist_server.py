@@ -33,7 +33,7 @@ TEST_LABELS = "t10k-labels-idx1-ubyte"
 HTML_ERROR_PAGE = (b"<!DOCTYPE html>\n<html><head><title>Service Unavailable</title></head>"
                    b"<body><h1>Please try again later</h1></body></html>\n")
 
-FAULTS = ("status", "html", "truncate", "stall", "corrupt", "delay", "reset")
+FAULTS = ("status", "html", "truncate", "stall", "corrupt", "delay", "reset", "trickle")
 
 
 def idx_bytes(array: np.ndarray) -> bytes:
@@ -168,6 +168,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self._send(200, body[:keep], "application/gzip", length=len(body))
             self.close_connection = True
             return
+        if kind == "trickle":
+            return self._trickle(body, params, stop)
         if kind == "stall":
             keep = params.get("keep", 16)
             self._send(200, body[:keep], "application/gzip", length=len(body))
@@ -175,6 +177,27 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.close_connection = True
             return
         self._send(200, body, "application/gzip")
+
+    def _trickle(self, body, params, stop):
+        """Headers for the whole file, then chunk= bytes at a time with pause(every) between,
+        until keep= bytes (all by default) are sent, the client leaves or the server stops."""
+        chunk, every = params.get("chunk", 64), params.get("every", 1.0)
+        length, body = len(body), body[:params.get("keep", len(body))]
+        pause = params.get("pause", stop.wait)
+        self.close_connection = True
+        try:
+            self.send_response(200)
+            self.send_header("Content-Type", "application/gzip")
+            self.send_header("Content-Length", str(length))
+            self.end_headers()
+            for start in range(0, len(body), chunk):
+                if stop.is_set():
+                    return
+                self.wfile.write(body[start:start + chunk])
+                self.wfile.flush()
+                pause(every)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client gave up on the trickle, as it should
 
     def _send(self, code, body, content_type, length=None):
         try:
@@ -255,7 +278,10 @@ class MnistServer:
         only keep= bytes sent, then close), stall (headers and keep=16 bytes, then silence for
         seconds=30 or until the server stops; before_headers=True stalls before anything),
         corrupt (one byte of the content flipped, sizes kept), delay (seconds=0.2, then served
-        normally), reset (connection closed without a response).
+        normally), reset (connection closed without a response), trickle (headers with the
+        whole file's Content-Length, then chunk=64 bytes, pause(every=1.0), chunk=64 bytes...
+        to the end, or to keep= bytes and then close; pause is a real wait that the server's
+        stop cuts short unless a test passes its own, to move a fake clock instead).
         """
         if kind not in FAULTS:
             raise ValueError(f"unknown fault {kind!r}; one of {FAULTS}")
