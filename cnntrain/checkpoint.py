@@ -230,8 +230,10 @@ MAX_MEMBERS = 4096
 NPY_MAGIC = b"\x93NUMPY"
 MAX_NPY_HEADER = 4096          # np.save writes about 128 bytes
 MAX_NDIM = 8
-MAX_EXPANSION = 64             # declared / compressed size of a deflated member; weights
-EXPANSION_SLACK = 4096         # compress about 1.1-fold, a bomb of zeros about 1000-fold
+# What deflated members may declare in all: weights compress about 1.1-fold, a bomb of zeros
+# about 1000-fold; the slack lets small arrays of zeros (fresh biases, velocities) through.
+MAX_EXPANSION = 64
+EXPANSION_SLACK = 64 << 20
 MAX_META_BYTES = 16 << 20
 MAX_JSON_DEPTH = 64
 READ_CHUNK = 16 << 20
@@ -298,11 +300,7 @@ def _entry_problem(info):
         if info.file_size != info.compress_size:
             return (f"declares {info.file_size} bytes but stores {info.compress_size} "
                     "uncompressed")
-    elif info.compress_type == zipfile.ZIP_DEFLATED:
-        if info.file_size > MAX_EXPANSION * info.compress_size + EXPANSION_SLACK:
-            return (f"declares {info.file_size} bytes from {info.compress_size} compressed, more "
-                    f"than {MAX_EXPANSION}-fold (a zip bomb, not weights)")
-    else:
+    elif info.compress_type != zipfile.ZIP_DEFLATED:
         return f"uses zip compression method {info.compress_type}; only stored and deflated are read"
     return None
 
@@ -371,6 +369,27 @@ def _member(zf, info):
     return _Member(info, dtype, shape, offset)
 
 
+def _check_expansion(path, infos):
+    """CheckpointError if the deflated members together declare more than MAX_EXPANSION times
+    the file's size (plus EXPANSION_SLACK): a zip bomb is refused from its directory alone."""
+    size = os.path.getsize(path)
+    stored = sum(info.compress_size for info in infos)
+    if stored > size:
+        # Entries that share their bytes would each be read (and kept) whole.
+        raise CheckpointError(f"{path}: its members store {stored} bytes in all, more than the "
+                              f"file's {size} (overlapping entries); use a checkpoint cnntrain "
+                              "wrote")
+    deflated = [info for info in infos if info.compress_type == zipfile.ZIP_DEFLATED]
+    declared = sum(info.file_size for info in deflated)
+    if declared > MAX_EXPANSION * size + EXPANSION_SLACK:
+        largest = max(deflated, key=lambda info: info.file_size)
+        raise CheckpointError(
+            f"{path}: member {_shown(largest.filename)} declares {largest.file_size} bytes from "
+            f"{largest.compress_size} compressed, and the members {declared} bytes in all from a "
+            f"file of {size}, more than {MAX_EXPANSION}-fold (a zip bomb, not weights); "
+            "cnntrain writes checkpoints uncompressed")
+
+
 def _members(path, zf):
     """{name without '.npy': _Member} of every entry, each checked before any data is read."""
     infos = zf.infolist()
@@ -380,6 +399,7 @@ def _members(path, zf):
     names = [info.filename for info in infos]
     if "meta.json.npy" not in names:
         raise CheckpointError(f"{path}: not a cnntrain checkpoint (it has no meta.json entry)")
+    _check_expansion(path, infos)
     members = {}
     for info in infos:
         shown = _shown(info.filename)
@@ -388,7 +408,8 @@ def _members(path, zf):
         try:
             members[info.filename] = _member(zf, info)
         except _Refused as exc:
-            raise CheckpointError(f"{path}: member {shown} {exc}") from None
+            raise CheckpointError(f"{path}: member {shown} {exc}; use a checkpoint cnntrain "
+                                  "wrote") from None
     return {name[:-len(".npy")]: member for name, member in members.items()}
 
 
@@ -449,10 +470,13 @@ def _read_meta(path, zf, member):
     data = _read_array(zf, member).tobytes()
     try:
         meta = parse_meta(data)
-        version = meta["format_version"]
-    except (ValueError, KeyError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{path}: its meta.json entry is unreadable "
-                              f"({_one_line(exc)})") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{path}: its meta.json entry is unreadable ({_one_line(exc)}); "
+                              "use another checkpoint") from None
+    if "format_version" not in meta:
+        raise CheckpointError(f"{path}: not a cnntrain checkpoint (meta.json lacks "
+                              "'format_version')")
+    version = meta["format_version"]
     if not _whole(version):
         raise CheckpointError(f"{path}: its meta.json 'format_version' is {_shown(version)}, "
                               "not a whole number")
