@@ -10,9 +10,13 @@ Entries:
                   metrics so far, and ("layer_rngs") the state of the generator of each
                   layer that needs randomness
 
-Writing is atomic (temporary file in the same folder, fsync, rename); reading uses
-allow_pickle=False and checks every entry, so a foreign, truncated or hostile file is an
-error and nothing in it is ever executed.
+Writing is atomic (temporary file in the same folder, fsync, rename). Reading never unpickles
+and never trusts a size: every member's name, zip entry and .npy header (dtype, order, shape)
+is checked before any data is read, a zip bomb is refused from its directory, and meta.json
+is bounded in size and depth and must be strict JSON. So a foreign, truncated or hostile file
+is a one-line error, reading it allocates no more than the file's size allows, and nothing in
+it is ever executed. What the network needs (each array's shape and the run's dtype) is
+checked where the network is built: run.network_from_checkpoint and run._restore.
 """
 
 import ast
@@ -161,7 +165,8 @@ def generator_problem(state, where):
         return (f"meta.json {where} is {_shown(state)}, not a generator state (bit_generator, "
                 "state, has_uint32, uinteger)")
     if state["bit_generator"] != "PCG64":
-        return f"meta.json {where} field 'bit_generator' is {_shown(state['bit_generator'])}, not \"PCG64\""
+        return (f"meta.json {where} field 'bit_generator' is {_shown(state['bit_generator'])}, "
+                "not \"PCG64\"")
     inner = state["state"]
     if not isinstance(inner, dict) or set(inner) != set(_GENERATOR_FIELDS):
         return f"meta.json {where} field 'state' is {_shown(inner)}, not {{\"state\", \"inc\"}}"
@@ -301,7 +306,8 @@ def _entry_problem(info):
             return (f"declares {info.file_size} bytes but stores {info.compress_size} "
                     "uncompressed")
     elif info.compress_type != zipfile.ZIP_DEFLATED:
-        return f"uses zip compression method {info.compress_type}; only stored and deflated are read"
+        return (f"uses zip compression method {info.compress_type}; only stored and deflated "
+                "are read")
     return None
 
 
@@ -404,7 +410,8 @@ def _members(path, zf):
     for info in infos:
         shown = _shown(info.filename)
         if info.filename in members:
-            raise CheckpointError(f"{path}: member {shown} appears twice; not a cnntrain checkpoint")
+            raise CheckpointError(f"{path}: member {shown} appears twice; not a cnntrain "
+                                  "checkpoint")
         try:
             members[info.filename] = _member(zf, info)
         except _Refused as exc:

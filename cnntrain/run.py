@@ -108,7 +108,8 @@ def network_from_checkpoint(ckpt, cfg, path):
         network.load_params(ckpt.params)
         network.load_buffers(ckpt.buffers)
     except ValueError as exc:
-        raise CheckpointError(f"{path}: its weights do not fit its own layer list ({exc})") from None
+        raise CheckpointError(f"{path}: its weights do not fit its own layer list "
+                              f"({exc})") from None
     return network
 
 

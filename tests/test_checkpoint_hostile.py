@@ -304,3 +304,19 @@ def test_a_fifo_is_refused_without_blocking(env, tmp_path):
     fifo = tmp_path / "ckpt.npz"
     os.mkfifo(fifo)
     assert_one_line_error(invoke("eval", fifo), 1, str(fifo), "not a regular file")
+
+
+def test_meta_json_bounds_are_exact_and_strings_are_not_counted():
+    from cnntrain.checkpoint import MAX_JSON_DEPTH, parse_meta
+    nested = "[" * (MAX_JSON_DEPTH - 1) + "]" * (MAX_JSON_DEPTH - 1)
+    assert parse_meta(f'{{"a": {nested}}}'.encode())["a"]
+    with pytest.raises(ValueError, match="nests 65 levels deep, more than 64"):
+        parse_meta(f'{{"a": [{nested}]}}'.encode())
+    assert parse_meta(b'{"a": "\\"[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[["}')
+    with pytest.raises(ValueError, match="more than 10"):
+        parse_meta(b'{"a": 12345678}', max_bytes=10)
+    for constant in ("NaN", "Infinity", "-Infinity"):
+        with pytest.raises(ValueError, match=f"it holds {constant}"):
+            parse_meta(f'{{"a": {constant}}}'.encode())
+    with pytest.raises(ValueError, match="not a JSON object"):
+        parse_meta(b"[1]")
