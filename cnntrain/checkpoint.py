@@ -269,29 +269,45 @@ def _one_line(exc):
     return text if len(text) <= 120 else text[:117] + "..."
 
 
-def _check_start(path):
-    """CheckpointError unless `path` is a regular file that starts like a zip archive."""
+def _folder_error(path):
+    return CheckpointError(f"{path}: is a folder; give a .npz checkpoint, "
+                           "e.g. runs/lenet5/checkpoints/best.npz")
+
+
+def _open_checkpoint(path):
+    """`path` opened for reading; CheckpointError unless it is a regular file that starts like
+    a zip archive. Opened once, without blocking, and checked by its descriptor: a FIFO or a
+    device is refused rather than waited on, and every later read is of this one file even if
+    the path is replaced meanwhile."""
     try:
-        mode = os.stat(path).st_mode
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except FileNotFoundError:
         raise CheckpointError(f"{path}: no such checkpoint file") from None
+    except IsADirectoryError:
+        raise _folder_error(path) from None
     except OSError as exc:
         raise CheckpointError(f"{path}: cannot be read ({_one_line(exc)})") from None
-    if stat.S_ISDIR(mode):
-        raise CheckpointError(f"{path}: is a folder; give a .npz checkpoint, "
-                              "e.g. runs/lenet5/checkpoints/best.npz")
+    mode = os.fstat(fd).st_mode
     if not stat.S_ISREG(mode):
-        # A FIFO or a device would block the read or never end.
+        os.close(fd)
+        if stat.S_ISDIR(mode):
+            raise _folder_error(path)
         raise CheckpointError(f"{path}: is not a regular file; give a .npz checkpoint file")
+    f = os.fdopen(fd, "rb")
     try:
-        with open(path, "rb") as f:
-            magic = f.read(4)
+        if f.read(4) != b"PK\x03\x04":
+            # np.load would take any other file for a pickle; refuse it before it gets the
+            # chance.
+            raise CheckpointError(f"{path}: truncated or not a .npz checkpoint "
+                                  "(it does not start like a zip archive)")
+        f.seek(0)
     except OSError as exc:
+        f.close()
         raise CheckpointError(f"{path}: cannot be read ({_one_line(exc)})") from None
-    if magic != b"PK\x03\x04":
-        # np.load would take any other file for a pickle; refuse it before it gets the chance.
-        raise CheckpointError(f"{path}: truncated or not a .npz checkpoint "
-                              "(it does not start like a zip archive)")
+    except CheckpointError:
+        f.close()
+        raise
+    return f
 
 
 def _entry_problem(info):
@@ -375,10 +391,9 @@ def _member(zf, info):
     return _Member(info, dtype, shape, offset)
 
 
-def _check_expansion(path, infos):
+def _check_expansion(path, infos, size):
     """CheckpointError if the deflated members together declare more than MAX_EXPANSION times
     the file's size (plus EXPANSION_SLACK): a zip bomb is refused from its directory alone."""
-    size = os.path.getsize(path)
     stored = sum(info.compress_size for info in infos)
     if stored > size:
         # Entries that share their bytes would each be read (and kept) whole.
@@ -396,7 +411,7 @@ def _check_expansion(path, infos):
             "cnntrain writes checkpoints uncompressed")
 
 
-def _members(path, zf):
+def _members(path, zf, size):
     """{name without '.npy': _Member} of every entry, each checked before any data is read."""
     infos = zf.infolist()
     if len(infos) > MAX_MEMBERS:
@@ -405,7 +420,7 @@ def _members(path, zf):
     names = [info.filename for info in infos]
     if "meta.json.npy" not in names:
         raise CheckpointError(f"{path}: not a cnntrain checkpoint (it has no meta.json entry)")
-    _check_expansion(path, infos)
+    _check_expansion(path, infos, size)
     members = {}
     for info in infos:
         shown = _shown(info.filename)
@@ -512,10 +527,15 @@ def load_checkpoint(path):
 
     Every member's name, zip entry and .npy header are checked first; then meta.json is read
     (bounded in size and depth, strict JSON) and checked; only then is array data read."""
-    _check_start(path)
+    with _open_checkpoint(path) as f:
+        return _read_checkpoint(path, f, os.fstat(f.fileno()).st_size)
+
+
+def _read_checkpoint(path, f, size):
+    """load_checkpoint's work on `f`, the opened file of `size` bytes."""
     try:
-        with zipfile.ZipFile(path) as zf:
-            members = _members(path, zf)
+        with zipfile.ZipFile(f) as zf:
+            members = _members(path, zf, size)
             meta = _read_meta(path, zf, members.pop("meta.json"))
             order_member = members.pop("epoch_order", None)
             order = None if order_member is None else _read_array(zf, order_member)
