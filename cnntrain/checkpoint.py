@@ -10,14 +10,24 @@ Entries:
                   metrics so far, and ("layer_rngs") the state of the generator of each
                   layer that needs randomness
 
-Writing is atomic (temporary file in the same folder, fsync, rename); reading uses
-allow_pickle=False and checks every entry, so a foreign, truncated or hostile file is an
-error and nothing in it is ever executed.
+Writing is atomic (temporary file in the same folder, fsync, rename). Reading never unpickles
+and never trusts a size: every member's name, zip entry and .npy header (dtype, order, shape)
+is checked before any data is read, a zip bomb is refused from its directory, and meta.json
+is bounded in size and depth and must be strict JSON. So a foreign, truncated or hostile file
+is a one-line error, reading it allocates no more than the file's size allows, and nothing in
+it is ever executed. What the network needs (each array's shape and the run's dtype) is
+checked where the network is built: run.network_from_checkpoint and run._restore.
 """
 
+import ast
 import json
 import math
+import os
+import re
+import stat
+import struct
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -41,6 +51,7 @@ class Checkpoint:
     buffers: dict = field(default_factory=dict)
     epoch_order: np.ndarray = None
     meta: dict = field(default_factory=dict)
+    source: str = None  # the file it was loaded from, for messages
 
     @property
     def config_text(self):
@@ -53,6 +64,18 @@ class Checkpoint:
         named.update({f"buffer/{name}": value for name, value in self.buffers.items()})
         named.update({f"optim/{name}": value for name, value in self.optimizer.items()})
         return named
+
+
+def dtype_problem(ckpt, dtype):
+    """What is wrong with the dtypes of a checkpoint's arrays for a network of `dtype`, or
+    None. A weight of another dtype is refused, not converted: cnntrain writes every array in
+    its run's precision, so another one means the file was edited or made elsewhere."""
+    expected = np.dtype(dtype)
+    for name, value in ckpt.named_arrays().items():
+        if value.dtype != expected:
+            return (f"member {name} holds {value.dtype}, but its config's train.dtype is "
+                    f"{expected}; the file was edited or converted, use another checkpoint")
+    return None
 
 
 def non_finite_entry(params, optimizer=None, buffers=None):
@@ -94,13 +117,19 @@ def meta_problem(meta, order):
             return f"meta.json '{key}' is {_shown(meta[key])}, not a finite number >= 0"
     if "run_id" in meta and not isinstance(meta["run_id"], str):
         return f"meta.json 'run_id' is {_shown(meta['run_id'])}, not a string"
-    if "rng" in meta and not isinstance(meta["rng"], dict):
-        return f"meta.json 'rng' is {_shown(meta['rng'])}, not a generator state"
+    if "rng" in meta:
+        problem = generator_problem(meta["rng"], "'rng'")
+        if problem:
+            return problem
     layer_rngs = meta.get("layer_rngs", {})
     if not isinstance(layer_rngs, dict) or not all(isinstance(state, dict)
                                                    for state in layer_rngs.values()):
         return (f"meta.json 'layer_rngs' is {_shown(layer_rngs)}, not one generator state per "
                 "layer name")
+    for name, state in layer_rngs.items():
+        problem = generator_problem(state, f"'layer_rngs' {_shown(name)}")
+        if problem:
+            return problem
     step_in_epoch = meta.get("step_in_epoch", 0)
     if step_in_epoch > meta["step"]:
         return (f"meta.json 'step_in_epoch' ({step_in_epoch}) is more than 'step' "
@@ -124,6 +153,35 @@ def meta_problem(meta, order):
     return None
 
 
+# numpy's PCG64 state, as bit_generator.state gives it: what every cnntrain generator is.
+_GENERATOR_FIELDS = {"state": 1 << 128, "inc": 1 << 128}
+
+
+def generator_problem(state, where):
+    """What is wrong with a saved PCG64 generator state (meta.json `where`), or None: its
+    structure and every field's type and range, so numpy never sees a hand-edited value."""
+    if not isinstance(state, dict) or set(state) != {"bit_generator", "state", "has_uint32",
+                                                     "uinteger"}:
+        return (f"meta.json {where} is {_shown(state)}, not a generator state (bit_generator, "
+                "state, has_uint32, uinteger)")
+    if state["bit_generator"] != "PCG64":
+        return (f"meta.json {where} field 'bit_generator' is {_shown(state['bit_generator'])}, "
+                "not \"PCG64\"")
+    inner = state["state"]
+    if not isinstance(inner, dict) or set(inner) != set(_GENERATOR_FIELDS):
+        return f"meta.json {where} field 'state' is {_shown(inner)}, not {{\"state\", \"inc\"}}"
+    for key, limit in _GENERATOR_FIELDS.items():
+        if not _whole(inner[key]) or inner[key] >= limit:
+            return (f"meta.json {where} field 'state.{key}' is {_shown(inner[key])}, not a whole "
+                    f"number from 0 to 2**128 - 1")
+    if state["has_uint32"] not in (0, 1) or isinstance(state["has_uint32"], (bool, float)):
+        return f"meta.json {where} field 'has_uint32' is {_shown(state['has_uint32'])}, not 0 or 1"
+    if not _whole(state["uinteger"]) or state["uinteger"] >= 1 << 32:
+        return (f"meta.json {where} field 'uinteger' is {_shown(state['uinteger'])}, not a whole "
+                "number from 0 to 2**32 - 1")
+    return None
+
+
 def _history_problem(history, epochs):
     from cnntrain.logs import METRIC_KEYS
     if not isinstance(history, list) or len(history) != epochs:
@@ -143,6 +201,13 @@ def _history_problem(history, epochs):
     return None
 
 
+def _finite_record(entry):
+    """A metrics record with a value that is not a finite number (a split that could not be
+    scored) as None: meta.json is strict JSON, as metrics.jsonl is."""
+    return {key: None if isinstance(value, float) and not math.isfinite(value) else value
+            for key, value in entry.items()}
+
+
 def save_checkpoint(path, ckpt):
     """Write ckpt to path atomically. np.savez is given an open file: with a file name it
     would append '.npz' and the rename would miss it. A model with NaN or infinite weights is
@@ -154,76 +219,339 @@ def save_checkpoint(path, ckpt):
     arrays = {key: np.ascontiguousarray(value) for key, value in ckpt.named_arrays().items()}
     if ckpt.epoch_order is not None:
         arrays["epoch_order"] = np.asarray(ckpt.epoch_order, dtype=np.int64)
-    arrays["meta.json"] = np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)
+    if isinstance(meta.get("history"), list):
+        meta["history"] = [_finite_record(entry) if isinstance(entry, dict) else entry
+                           for entry in meta["history"]]
+    text = json.dumps(meta, allow_nan=False)
+    arrays["meta.json"] = np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
     with atomic_writer(path) as f:
         np.savez(f, **arrays)
 
 
-def load_checkpoint(path):
-    """Read and validate a checkpoint; CheckpointError (one line) for anything unusable."""
+# Reading bounds. A checkpoint is read member by member, and each member's zip entry and
+# .npy header are checked before any of its data is read, so what a file makes cnntrain
+# allocate is bounded by the file's own size, never by what it claims.
+MAX_MEMBERS = 4096
+NPY_MAGIC = b"\x93NUMPY"
+MAX_NPY_HEADER = 4096          # np.save writes about 128 bytes
+MAX_NDIM = 8
+# What deflated members may declare in all: weights compress about 1.1-fold, a bomb of zeros
+# about 1000-fold; the slack lets small arrays of zeros (fresh biases, velocities) through.
+MAX_EXPANSION = 64
+EXPANSION_SLACK = 64 << 20
+MAX_META_BYTES = 16 << 20
+MAX_JSON_DEPTH = 64
+READ_CHUNK = 16 << 20
+MEMBER_NAME = re.compile(r"(?:(?:param|buffer)/[A-Za-z0-9_.]{1,200}|optim/[A-Za-z0-9_.]{1,200}"
+                         r"\.v|epoch_order|meta\.json)\.npy")
+# What a hostile or damaged zip makes zipfile, zlib or the .npy header parser raise.
+UNREADABLE = (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, zlib.error,
+              ValueError, NotImplementedError, RuntimeError, UnicodeDecodeError, OverflowError,
+              struct.error)
+
+
+@dataclass(frozen=True)
+class _Member:
+    """One checked member: its zip entry, and its array's dtype, shape and header length."""
+
+    info: zipfile.ZipInfo
+    dtype: np.dtype
+    shape: tuple
+    offset: int
+
+
+class _Refused(Exception):
+    """What is wrong with one member; load_checkpoint adds the file and member names."""
+
+
+def _one_line(exc):
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
+def _folder_error(path):
+    return CheckpointError(f"{path}: is a folder; give a .npz checkpoint, "
+                           "e.g. runs/lenet5/checkpoints/best.npz")
+
+
+def _open_checkpoint(path):
+    """`path` opened for reading; CheckpointError unless it is a regular file that starts like
+    a zip archive. Opened once, without blocking, and checked by its descriptor: a FIFO or a
+    device is refused rather than waited on, and every later read is of this one file even if
+    the path is replaced meanwhile."""
     try:
-        with open(path, "rb") as f:
-            magic = f.read(4)
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except FileNotFoundError:
         raise CheckpointError(f"{path}: no such checkpoint file") from None
     except IsADirectoryError:
-        raise CheckpointError(f"{path}: is a folder; give a .npz checkpoint, "
-                              "e.g. runs/lenet5/checkpoints/best.npz") from None
-    if magic != b"PK\x03\x04":
-        # np.load would take any other file for a pickle; refuse it before it gets the chance.
-        raise CheckpointError(f"{path}: truncated or not a .npz checkpoint "
-                              "(it does not start like a zip archive)")
+        raise _folder_error(path) from None
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot be read ({_one_line(exc)})") from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        if stat.S_ISDIR(mode):
+            raise _folder_error(path)
+        raise CheckpointError(f"{path}: is not a regular file; give a .npz checkpoint file")
+    f = os.fdopen(fd, "rb")
     try:
-        with np.load(path, allow_pickle=False) as npz:
-            arrays = {name: npz[name] for name in npz.files}
-    except ValueError as exc:
-        if "allow_pickle" in str(exc):
-            raise CheckpointError(f"{path}: holds object arrays, which cnntrain never writes; "
-                                  "refusing to load it (pickled data is never read)") from None
-        raise CheckpointError(f"{path}: not a cnntrain checkpoint ({exc})") from None
-    except (zipfile.BadZipFile, EOFError, OSError) as exc:
-        raise CheckpointError(f"{path}: truncated or not a .npz checkpoint ({exc})") from None
+        if f.read(4) != b"PK\x03\x04":
+            # np.load would take any other file for a pickle; refuse it before it gets the
+            # chance.
+            raise CheckpointError(f"{path}: truncated or not a .npz checkpoint "
+                                  "(it does not start like a zip archive)")
+        f.seek(0)
+    except OSError as exc:
+        f.close()
+        raise CheckpointError(f"{path}: cannot be read ({_one_line(exc)})") from None
+    except CheckpointError:
+        f.close()
+        raise
+    return f
 
-    if "meta.json" not in arrays:
-        raise CheckpointError(f"{path}: not a cnntrain checkpoint (it has no meta.json entry)")
+
+def _entry_problem(info):
+    """What is wrong with a zip entry's name, method or declared sizes, or None."""
+    if not MEMBER_NAME.fullmatch(info.filename):
+        return ("is not a member of a cnntrain checkpoint (those are param/NAME, buffer/NAME, "
+                "optim/NAME.v, epoch_order and meta.json)")
+    if info.flag_bits & 0x1:
+        return "is encrypted"
+    if info.compress_type == zipfile.ZIP_STORED:
+        if info.file_size != info.compress_size:
+            return (f"declares {info.file_size} bytes but stores {info.compress_size} "
+                    "uncompressed")
+    elif info.compress_type != zipfile.ZIP_DEFLATED:
+        return (f"uses zip compression method {info.compress_type}; only stored and deflated "
+                "are read")
+    return None
+
+
+def _header_dict(head):
+    """The .npy header's dictionary from the first bytes of a member."""
+    if head[:6] != NPY_MAGIC:
+        raise _Refused("is not a .npy array (it lacks the .npy magic)")
+    version = tuple(head[6:8])
+    if version == (1, 0):
+        size, start, encoding = int.from_bytes(head[8:10], "little"), 10, "latin1"
+    elif version in ((2, 0), (3, 0)):
+        size, start = int.from_bytes(head[8:12], "little"), 12
+        encoding = "latin1" if version == (2, 0) else "utf-8"
+    else:
+        raise _Refused(f"has .npy format version {version}, not 1.0, 2.0 or 3.0")
+    if size > MAX_NPY_HEADER or len(head) < start + size:
+        raise _Refused(f"has a .npy header of {size} bytes, cut short or over {MAX_NPY_HEADER}")
     try:
-        meta = json.loads(arrays.pop("meta.json").tobytes().decode("utf-8"))
-        version = int(meta["format_version"])
-    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{path}: its meta.json entry is unreadable ({exc})") from None
+        header = ast.literal_eval(head[start:start + size].decode(encoding))
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError, UnicodeDecodeError):
+        raise _Refused("has an unreadable .npy header") from None
+    if not isinstance(header, dict) or set(header) != {"descr", "fortran_order", "shape"}:
+        raise _Refused("has a .npy header that is not {'descr', 'fortran_order', 'shape'}")
+    return header, start + size
+
+
+def _header_dtype(descr):
+    if not isinstance(descr, str):
+        raise _Refused("holds a structured array, not numbers")
+    try:
+        dtype = np.dtype(descr)
+    except (TypeError, ValueError, SyntaxError):
+        raise _Refused(f"has an unknown dtype {_shown(descr)}") from None
+    if dtype.hasobject:
+        raise _Refused("holds object arrays, which cnntrain never writes; refusing to load it "
+                       "(pickled data is never read)")
+    if dtype.kind not in "fiu" or dtype.fields is not None or dtype.subdtype is not None \
+            or dtype.itemsize > 8:
+        raise _Refused(f"holds {dtype} data, not numbers")
+    return dtype
+
+
+def _header_shape(shape):
+    if not (isinstance(shape, tuple) and len(shape) <= MAX_NDIM
+            and all(_whole(n) for n in shape)):
+        raise _Refused(f"declares shape {_shown(str(shape))}, not up to {MAX_NDIM} sizes >= 0")
+    return shape
+
+
+def _member(zf, info):
+    """Check one entry and its .npy header, reading no more than the header."""
+    problem = _entry_problem(info)
+    if problem:
+        raise _Refused(problem)
+    with zf.open(info) as f:
+        head = f.read(min(info.file_size, 12 + MAX_NPY_HEADER))
+    header, offset = _header_dict(head)
+    dtype, shape = _header_dtype(header["descr"]), _header_shape(header["shape"])
+    if header["fortran_order"] is not False:
+        raise _Refused("is stored in Fortran order; cnntrain writes C order only")
+    nbytes = math.prod(shape) * dtype.itemsize
+    if offset + nbytes != info.file_size:
+        raise _Refused(f"declares shape {shape} of {dtype} ({nbytes} bytes), but its zip entry "
+                       f"holds {info.file_size - offset}")
+    return _Member(info, dtype, shape, offset)
+
+
+def _check_expansion(path, infos, size):
+    """CheckpointError if the deflated members together declare more than MAX_EXPANSION times
+    the file's size (plus EXPANSION_SLACK): a zip bomb is refused from its directory alone."""
+    stored = sum(info.compress_size for info in infos)
+    if stored > size:
+        # Entries that share their bytes would each be read (and kept) whole.
+        raise CheckpointError(f"{path}: its members store {stored} bytes in all, more than the "
+                              f"file's {size} (overlapping entries); use a checkpoint cnntrain "
+                              "wrote")
+    deflated = [info for info in infos if info.compress_type == zipfile.ZIP_DEFLATED]
+    declared = sum(info.file_size for info in deflated)
+    if declared > MAX_EXPANSION * size + EXPANSION_SLACK:
+        largest = max(deflated, key=lambda info: info.file_size)
+        raise CheckpointError(
+            f"{path}: member {_shown(largest.filename)} declares {largest.file_size} bytes from "
+            f"{largest.compress_size} compressed, and the members {declared} bytes in all from a "
+            f"file of {size}, more than {MAX_EXPANSION}-fold (a zip bomb, not weights); "
+            "cnntrain writes checkpoints uncompressed")
+
+
+def _members(path, zf, size):
+    """{name without '.npy': _Member} of every entry, each checked before any data is read."""
+    infos = zf.infolist()
+    if len(infos) > MAX_MEMBERS:
+        raise CheckpointError(f"{path}: holds {len(infos)} members, more than a checkpoint "
+                              f"has ({MAX_MEMBERS}); not a cnntrain checkpoint")
+    names = [info.filename for info in infos]
+    if "meta.json.npy" not in names:
+        raise CheckpointError(f"{path}: not a cnntrain checkpoint (it has no meta.json entry)")
+    _check_expansion(path, infos, size)
+    members = {}
+    for info in infos:
+        shown = _shown(info.filename)
+        if info.filename in members:
+            raise CheckpointError(f"{path}: member {shown} appears twice; not a cnntrain "
+                                  "checkpoint")
+        try:
+            members[info.filename] = _member(zf, info)
+        except _Refused as exc:
+            raise CheckpointError(f"{path}: member {shown} {exc}; use a checkpoint cnntrain "
+                                  "wrote") from None
+    return {name[:-len(".npy")]: member for name, member in members.items()}
+
+
+def _read_array(zf, member):
+    """The member's data as a fresh array, read in chunks into a buffer of the declared size
+    (already checked against the file), then checked against the zip's CRC."""
+    value = np.empty(member.shape, member.dtype)
+    buffer = memoryview(value.reshape(-1).view(np.uint8))
+    with zf.open(member.info) as f:
+        f.read(member.offset)
+        done = 0
+        while done < len(buffer):
+            chunk = f.read(min(READ_CHUNK, len(buffer) - done))
+            if not chunk:
+                raise EOFError(f"{member.info.filename} ends early")
+            buffer[done:done + len(chunk)] = chunk
+            done += len(chunk)
+        f.read(1)  # reaching the end makes zipfile check the CRC
+    return value if member.dtype.isnative else value.astype(member.dtype.newbyteorder("="))
+
+
+def json_depth(text):
+    """How deeply text's JSON arrays and objects nest, counted without recursion: brackets
+    inside strings are dropped first. Unbalanced text is counted as it stands."""
+    outside = re.sub(r'"(?:[^"\\]|\\.)*"', "", text).encode("utf-8", "replace")
+    codes = np.frombuffer(outside, dtype=np.uint8)
+    steps = np.isin(codes, (ord("["), ord("{"))).astype(np.int64) \
+        - np.isin(codes, (ord("]"), ord("}")))
+    return int(np.cumsum(steps).max(initial=0))
+
+
+def _refuse_constant(name):
+    raise ValueError(f"it holds {name}, which is not a number JSON allows")
+
+
+def parse_meta(data, max_bytes=MAX_META_BYTES, max_depth=MAX_JSON_DEPTH):
+    """meta.json's bytes -> its object; ValueError (one line) for text that is too large, too
+    deep, not UTF-8, not strict JSON (NaN, Infinity) or not an object."""
+    if len(data) > max_bytes:
+        raise ValueError(f"it is {len(data)} bytes, more than {max_bytes}")
+    text = data.decode("utf-8")
+    depth = json_depth(text)
+    if depth > max_depth:
+        raise ValueError(f"it nests {depth} levels deep, more than {max_depth}")
+    meta = json.loads(text, parse_constant=_refuse_constant)
+    if not isinstance(meta, dict):
+        raise ValueError("it is not a JSON object")
+    return meta
+
+
+def _read_meta(path, zf, member):
+    if member.dtype != np.uint8 or len(member.shape) != 1:
+        raise CheckpointError(f"{path}: its meta.json entry is {member.dtype} of shape "
+                              f"{member.shape}, not UTF-8 text")
+    if member.shape[0] > MAX_META_BYTES:
+        raise CheckpointError(f"{path}: its meta.json entry is {member.shape[0]} bytes, more "
+                              f"than {MAX_META_BYTES}; not a cnntrain checkpoint")
+    data = _read_array(zf, member).tobytes()
+    try:
+        meta = parse_meta(data)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{path}: its meta.json entry is unreadable ({_one_line(exc)}); "
+                              "use another checkpoint") from None
+    if "format_version" not in meta:
+        raise CheckpointError(f"{path}: not a cnntrain checkpoint (meta.json lacks "
+                              "'format_version')")
+    version = meta["format_version"]
+    if not _whole(version):
+        raise CheckpointError(f"{path}: its meta.json 'format_version' is {_shown(version)}, "
+                              "not a whole number")
     if version > FORMAT_VERSION:
         raise CheckpointError(f"{path}: written in checkpoint format {version}, newer than this "
                               f"cnntrain reads ({FORMAT_VERSION}); upgrade cnntrain to read it")
-    if not isinstance(meta, dict):
-        raise CheckpointError(f"{path}: its meta.json entry is not a JSON object")
     for key in ("config", "epoch", "step"):
         if key not in meta:
             raise CheckpointError(f"{path}: not a cnntrain checkpoint (meta.json lacks '{key}')")
-    order = arrays.pop("epoch_order", None)
-    problem = meta_problem(meta, order)
-    if problem:
-        raise CheckpointError(f"{path}: {problem}; the file was edited or damaged, "
-                              "use another checkpoint")
+    return meta
 
+
+def _sorted_arrays(path, arrays):
+    """(params, buffers, optimizer) from {member name: array}."""
     params, buffers, optimizer = {}, {}, {}
     for name, value in arrays.items():
-        if value.dtype.kind not in "fiu":
-            raise CheckpointError(f"{path}: entry {name} holds {value.dtype} data, not numbers")
         prefix, _, key = name.partition("/")
-        if prefix == "param":
-            params[key] = value
-        elif prefix == "buffer":
-            buffers[key] = value
-        elif prefix == "optim":
-            optimizer[key] = value
-        else:
-            raise CheckpointError(f"{path}: unexpected entry '{name}'; not a cnntrain checkpoint")
+        {"param": params, "buffer": buffers, "optim": optimizer}[prefix][key] = value
     if not params:
         raise CheckpointError(f"{path}: holds no parameters; not a cnntrain checkpoint")
+    return params, buffers, optimizer
+
+
+def load_checkpoint(path):
+    """Read and validate a checkpoint; CheckpointError (one line) for anything unusable.
+
+    Every member's name, zip entry and .npy header are checked first; then meta.json is read
+    (bounded in size and depth, strict JSON) and checked; only then is array data read."""
+    with _open_checkpoint(path) as f:
+        return _read_checkpoint(path, f, os.fstat(f.fileno()).st_size)
+
+
+def _read_checkpoint(path, f, size):
+    """load_checkpoint's work on `f`, the opened file of `size` bytes."""
+    try:
+        with zipfile.ZipFile(f) as zf:
+            members = _members(path, zf, size)
+            meta = _read_meta(path, zf, members.pop("meta.json"))
+            order_member = members.pop("epoch_order", None)
+            order = None if order_member is None else _read_array(zf, order_member)
+            problem = meta_problem(meta, order)
+            if problem:
+                raise CheckpointError(f"{path}: {problem}; the file was edited or damaged, "
+                                      "use another checkpoint")
+            arrays = {name: _read_array(zf, member) for name, member in members.items()}
+    except UNREADABLE as exc:
+        raise CheckpointError(f"{path}: truncated or not a .npz checkpoint "
+                              f"({_one_line(exc)})") from None
+    params, buffers, optimizer = _sorted_arrays(path, arrays)
     bad = non_finite_entry(params, optimizer, buffers)
     if bad:
         raise CheckpointError(f"{path}: {bad} holds NaN or infinite values (a diverged model), "
                               "so it can be neither evaluated nor continued; use an earlier "
                               "checkpoint or train again with a lower learning rate")
     return Checkpoint(params=params, optimizer=optimizer, buffers=buffers, epoch_order=order,
-                      meta=meta)
+                      meta=meta, source=str(path))

@@ -16,10 +16,10 @@ from typing import Any
 
 import numpy as np
 
-from cnntrain.checkpoint import Checkpoint, load_checkpoint
+from cnntrain.checkpoint import Checkpoint, dtype_problem, load_checkpoint
 from cnntrain.config import SCHEMA, config_to_ini, load_config, parse_config
 from cnntrain.download import fetch_mnist
-from cnntrain.errors import CnnTrainError, ConfigError, DivergedError
+from cnntrain.errors import CheckpointError, CnnTrainError, ConfigError, DivergedError
 from cnntrain.logs import best_epoch, epoch_line
 from cnntrain.mnist import load_mnist
 from cnntrain.model import build_network
@@ -101,11 +101,15 @@ def config_from_checkpoint(ckpt, source, overrides=()):
 def network_from_checkpoint(ckpt, cfg, path):
     """The network of a loaded checkpoint with its weights; one-line error if they do not fit."""
     network = build_model(cfg)
+    problem = dtype_problem(ckpt, network.dtype)
+    if problem:
+        raise CheckpointError(f"{path}: {problem}")
     try:
         network.load_params(ckpt.params)
         network.load_buffers(ckpt.buffers)
     except ValueError as exc:
-        raise CnnTrainError(f"{path}: its weights do not fit its own layer list ({exc})") from None
+        raise CheckpointError(f"{path}: its weights do not fit its own layer list "
+                              f"({exc})") from None
     return network
 
 
@@ -205,6 +209,9 @@ def _check_folder(folder, cfg_text, *, resume, resume_path, config_path, overwri
 def _restore(network, optimizer, train_rng, resume, n_train, steps):
     """Load a checkpoint's weights, velocities, generator and position; refuse one that does
     not fit this network or this data."""
+    problem = dtype_problem(resume, network.dtype)
+    if problem:
+        raise CheckpointError(f"{resume.source}: {problem}")
     try:
         network.load_params(resume.params)
         network.load_buffers(resume.buffers)
