@@ -317,7 +317,7 @@ def plot(run_dirs, output, filters_checkpoint, maps_checkpoint, image, input_pat
     from cnntrain.errors import ConfigError
 
     plots.require_matplotlib()
-    if (image is not None or input_path or raw) and not maps_checkpoint:
+    if (image is not None or input_path is not None or raw) and not maps_checkpoint:
         raise ConfigError("--image, --input and --raw go with --maps CHECKPOINT")
     if maps_checkpoint:
         if run_dirs or filters_checkpoint:
