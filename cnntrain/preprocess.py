@@ -353,19 +353,19 @@ def load_image(path):
     with open_input(path) as f:
         try:
             with warnings.catch_warnings():
-                # Pillow warns about what it meets in a damaged file (EXIF, chunks); the
-                # error below says all the user needs, in one line.
+                # Pillow warns about what it meets in a damaged file (EXIF, chunks) and
+                # about large pictures, which _decode refuses itself; the errors below say
+                # all the user needs, in one line.
                 warnings.simplefilter("ignore")
-                warnings.simplefilter("error", Image.DecompressionBombWarning)
                 return _decode(Image, f, name)
         except InputError:
             raise
         except MemoryError:
             raise
-        except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
-            # Pillow's own limit, met first only where it was set below MAX_PIXELS.
-            raise InputError(f"{name}: too large to read safely ({pillow_reason(exc)})"
-                             ) from None
+        except Image.DecompressionBombError as exc:  # Pillow's own limit, met in open
+            raise InputError(f"{name}: too large to read safely ({pillow_reason(exc)}); "
+                             f"the limit is {MAX_PIXELS:,} pixels ({MAX_SIDE}x{MAX_SIDE}): "
+                             "scale it down first") from None
         except Exception as exc:  # Pillow signals a damaged file with many exception types
             from PIL import UnidentifiedImageError
 
