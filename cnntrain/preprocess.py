@@ -20,6 +20,9 @@ Readers: image files through Pillow (optional: pip install 'cnntrain[images]'), 
 (one image or a stack) and MNIST's IDX image files. numpy only at import time.
 """
 
+import contextlib
+import io
+import logging
 import math
 import os
 import re
@@ -53,8 +56,12 @@ IMAGE_FORMAT_NAMES = "PNG, JPEG, BMP, GIF, TIFF, PGM/PPM/PBM, WebP"
 # bytes a pixel at its peak, so this bounds it near half a gigabyte; a digit needs far less.
 MAX_SIDE = 4096
 MAX_PIXELS = MAX_SIDE * MAX_SIDE
+# The largest image file read: a 4096x4096 picture of 16-bit RGBA, stored uncompressed, fits.
+MAX_IMAGE_BYTES = 256 << 20
 # What a damaged IDX file of the user's own should do (the data cache's advice is another).
 INPUT_IDX_ADVICE = "check it is an intact IDX image file"
+
+_PILLOW_LOG = logging.NullHandler()
 
 PILLOW_HINT = "reading image files needs Pillow: pip install 'cnntrain[images]'"
 
@@ -335,9 +342,10 @@ def picture_grey(picture):
     return np.asarray(picture.convert("L"), dtype=np.float32) / 255.0
 
 
-def pillow_reason(exc):
-    """A Pillow exception's message, one line, without the object reprs Pillow puts in some
-    ('<_io.BufferedReader name=5>'), which name no file a user knows."""
+def error_reason(exc):
+    """A Pillow or numpy exception's message, one line, without the object reprs some hold
+    ('<_io.BufferedReader name=5>', '<ast.Name object at 0x...>'), which mean nothing to a
+    user."""
     text = re.sub(r"\s*<[^<>]* (?:object at 0x[0-9a-fA-F]+|name=[^<>]*)>", "", str(exc))
     text = " ".join(text.split())[:120]
     return text or type(exc).__name__
@@ -349,8 +357,18 @@ def load_image(path):
     EXIF orientation is applied. InputError (one line naming the file) if it is unreadable or
     over MAX_PIXELS, which is checked on the header, before any pixel is decoded."""
     Image = require_pillow()
+    # Pillow logs what it meets in a damaged file; with no handler of its own, Python would
+    # print that to stderr beside the error line (adding the same handler twice adds one).
+    logging.getLogger("PIL").addHandler(_PILLOW_LOG)
     name = display_name(path)
     with open_input(path) as f:
+        data = f.read(MAX_IMAGE_BYTES + 1)
+    if len(data) > MAX_IMAGE_BYTES:
+        raise InputError(f"{name}: over {MAX_IMAGE_BYTES >> 20} MiB, more than any picture "
+                         f"within the limit of {MAX_PIXELS:,} pixels needs")
+    # Pillow reads a chunk's declared length in one call; from memory that allocates only
+    # what the file holds, where a file object would allocate the length first.
+    with io.BytesIO(data) as f:
         try:
             with warnings.catch_warnings():
                 # Pillow warns about what it meets in a damaged file (EXIF, chunks) and
@@ -363,7 +381,7 @@ def load_image(path):
         except MemoryError:
             raise
         except Image.DecompressionBombError as exc:  # Pillow's own limit, met in open
-            raise InputError(f"{name}: too large to read safely ({pillow_reason(exc)}); "
+            raise InputError(f"{name}: too large to read safely ({error_reason(exc)}); "
                              f"the limit is {MAX_PIXELS:,} pixels ({MAX_SIDE}x{MAX_SIDE}): "
                              "scale it down first") from None
         except Exception as exc:  # Pillow signals a damaged file with many exception types
@@ -372,7 +390,7 @@ def load_image(path):
             if isinstance(exc, UnidentifiedImageError):
                 raise InputError(f"{name}: not an image cnntrain reads ({IMAGE_FORMAT_NAMES})"
                                  ) from None
-            raise InputError(f"{name}: unreadable image ({pillow_reason(exc)})") from None
+            raise InputError(f"{name}: unreadable image ({error_reason(exc)})") from None
 
 
 def _decode(Image, f, name):
@@ -382,8 +400,31 @@ def _decode(Image, f, name):
         check_pixels(name, picture.height, picture.width)
         picture.seek(0)
         check_pixels(name, picture.height, picture.width)
-        picture.load()
+        with _quiet_stderr():
+            picture.load()
         return picture_grey(ImageOps.exif_transpose(picture))
+
+
+@contextlib.contextmanager
+def _quiet_stderr():
+    """File descriptor 2 pointed at /dev/null meanwhile: libtiff, which Pillow decodes
+    compressed TIFF with, prints its own errors there, which would break the one-line rule
+    (the exception Pillow raises after them gives the error line)."""
+    try:
+        saved = os.dup(2)
+    except OSError:  # no stderr at all: nothing to keep quiet
+        yield
+        return
+    try:
+        null = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(null, 2)
+        finally:
+            os.close(null)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def _no_picture(name, what):
@@ -405,9 +446,10 @@ def array_header(f, name):
             shape, fortran, dtype = npy.read_array_header_2_0(f)
         else:
             raise ValueError(f"format version {version} is not one numpy writes")
-    except (ValueError, OSError, EOFError, SyntaxError, TypeError) as exc:
-        reason = " ".join(str(exc).split())[:120]
-        raise InputError(f"{name}: not a readable .npy array ({reason})") from None
+    except MemoryError:
+        raise
+    except Exception as exc:  # numpy parses the header text with tokenize and ast
+        raise InputError(f"{name}: not a readable .npy array ({error_reason(exc)})") from None
     if dtype.hasobject or dtype.kind not in "uifb" or dtype.fields is not None:
         raise InputError(f"{name}: holds {dtype}, not numbers; give grey levels as integers "
                          "0..255 or floats in [0, 1]")

@@ -303,10 +303,10 @@ def test_display_name_quotes_exactly_the_names_that_need_it(name, shown):
     assert "\n" not in pp.display_name(name)
 
 
-def test_pillow_reason_drops_object_reprs():
+def test_error_reason_drops_object_reprs():
     exc = OSError("cannot identify image file <_io.BytesIO object at 0x7f3a2c1b9e50>")
-    assert pp.pillow_reason(exc) == "cannot identify image file"
-    assert pp.pillow_reason(SyntaxError("x <_io.BufferedReader name=5> y")) == "x y"
+    assert pp.error_reason(exc) == "cannot identify image file"
+    assert pp.error_reason(SyntaxError("x <_io.BufferedReader name=5> y")) == "x y"
 
 
 # --------------------------------------------------------------------------- maps = predict
