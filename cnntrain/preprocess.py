@@ -304,8 +304,9 @@ def open_input(path):
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except FileNotFoundError:
         raise InputError(f"{name}: no such file") from None
-    except OSError as exc:
-        raise InputError(f"{name}: cannot read: {exc.strerror or exc}") from None
+    except (OSError, ValueError) as exc:  # ValueError: a NUL byte in the name
+        raise InputError(f"{name}: cannot read: {getattr(exc, 'strerror', None) or exc}"
+                         ) from None
     mode = os.fstat(fd).st_mode
     if not stat.S_ISREG(mode):
         os.close(fd)
@@ -334,7 +335,6 @@ def picture_grey(picture):
         return np.clip(grey / top, 0, 1).astype(np.float32)
     if picture.mode == "F":
         grey = np.asarray(picture, dtype=np.float64)
-        grey[~np.isfinite(grey)] = 0.0
         return np.clip(grey / max(float(grey.max()), 1.0), 0, 1).astype(np.float32)
     if picture.mode in ("RGBA", "LA", "PA") or "transparency" in picture.info:
         white = Image.new("RGBA", picture.size, (255, 255, 255, 255))
@@ -527,9 +527,10 @@ def is_input_name(path):
 def read_input(path):
     """Any supported input file -> [(label, (H, W) grey levels)]: one entry for an image file,
     one per image of a stack ("file[i]"); labels are display_name's. InputError (one line) if
-    it cannot be read; a folder here is one expand_inputs found empty."""
+    it cannot be read; for a folder (one expand_inputs found empty or could not list), the
+    reason."""
     name = display_name(path)
-    if os.fspath(path) and os.path.isdir(path):
+    if os.fspath(path) and os.path.isdir(path) and not folder_inputs(Path(path)):
         raise InputError(f"{name}: a folder with no image, .npy or IDX file in it")
     if is_array(path) or is_idx(path):
         stack = load_array_stack(path) if is_array(path) else load_idx_stack(path)
@@ -561,7 +562,7 @@ def expand_inputs(paths):
         if os.fspath(given) and path.is_dir():
             try:
                 inside = folder_inputs(path)
-            except InputError:
+            except InputError:  # read_input gives the folder's error line
                 inside = []
             files.extend(inside or [path])  # an empty folder is reported, not skipped
         else:

@@ -1,6 +1,7 @@
 """Fuzzing the input readers (`cnntrain predict`, `plot --maps --input`): thousands of
-mutated .npy, IDX and image files, each of which must give pictures within the pixel cap or
-a one-line InputError naming the file: never another exception, a hang or a bomb.
+mutated .npy, IDX and image files, each of which must give pictures within the pixel cap
+(each then a 28x28 field or a one-line error) or a one-line InputError naming the file:
+never another exception, a hang or a bomb.
 
 The mutator is seeded, so every run tries the same files. It flips bytes, truncates,
 inserts, splices and, knowing each format's header, writes huge or zero dimensions into it
@@ -223,8 +224,11 @@ def _alarm(signum, frame):
 
 
 def check_case(path):
-    """Read one file -> ("read" or "refused", None) if it gave pictures within the cap or a
-    proper one-line error, else (None, what went wrong)."""
+    """Read one file as predict does -> ("read" or "refused", None) if it gave pictures
+    within the cap, each made into a field or refused in one line, or a proper one-line
+    error; else (None, what went wrong)."""
+    from cnntrain.errors import CnnTrainError
+    from cnntrain.predict import to_field
     from cnntrain.preprocess import InputError, MAX_PIXELS, display_name, read_input
 
     try:
@@ -242,6 +246,14 @@ def check_case(path):
         grey = np.asarray(grey)
         if grey.ndim != 2 or not 0 < grey.size <= MAX_PIXELS:
             return None, f"{label}: picture of shape {grey.shape}"
+        try:  # and what predict makes of it: a field, or a one-line error
+            field = to_field(grey, label)
+        except CnnTrainError as exc:
+            if "\n" in str(exc) or not str(exc).startswith(label + ": "):
+                return None, f"bad message: {str(exc)!r}"
+            continue
+        if field.shape != (28, 28) or not np.isfinite(field).all():
+            return None, f"{label}: a field of shape {field.shape}, or not finite"
     return "read", None
 
 
