@@ -340,3 +340,30 @@ def test_plot_maps_refuses_a_folder_of_several_inputs_naming_them(tmp_path, chec
     result = invoke("plot", "--maps", checkpoint, "--input", empty, "-o", tmp_path / "m.png")
     assert_one_line_error(result, 1, f"{empty}: a folder with no image, .npy or IDX file")
     assert not (tmp_path / "m.png").exists()
+
+
+# --------------------------------------------------------------------------- large stacks
+
+
+def test_a_stack_is_predicted_by_chunks_in_order_with_its_bad_pictures_named(
+        tmp_path, checkpoint, monkeypatch):
+    """Chunks bound the memory of a large stack; the lines come out as one batch would give
+    them, a blank picture in the middle of a chunk named by its index."""
+    from cnntrain import predict
+    from cnntrain.inference import Predictor
+    from cnntrain.preprocess import to_mnist_field
+
+    rng = np.random.default_rng(5)
+    fields = [to_mnist_field(canvas((40, 40), SEVEN, int(rng.integers(0, 20)),
+                                    int(rng.integers(0, 25)))) for _ in range(23)]
+    fields[9] = np.zeros((28, 28), np.float32)
+    np.save(tmp_path / "stack.npy", np.stack(fields))
+    monkeypatch.setattr(predict, "CHUNK", 4)
+    result = invoke("predict", checkpoint, tmp_path / "stack.npy", "--json", "--top", 1)
+    assert result.exit_code == 1
+    objects = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [o["input"] for o in objects] == [f"{tmp_path / 'stack.npy'}[{i}]" for i in range(23)]
+    assert "no ink" in objects[9]["error"]
+    good = [f for i, f in enumerate(fields) if i != 9]
+    digits = Predictor.from_checkpoint(checkpoint).probabilities(np.stack(good)).argmax(axis=1)
+    assert [o["digit"] for i, o in enumerate(objects) if i != 9] == digits.tolist()
