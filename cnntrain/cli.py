@@ -306,7 +306,8 @@ def summarize(paths, csv_path, sort_key):
               help="With --maps: MNIST test image N (default 0), or picture N of an --input "
                    "stack.")
 @click.option("--input", "input_path", metavar="FILE",
-              help="With --maps: a picture file (or .npy / IDX) read as cnntrain predict does.")
+              help="With --maps: a picture file (or .npy / IDX) read as cnntrain predict does; "
+                   "a folder only if it holds one such file.")
 @click.option("--raw", is_flag=True, help="With --maps --input: the input already is a 28x28 "
                                           "MNIST-like field.")
 @data_dir_option
@@ -329,7 +330,7 @@ def plot(run_dirs, output, filters_checkpoint, maps_checkpoint, image, input_pat
     from cnntrain.errors import ConfigError
 
     plots.require_matplotlib()
-    if (image is not None or input_path or raw) and not maps_checkpoint:
+    if (image is not None or input_path is not None or raw) and not maps_checkpoint:
         raise ConfigError("--image, --input and --raw go with --maps CHECKPOINT")
     if maps_checkpoint:
         if run_dirs or filters_checkpoint:
@@ -370,7 +371,10 @@ def predict(checkpoint, inputs, as_json, top, raw):
     cropped, scaled into 20x20 and centred in 28x28 as MNIST's digits were.
 
     An input that cannot be read, or holds no ink, gets a one-line error and the others go
-    on; the exit code is then 1.
+    on; the exit code is then 1. So does an empty name, a FIFO or device (refused, not read),
+    and a picture of more than 16,777,216 pixels, 4096x4096 (refused from its header). Names
+    holding a newline, a quote, a backslash or bytes that are not text are printed quoted:
+    'a\\nb.png'.
 
     \b
     Examples:

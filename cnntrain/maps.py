@@ -180,21 +180,22 @@ def load_field(*, image=None, input_path=None, raw=False, data_dir=None, mirrors
     """The picture to draw -> (field (28, 28) in [0, 1], true label or None, description,
     the picture as read when it came from a file (grey levels in [0, 1]) or None).
 
-    input_path: a file as `cnntrain predict` reads it; `image` then picks one picture of a
-    stack (default the first). Otherwise MNIST test image `image` (default 0).
+    input_path: a file as `cnntrain predict` reads it, through the same reader (a folder only
+    when it holds one input file); `image` then picks one picture of a stack (default the
+    first). Otherwise MNIST test image `image` (default 0).
     """
     from cnntrain.constants import TEST_IMAGES_FILE, TEST_LABELS_FILE
     from cnntrain.download import fetch_mnist
     from cnntrain.mnist import read_idx
     from cnntrain.predict import to_field
-    from cnntrain.preprocess import grey_levels, read_input
+    from cnntrain.preprocess import display_name, grey_levels, read_single_input
 
     if input_path is not None:
-        entries = read_input(input_path)
+        entries = read_single_input(input_path)
         index = image or 0
         if not 0 <= index < len(entries):
-            raise ConfigError(f"{input_path} holds {len(entries)} picture(s); --image "
-                              f"{index} is out of range")
+            raise ConfigError(f"{display_name(input_path)} holds {len(entries)} picture(s); "
+                              f"--image {index} is out of range")
         label_text, grey = entries[index]
         return to_field(grey, label_text, raw), None, label_text, grey_levels(grey)
     index = 0 if image is None else image

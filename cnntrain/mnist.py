@@ -17,58 +17,77 @@ from cnntrain.constants import (IDX_UBYTE, IMAGE_HW, NUM_CLASSES, TEST_IMAGES_FI
                                 TEST_LABELS_FILE, TRAIN_IMAGES_FILE, TRAIN_LABELS_FILE)
 from cnntrain.errors import DataError
 
-__all__ = ["read_idx", "Split", "MnistSplits", "load_mnist"]
+__all__ = ["read_idx", "read_idx_dims", "read_idx_stream", "Split", "MnistSplits",
+           "load_mnist"]
 
 _IDX_TYPES = {0x08: "unsigned byte", 0x09: "signed byte", 0x0B: "int16", 0x0C: "int32",
               0x0D: "float32", 0x0E: "float64"}
 _GATHER_BLOCK = 512  # images normalised at a time: bounds the temporaries to ~5 MB
 
 
-def read_idx(path) -> np.ndarray:
-    """Read an unsigned-byte IDX file: uint8 array of the shape its header gives.
+# What a damaged file in the data cache should do: the cache can fetch it again.
+CACHE_ADVICE = "delete it to re-download"
 
-    The header is two zero bytes, the element type (0x08 = unsigned byte, the only one MNIST
-    uses), the number of dimensions, then one big-endian uint32 per dimension; the payload must
-    be exactly their product in bytes. Every violation is a DataError naming the file.
-    """
+
+def read_idx(path) -> np.ndarray:
+    """Read an unsigned-byte IDX file of the data cache: uint8 array of the shape its header
+    gives. Every violation is a DataError naming the file (read_idx_stream says which)."""
     path = Path(path)
     try:
         with open(path, "rb") as f:
-            file_size = os.fstat(f.fileno()).st_size
-            header = f.read(4)
-            if len(header) < 4:
-                raise DataError(f"{path}: not an IDX file: only {file_size} bytes, "
-                                f"shorter than the 4-byte header")
-            if header[:2] != b"\0\0":
-                raise DataError(f"{path}: not an IDX file: bad magic number 0x{header.hex()} "
-                                f"(expected 0x0000 then type and rank); delete it to re-download")
-            kind, ndim = header[2], header[3]
-            if kind != IDX_UBYTE:
-                what = _IDX_TYPES.get(kind, "unknown")
-                raise DataError(f"{path}: element type 0x{kind:02x} ({what}) is not supported; "
-                                f"MNIST files hold unsigned bytes (0x08)")
-            if ndim == 0:
-                raise DataError(f"{path}: IDX header declares 0 dimensions")
-            raw_dims = f.read(4 * ndim)
-            if len(raw_dims) < 4 * ndim:
-                raise DataError(f"{path}: truncated IDX header: {ndim} dimensions declared, "
-                                f"file has only {file_size} bytes")
-            dims = tuple(int(d) for d in np.frombuffer(raw_dims, dtype=">u4"))
-            expected = math.prod(dims)
-            payload = file_size - 4 - 4 * ndim
-            if payload != expected:
-                raise DataError(f"{path}: payload is {payload} bytes but dimensions "
-                                f"{'x'.join(map(str, dims))} need {expected}; the file is "
-                                f"{'truncated' if payload < expected else 'too long'}, "
-                                f"delete it to re-download")
-            data = np.fromfile(f, dtype=np.uint8, count=expected)
+            return read_idx_stream(f, str(path))
     except FileNotFoundError as e:
         raise DataError(f"{path}: not found; download MNIST first (ensure_mnist or "
                         f"`cnntrain download`) or place the file there by hand") from e
     except OSError as e:
         raise DataError(f"{path}: cannot read: {e.strerror or e}") from e
+
+
+def read_idx_dims(f, name, advice=CACHE_ADVICE) -> tuple:
+    """The dimensions an open IDX file's header declares, checked against the file's size
+    before any payload is read, so a header declaring terabytes costs nothing.
+
+    The header is two zero bytes, the element type (0x08 = unsigned byte, the only one MNIST
+    uses), the number of dimensions, then one big-endian uint32 per dimension; the payload must
+    be exactly their product in bytes. `name` is how messages call the file and `advice` what
+    they tell the user to do about a damaged one. Leaves `f` at the payload's start.
+    """
+    file_size = os.fstat(f.fileno()).st_size
+    header = f.read(4)
+    if len(header) < 4:
+        raise DataError(f"{name}: not an IDX file: only {file_size} bytes, "
+                        f"shorter than the 4-byte header")
+    if header[:2] != b"\0\0":
+        raise DataError(f"{name}: not an IDX file: bad magic number 0x{header.hex()} "
+                        f"(expected 0x0000 then type and rank); {advice}")
+    kind, ndim = header[2], header[3]
+    if kind != IDX_UBYTE:
+        what = _IDX_TYPES.get(kind, "unknown")
+        raise DataError(f"{name}: element type 0x{kind:02x} ({what}) is not supported; "
+                        f"MNIST files hold unsigned bytes (0x08)")
+    if ndim == 0:
+        raise DataError(f"{name}: IDX header declares 0 dimensions")
+    raw_dims = f.read(4 * ndim)
+    if len(raw_dims) < 4 * ndim:
+        raise DataError(f"{name}: truncated IDX header: {ndim} dimensions declared, "
+                        f"file has only {file_size} bytes")
+    dims = tuple(int(d) for d in np.frombuffer(raw_dims, dtype=">u4"))
+    expected = math.prod(dims)
+    payload = file_size - 4 - 4 * ndim
+    if payload != expected:
+        raise DataError(f"{name}: payload is {payload} bytes but dimensions "
+                        f"{'x'.join(map(str, dims))} need {expected}; the file is "
+                        f"{'truncated' if payload < expected else 'too long'}, {advice}")
+    return dims
+
+
+def read_idx_stream(f, name, advice=CACHE_ADVICE) -> np.ndarray:
+    """read_idx on an open file: its header checked (read_idx_dims), then its payload."""
+    dims = read_idx_dims(f, name, advice)
+    expected = math.prod(dims)
+    data = np.fromfile(f, dtype=np.uint8, count=expected)
     if data.size != expected:  # the file shrank while being read
-        raise DataError(f"{path}: read {data.size} payload bytes, expected {expected}")
+        raise DataError(f"{name}: read {data.size} payload bytes, expected {expected}")
     return data.reshape(dims)
 
 

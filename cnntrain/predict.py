@@ -2,7 +2,8 @@
 
 Every input is read and preprocessed on its own: a file that cannot be read, or a picture
 without ink, gets its one-line error and the others go on. The caller turns "some failed"
-into exit code 1.
+into exit code 1. Files are named as cnntrain.preprocess.display_name shows them, so a name
+with a newline or a quote still gives one unambiguous line.
 """
 
 import json
@@ -11,7 +12,10 @@ import numpy as np
 
 from cnntrain.errors import CnnTrainError
 from cnntrain.inference import CLASS_NAMES, load_predictor
-from cnntrain.preprocess import FIELD, expand_inputs, grey_levels, read_input, to_mnist_field
+from cnntrain.preprocess import (FIELD, display_name, expand_inputs, grey_levels, read_input,
+                                 to_mnist_field)
+
+CHUNK = 256  # pictures preprocessed and predicted at a time
 
 
 def raw_field(grey, label):
@@ -79,21 +83,31 @@ def predict_inputs(checkpoint, inputs, *, top=3, raw=False, as_json=False, echo=
         try:
             entries = read_input(path)
         except CnnTrainError as exc:
-            fail(str(path), str(exc))
+            fail(display_name(path), str(exc))
             continue
-        outcomes = []  # per picture: its field, or the error it met, in input order
-        for label, grey in entries:
-            try:
-                outcomes.append((label, to_field(grey, label, raw), None))
-            except CnnTrainError as exc:
-                outcomes.append((label, None, str(exc)))
-        good = [field for _, field, _ in outcomes if field is not None]
-        probabilities = iter(predictor.probabilities(np.stack(good)) if good else ())
-        for label, field, error in outcomes:
-            if error is not None:
-                fail(label, error)
-                continue
-            ranked = ranking(next(probabilities), top)
-            echo(format_json(label, ranked) if as_json else format_line(label, ranked))
-            done += 1
+        # By chunks, so a stack of many pictures holds one chunk's fields and activations.
+        for start in range(0, len(entries), CHUNK):
+            chunk = entries[start:start + CHUNK]
+            for label, probabilities, error in predicted(predictor, chunk, raw):
+                if error is not None:
+                    fail(label, error)
+                    continue
+                ranked = ranking(probabilities, top)
+                echo(format_json(label, ranked) if as_json else format_line(label, ranked))
+                done += 1
     return done, failed
+
+
+def predicted(predictor, entries, raw):
+    """[(label, grey)] -> [(label, probabilities, None) or (label, None, error)], in order:
+    each picture's field made on its own, the good ones predicted together."""
+    outcomes = []  # per picture: its field, or the error it met, in input order
+    for label, grey in entries:
+        try:
+            outcomes.append((label, to_field(grey, label, raw), None))
+        except CnnTrainError as exc:
+            outcomes.append((label, None, str(exc)))
+    good = [field for _, field, _ in outcomes if field is not None]
+    probabilities = iter(predictor.probabilities(np.stack(good)) if good else ())
+    return [(label, None, error) if error is not None else (label, next(probabilities), None)
+            for label, _, error in outcomes]
