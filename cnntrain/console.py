@@ -9,6 +9,7 @@ any Unix filter, and `cnntrain fit ... | head -1` trains to its end with every c
 """
 
 import os
+import stat
 import sys
 from contextlib import contextmanager
 
@@ -69,3 +70,15 @@ def best_effort_output():
             if isinstance(wrapped, BestEffortStream):
                 wrapped.flush()
         sys.stdout, sys.stderr = saved
+
+
+def is_stdout(path):
+    """True if `path` is the file, pipe, terminal or socket that stdout writes to, other than
+    the null device: a line saying it was written then belongs on stderr, not inside it."""
+    try:
+        written, shown = os.stat(path), os.fstat(sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # no such file, or stdout has no descriptor
+        return False
+    if not os.path.samestat(written, shown):
+        return False
+    return not (stat.S_ISCHR(shown.st_mode) and shown.st_rdev == os.stat(os.devnull).st_rdev)
