@@ -10,12 +10,14 @@ both closed as it does with a terminal.
 import errno
 import json
 import os
+import signal
 import socket
 import stat
 import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -387,3 +389,85 @@ def test_a_failed_write_names_the_path_given_never_a_temporary_file(world, tmp_p
     assert_one_line_error(result, 1, f"Input/output error: {out}")
     assert ".tmp" not in result.stderr
     assert out.read_bytes() == b"the user's older model" and not list(tmp_path.glob(".*"))
+
+
+# ------------------------------------------------------------------ closed standard streams
+
+CLOSED = {"stdout": ">&-", "stderr": "2>&-", "stdout and stderr": ">&- 2>&-"}
+
+
+def test_fit_trains_as_usual_whatever_standard_stream_is_closed(world):
+    """`cnntrain fit ... >&-` died of 'NoneType' object has no attribute 'isatty' and made no
+    run; with stderr or both closed too it must train, log and save as usual."""
+    for name, redirect in CLOSED.items():
+        out = world["tmp"] / "runs" / f"closed {name}"
+        done = cnntrain(world, "fit", "--config", world["config"], "--out", out,
+                        "--set", "train.epochs=2", redirect=redirect)
+        assert done.returncode == 0, (name, done.stderr)
+        metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        assert [m["epoch"] for m in metrics] == [1, 2], name
+        assert json.loads((out / "summary.json").read_text())["epochs"] == 2, name
+        assert {p.name for p in (out / "checkpoints").iterdir()} == {"best.npz", "last.npz"}
+
+
+def free_port():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def serve_until_answered(world, redirect):
+    """Start serve with `redirect`, wait for its API to answer, stop it with SIGTERM; its exit
+    code, or None if it never answered."""
+    port = free_port()
+    command = launcher(world, "serve", world["checkpoint"], "--port", port)
+    proc = subprocess.Popen(["bash", "-c", f'exec "$@" {redirect}', "cnntrain", *command],
+                            env=proctools.child_env(world["data_dir"]), cwd=world["tmp"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while proc.poll() is None and time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/model", timeout=10):
+                    break
+            except OSError:
+                time.sleep(0.1)
+        else:
+            return None
+        proc.send_signal(signal.SIGTERM)
+        return proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_every_command_behaves_with_closed_standard_streams_as_with_a_terminal(world):
+    """Each command, with stdout, stderr or both closed: the exit code it has with a terminal,
+    and the file it writes. (Before: fit failed with stdout closed; eval, download and
+    gradcheck with both closed.)"""
+    w, tmp = world, world["tmp"]
+    commands = [  # (arguments, exit code, file it makes)
+        (["eval", w["checkpoint"]], 0, None),
+        (["eval", w["checkpoint"], "--errors", tmp / "errors.png"], 0, tmp / "errors.png"),
+        (["eval", tmp / "missing.npz"], 1, None),
+        (["download"], 0, None),
+        (["info", "--config", w["config"]], 0, None),
+        (["gradcheck", "--config", w["config"], "--images", "2", "--probes", "2"], 0, None),
+        (["summarize", w["run"], "--csv", tmp / "runs.csv"], 0, tmp / "runs.csv"),
+        (["plot", w["run"], "-o", tmp / "curves.png"], 0, tmp / "curves.png"),
+        (["plot", "--maps", w["checkpoint"], "-o", tmp / "maps.png"], 0, tmp / "maps.png"),
+        (["predict", w["checkpoint"], w["digit"]], 0, None),
+        (["export", w["checkpoint"], "-o", tmp / "model.onnx"], 0, tmp / "model.onnx"),
+        (["runinfo", w["run"], "state"], 0, None),
+        (["fit", "--config", w["config"], "--set", "train.lr=oops"], 2, None),
+        (["--help"], 0, None),
+    ]
+    for name, redirect in CLOSED.items():
+        for arguments, code, made in commands:
+            if made is not None:
+                made.unlink(missing_ok=True)
+            done = cnntrain(world, *arguments, redirect=redirect)
+            assert done.returncode == code, (name, arguments, done.stderr)
+            assert made is None or made.stat().st_size > 0, (name, arguments)
+        assert serve_until_answered(world, redirect) == 0, name
