@@ -7,6 +7,7 @@ Exit codes: 0 success, 2 usage or config error, 1 runtime failure, 130 / 143 / 1
 SIGINT / SIGTERM / SIGHUP (the shell's 128 + signal number).
 
 Console output is best effort (cnntrain.console): a closed or full stdout never fails a command.
+A line saying a file was written goes to stderr when that file is stdout (-o /dev/stdout).
 """
 
 import json
@@ -16,7 +17,7 @@ import warnings
 import click
 
 from cnntrain import __version__
-from cnntrain.console import best_effort_output
+from cnntrain.console import best_effort_output, is_stdout
 from cnntrain.errors import CnnTrainError, Interrupted
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -141,14 +142,15 @@ def eval_command(checkpoint, split, as_json, batch_size, errors_png, data_dir, m
     """
     from cnntrain import run
 
-    if errors_png:
+    if errors_png is not None:  # '' too, which names no file: refused before the work
         from cnntrain import plots
         plots.require_matplotlib()
+        plots.check_output(errors_png)
     result = run.evaluate_checkpoint(checkpoint, split=split, batch_size=batch_size,
                                      data_dir=data_dir, mirrors=mirrors,
                                      progress=not as_json and sys.stderr.isatty(),
-                                     keep_errors=bool(errors_png))
-    if errors_png:
+                                     keep_errors=errors_png is not None)
+    if errors_png is not None:
         plots.plot_errors(result["errors"], errors_png,
                           title=f"{checkpoint}: {len(result['errors']['labels'])} of "
                                 f"{result['n']} {split} images misclassified")
@@ -286,12 +288,15 @@ def summarize(paths, csv_path, sort_key):
       cnntrain summarize runs/lenet5 runs/lenet5-classic --csv results.csv
     """
     from cnntrain import summarize as summary
+    from cnntrain.fileio import check_output
 
+    if csv_path is not None:  # '' too, which names no file
+        check_output(csv_path)
     rows = summary.sort_rows(summary.collect_runs(paths), sort_key)
     click.echo(summary.format_table(rows))
-    if csv_path:
+    if csv_path is not None:
         summary.write_csv(rows, csv_path)
-        click.echo(f"wrote {csv_path}")
+        click.echo(f"wrote {csv_path}", err=is_stdout(csv_path))
 
 
 @cli.command(context_settings=CONTEXT_SETTINGS)
@@ -339,7 +344,8 @@ def plot(run_dirs, output, filters_checkpoint, maps_checkpoint, image, input_pat
         digit, probability = draw_maps(maps_checkpoint, output, image=image,
                                        input_path=input_path, raw=raw, data_dir=data_dir,
                                        mirrors=mirrors)
-        click.echo(f"wrote {output} (predicted {digit}, {100 * probability:.1f}%)")
+        click.echo(f"wrote {output} (predicted {digit}, {100 * probability:.1f}%)",
+                   err=is_stdout(output))
         return
     if filters_checkpoint:
         if run_dirs:
@@ -349,7 +355,7 @@ def plot(run_dirs, output, filters_checkpoint, maps_checkpoint, image, input_pat
         plots.plot_curves(run_dirs, output)
     else:
         raise ConfigError("give one or more run folders, or --filters CHECKPOINT")
-    click.echo(f"wrote {output}")
+    click.echo(f"wrote {output}", err=is_stdout(output))
 
 
 @cli.command(context_settings=CONTEXT_SETTINGS)
@@ -408,7 +414,7 @@ def export(checkpoint, output):
 
     summary = export_checkpoint(checkpoint, output)
     click.echo(f"wrote {output}: {summary['name']}, {summary['parameters']:,} parameters, "
-               f"ONNX opset {OPSET}")
+               f"ONNX opset {OPSET}", err=is_stdout(output))
 
 
 @cli.command(context_settings=CONTEXT_SETTINGS)

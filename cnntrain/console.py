@@ -6,11 +6,20 @@ fails marks the stream broken, points its file descriptor at /dev/null (so that 
 not even Python's flush at exit, meets the error again) and every later write is dropped.
 `cnntrain eval CKPT | head -1` thus prints its first line and exits 0 without a word, like
 any Unix filter, and `cnntrain fit ... | head -1` trains to its end with every checkpoint.
+
+A stream closed before the start (`>&-`, `2>&-`) is treated as one that broke at once: its
+file descriptor is pointed at /dev/null first (so that no file cnntrain opens later takes
+its number, where a stray write to stdout or stderr would land in a checkpoint), and it is
+replaced by a stream to /dev/null, which is not a terminal. `cnntrain fit ... >&-` trains as
+it would with its output sent to /dev/null.
 """
 
 import os
+import stat
 import sys
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
+
+STANDARD_FDS = (0, 1, 2)
 
 
 class BestEffortStream:
@@ -56,16 +65,59 @@ class BestEffortStream:
         return getattr(self._stream, name)
 
 
+def fill_closed_standard_fds():
+    """Open /dev/null on each of fds 0, 1 and 2 that is closed; returns the ones filled."""
+    filled = []
+    for fd in STANDARD_FDS:
+        if _is_open(fd):
+            continue
+        null = os.open(os.devnull, os.O_RDONLY if fd == 0 else os.O_WRONLY)
+        if null != fd:  # the lowest free number is this one unless a lower fd was closed too
+            os.dup2(null, fd)
+            os.close(null)
+        os.set_inheritable(fd, True)
+        filled.append(fd)
+    return filled
+
+
 @contextmanager
 def best_effort_output():
-    """Wrap sys.stdout and sys.stderr for the duration of the block."""
+    """Wrap sys.stdout and sys.stderr for the duration of the block; a missing one (its
+    descriptor was closed when Python started) writes to /dev/null meanwhile."""
+    fill_closed_standard_fds()
     saved = sys.stdout, sys.stderr
-    sys.stdout = BestEffortStream(sys.stdout) if sys.stdout is not None else None
-    sys.stderr = BestEffortStream(sys.stderr) if sys.stderr is not None else None
+    with ExitStack() as opened:
+        sys.stdout, sys.stderr = _stand_in(sys.stdout, opened), _stand_in(sys.stderr, opened)
+        try:
+            yield
+        finally:
+            for wrapped in (sys.stdout, sys.stderr):
+                if isinstance(wrapped, BestEffortStream):
+                    wrapped.flush()
+            sys.stdout, sys.stderr = saved
+
+
+def _is_open(fd):
     try:
-        yield
-    finally:
-        for wrapped in (sys.stdout, sys.stderr):
-            if isinstance(wrapped, BestEffortStream):
-                wrapped.flush()
-        sys.stdout, sys.stderr = saved
+        os.fstat(fd)
+    except OSError:
+        return False
+    return True
+
+
+def _stand_in(stream, opened):
+    if stream is None:
+        stream = opened.enter_context(open(os.devnull, "w", encoding="utf-8"))
+    return BestEffortStream(stream)
+
+
+def is_stdout(path):
+    """True if `path` is the file, pipe, terminal or socket that stdout writes to, other than
+    the null device: a line saying it was written then belongs on stderr, not inside it."""
+    try:
+        written, shown = os.stat(path), os.fstat(sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # no such file, or stdout has no descriptor
+        return False
+    if not os.path.samestat(written, shown):
+        return False
+    return not (stat.S_ISCHR(shown.st_mode) and shown.st_rdev == os.stat(os.devnull).st_rdev)

@@ -22,7 +22,7 @@ import numpy as np
 from cnntrain import __version__
 from cnntrain import layers as L
 from cnntrain.errors import CnnTrainError
-from cnntrain.fileio import atomic_writer, refuse_overwriting
+from cnntrain.fileio import atomic_writer, check_output, refuse_overwriting
 from cnntrain.inference import CLASS_NAMES, load_predictor
 
 OPSET = 17       # Conv, MaxPool, AveragePool, Gemm, Flatten, BatchNormalization and
@@ -194,8 +194,10 @@ def build_onnx(network, *, mean, std, metadata=None, source="the network"):
 
 
 def export_checkpoint(checkpoint, output):
-    """Write `checkpoint`'s network to `output` as ONNX (atomically); returns the summary."""
+    """Write `checkpoint`'s network to `output` as ONNX (by cnntrain.fileio's rule: atomically
+    into a file, straight into a device, FIFO or socket); returns the summary."""
     require_onnx()
+    check_output(output)
     refuse_overwriting(output, checkpoint)
     predictor = load_predictor(checkpoint)
     summary = predictor.summary()

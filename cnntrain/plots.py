@@ -4,8 +4,9 @@ matplotlib is optional (pip install 'cnntrain[plot]') and imported only inside t
 that draw. Figures are built with matplotlib.figure.Figure on an Agg canvas, never through
 pyplot, so nothing ever looks for a display and the global backend is left alone.
 
-Every picture is a PNG written atomically (temporary file, then rename) at a fixed DPI, with
-a pixel size that depends only on what is drawn:
+Every picture is a PNG written by cnntrain.fileio's rule (atomically into a file; straight
+into a device, FIFO or socket such as /dev/stdout) at a fixed DPI, with a pixel size that
+depends only on what is drawn:
   curves   CURVES_SIZE (1200 x 500)
   filters  FILTERS_SIZE (900 x 700)
   errors   ERRORS_WIDTH (1000) wide, errors_height(shown) tall: a header plus one
@@ -17,7 +18,7 @@ import math
 from pathlib import Path
 
 from cnntrain.errors import CnnTrainError, ConfigError
-from cnntrain.fileio import atomic_writer
+from cnntrain.fileio import REPLACE, atomic_writer, resolve_output
 
 DPI = 100
 CURVES_SIZE = (1200, 500)
@@ -75,17 +76,20 @@ def _figure(width, height):
     return figure
 
 
-def _check_output(output):
-    """Refuse a picture name not ending in .png before any work is done for it."""
-    output = Path(output)
-    if output.suffix.lower() != ".png":
+def check_output(output):
+    """Refuse, before any work is done for it, a path atomic_writer would refuse, and a file
+    name not ending in .png (a device, FIFO or socket takes the PNG whatever its name)."""
+    if resolve_output(output).how == REPLACE and Path(output).suffix.lower() != ".png":
         raise ConfigError(f"{output}: pictures are written as PNG; give a file name ending "
                           "in .png")
     return output
 
 
+_check_output = check_output  # the name cnntrain.maps imports
+
+
 def _save(figure, output):
-    output = _check_output(output)
+    output = check_output(output)
     # No bbox_inches="tight": it would crop to the content and break the fixed pixel size.
     with atomic_writer(output, "wb") as f:
         figure.savefig(f, format="png", dpi=DPI)
@@ -139,7 +143,7 @@ def _percent(fraction, _position=None):
 def plot_curves(run_dirs, output):
     """Loss and accuracy per epoch of each run in `run_dirs` (train, val and test), overlaid
     in one picture with a legend naming each run by its folder."""
-    _check_output(output)
+    check_output(output)
     require_matplotlib()
     runs = _load_runs(list(run_dirs))
     figure = _figure(*CURVES_SIZE)
@@ -220,7 +224,7 @@ def plot_filters(checkpoint_path, output):
 
     from cnntrain.checkpoint import load_checkpoint
 
-    _check_output(output)
+    check_output(output)
     require_matplotlib()
     ckpt = load_checkpoint(checkpoint_path)
     found = first_conv_weights(ckpt.params)
@@ -284,7 +288,7 @@ def plot_errors(errors, output, title=""):
     """
     import numpy as np
 
-    _check_output(output)
+    check_output(output)
     require_matplotlib()
     images = np.asarray(errors["images"], dtype=np.float64)
     labels = np.asarray(errors["labels"])

@@ -430,7 +430,8 @@ def csv_columns(rows) -> List[str]:
 
 def write_csv(rows, path) -> None:
     """The rows as CSV, accuracies as fractions, one more column per override key so a
-    spreadsheet can pivot on it; written atomically."""
+    spreadsheet can pivot on it; written by cnntrain.fileio's rule (atomically into a file,
+    straight into a device, FIFO, socket or /dev/stdout)."""
     rows = list(rows)
     columns = csv_columns(rows)
     override_keys = _override_keys(rows)
