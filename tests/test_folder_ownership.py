@@ -243,6 +243,21 @@ def test_another_runs_checkpoint_may_resume_where_a_start_died_early(env, base):
         run_id_of(base / "checkpoints" / "last.npz")
 
 
+def test_a_resume_killed_before_its_first_checkpoint_is_continued_by_the_same_command(env, base):
+    # What `fit --resume BASE --out D` leaves when killed right after it began: its marker,
+    # the checkpoint's history and the best.npz it repaired from it, but no last.npz yet.
+    d = env["tmp"] / "d"
+    (d / "checkpoints").mkdir(parents=True)
+    last = base / "checkpoints" / "last.npz"
+    (d / MARKER).write_text(json.dumps({"run_id": run_id_of(last)}) + "\n")
+    shutil.copy(base / "metrics.jsonl", d / "metrics.jsonl")
+    shutil.copy(base / "checkpoints" / "best.npz", d / "checkpoints" / "best.npz")
+    assert_one_line_error(fit(env, "--out", d), 2, "already holds a run whose", "--overwrite")
+    result = invoke("fit", "--resume", last, "--out", d, "-q", "--set", "train.epochs=2")
+    assert result.exit_code == 0, result.output
+    assert epochs_of(d) == [1, 2]
+
+
 # ------------------------------------------------------------------ folders from before markers
 
 def test_a_run_folder_written_before_markers_is_resumed_and_marked(env):
