@@ -93,10 +93,16 @@ def _load_config(path, overrides):
 @click.option("--config", "config_path", metavar="FILE",
               help="The INI config to train (not needed with --resume).")
 @set_option
-@click.option("--out", "out_dir", metavar="RUN_DIR", help="The run folder (default: [run] dir).")
+@click.option("--out", "out_dir", metavar="RUN_DIR",
+              help="The run folder (default: [run] dir; with --resume, CHECKPOINT's run folder).")
 @click.option("--resume", metavar="CHECKPOINT",
               help="Continue the run saved in CHECKPOINT, e.g. runs/lenet5/checkpoints/last.npz.")
-@click.option("--overwrite", is_flag=True, help="Replace a run already in the run folder.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace the run cnntrain wrote in RUN_DIR (or take it back to an older "
+                   "--resume CHECKPOINT of its own): its summary.json, checkpoints/last.npz and "
+                   "best.npz, metrics.jsonl, train.log and config.ini are deleted or rewritten. "
+                   "Nothing else in RUN_DIR is deleted; a folder holding files cnntrain did not "
+                   "write (and no .cnntrain-run marker) is refused even so.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars: one line per epoch.")
 @data_dir_option
 @mirror_option
@@ -111,6 +117,12 @@ def fit(config_path, overrides, out_dir, resume, overwrite, quiet, data_dir, mir
 
     Ctrl-C, SIGTERM and SIGHUP save the exact position, print the command that continues it
     and exit with 130, 143 or 129.
+
+    A run is written only into a new or empty folder, or into a folder cnntrain marked as a
+    run's own (.cnntrain-run). There, a new run starts only where no results stand (a fit that
+    died before its first checkpoint left none), --resume continues the folder's own run, and
+    anything else needs --overwrite. A folder holding files cnntrain did not write is always
+    refused. A CHECKPOINT outside a checkpoints/ folder needs --out RUN_DIR.
     """
     from cnntrain import run
 
@@ -451,7 +463,7 @@ def serve(checkpoint, host, port):
 def runinfo(run_dir, fields):
     """For scripts: answer FIELDs about RUN_DIR, one value a line, in the order asked.
 
-    FIELD is state (empty, leftovers, resumable or finished), exit_code (the last sweep
+    FIELD is state (empty, leftovers, resumable, finished or foreign), exit_code (the last sweep
     attempt's, or an empty line) or the path of a run file: config, metrics, log, summary,
     last, best, overrides, sweep_status, sweep_output.
 

@@ -12,6 +12,7 @@ import math
 import signal
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,7 +25,7 @@ from cnntrain.logs import best_epoch, epoch_line
 from cnntrain.mnist import load_mnist
 from cnntrain.model import build_network
 from cnntrain.optim import SGD, LRSchedule
-from cnntrain.runfolder import (FolderNotWritable, RunFolder, RunWriteError,
+from cnntrain.runfolder import (CHECKPOINTS, FolderNotWritable, RunFolder, RunWriteError,
                                 continue_command, describe_position, run_dir_of_checkpoint)
 from cnntrain.stopsignals import signal_name, stop_on_signals
 from cnntrain.train import Interrupted, Trainer, TrainState, evaluate, steps_per_epoch
@@ -198,12 +199,19 @@ def _snapshot(network, optimizer, state, rng, config_text, run_id=None):
                       optimizer=optimizer.state_dict(), epoch_order=state.order, meta=meta)
 
 
+def _check_owner(folder, cfg_text, *, config_path, overwrite, **_):
+    """The checks that need no lock: the user's config file, and a folder that is not
+    cnntrain's (refused before the lock file is made in it)."""
+    folder.check_input_config(config_path, cfg_text)
+    folder.check_foreign(overwrite=overwrite)
+
+
 def _check_folder(folder, cfg_text, *, resume, resume_path, config_path, overwrite):
+    _check_owner(folder, cfg_text, config_path=config_path, overwrite=overwrite)
     if resume is None:
         folder.check_new(overwrite=overwrite)
     else:
         folder.check_resume(resume_path, resume.meta, overwrite=overwrite)
-    folder.check_input_config(config_path, cfg_text)
 
 
 def _restore(network, optimizer, train_rng, resume, n_train, steps):
@@ -294,10 +302,18 @@ class _Training:
 
 
 def _run_folder_path(cfg, out_dir, resume, resume_path):
-    """--out, else the resumed checkpoint's own run folder, else the config's [run] dir."""
+    """--out, else the resumed checkpoint's own run folder, else the config's [run] dir. A
+    checkpoint outside a checkpoints/ folder has no run folder: the one it lies in is not one."""
     if out_dir:
         return out_dir
-    return run_dir_of_checkpoint(resume_path) if resume is not None else cfg.run.dir
+    if resume is None:
+        return cfg.run.dir
+    if Path(resume_path).parent.name != CHECKPOINTS:
+        raise ConfigError(
+            f"{resume_path} is not in a run folder's {CHECKPOINTS}/ folder, so it has no run "
+            "folder to continue in; name one with --out DIR (a new or empty folder, or the "
+            "folder of its run)")
+    return run_dir_of_checkpoint(resume_path)
 
 
 def _assemble(cfg, config_text, resume, *, data_dir, mirrors, progress):
@@ -330,7 +346,8 @@ def _begin(folder, training, *, resume, resume_path, replace, say):
     """Under the lock: make the folder hold exactly the starting position's history, and log
     where the run (re)starts."""
     state = training.state
-    folder.begin(history=state.history, config_text=training.config_text, replace=replace)
+    folder.begin(run_id=training.run_id, history=state.history,
+                 config_text=training.config_text, replace=replace)
     if resume is not None:
         if state.history and state.step_in_epoch == 0 and \
                 best_epoch(state.history) is state.history[-1]:
@@ -414,7 +431,9 @@ def fit(cfg, *, out_dir=None, resume=None, resume_path=None, config_path=None, o
     say = (lambda text: None) if quiet else echo
     with RunFolder(_run_folder_path(cfg, out_dir, resume, resume_path)) as folder:
         # A busy or occupied folder is refused before the slow work; the folder itself is
-        # made only once data and network are ready, so a failed download leaves nothing.
+        # made only once data and network are ready, so a failed download leaves nothing,
+        # and someone else's folder is refused before a lock file is made in it.
+        _check_owner(folder, config_text, **checks)
         folder.lock_if_present()
         _check_folder(folder, config_text, **checks)
         training = _assemble(cfg, config_text, resume, data_dir=data_dir, mirrors=mirrors,

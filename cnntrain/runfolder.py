@@ -8,21 +8,38 @@ Layout:
   checkpoints/best.npz  the epoch with the best validation accuracy
   summary.json          final and best metrics, wall time, checkpoint paths (a finished run)
   .lock                 the PID and host of the process holding the folder
+  .cnntrain-run         the marker: {"run_id": ...} of the run this folder belongs to
 
 What scripts/sweep.sh and sweep_slurm.sh add to a run folder (cnntrain summarize reads them):
   overrides.txt         the run's --set overrides, one SECTION.KEY=VALUE per line
   sweep-status.json     the last attempt: exit_code, error, action, seconds, finished
-  sweep-output.log      stdout and stderr of every attempt
+  sweep-output.log      stdout and stderr of every attempt (and .sweep-stderr during one)
 
 The sweep scripts ask `cnntrain runinfo` (cnntrain.runinfo) for these names and for a folder's
 state instead of keeping a copy of them.
 
+Whose folder it is. A fit writes a run only into a new or empty folder (nothing but the lock,
+a sweep's files and temporary files), or into a folder it marked as a run's own: the marker,
+written atomically before any other file of the run, names the run (its run_id, which every
+checkpoint of the run carries too). A folder written before markers existed counts as the run
+its checkpoints/last.npz names. Anything else is someone else's folder and is refused, with or
+without --overwrite; cnntrain deletes only its own files (RUN_FILES' files, its temporaries),
+never anything else a folder holds.
+
+In its own folder a fit
+  - starts a new run only where no results stand (summary.json, last.npz, best.npz, an epoch
+    in metrics.jsonl): a folder whose fit died before its first checkpoint is started again
+    as it is, while one whose last.npz the user deleted keeps its best.npz and logs;
+  - resumes the folder's own run (the same run_id) unless the folder holds it further on;
+  - replaces a run only with --overwrite.
+
 Rules that keep the folder consistent at every instant, whatever kills the process:
   - Every file is written atomically (cnntrain.fileio) or appended to in whole lines.
+  - The marker comes first: a start killed at any later point leaves a folder the next start
+    recognises as cnntrain's. --overwrite removes the old run's files under the marker, then
+    writes the new run's marker over it.
   - An epoch's checkpoint is written before its metrics line, and summary.json last, so a
-    logged epoch implies its checkpoint, and summary.json implies a finished run. A folder
-    "holds a run" exactly when it holds checkpoints/last.npz; anything else in it (a log, a
-    config, metrics of a run killed before its first checkpoint) does not block a new start.
+    logged epoch implies its checkpoint, and summary.json implies a finished run.
   - Each start (new or resumed) makes metrics.jsonl exactly the starting checkpoint's history,
     which also drops an epoch logged after that checkpoint and a line a crash cut in half,
     and removes temporary files a killed write left behind.
@@ -32,17 +49,16 @@ Rules that keep the folder consistent at every instant, whatever kills the proce
 
 import errno
 import fcntl
+import fnmatch
 import json
 import os
 import shlex
-import shutil
 import socket
 from contextlib import contextmanager
 from pathlib import Path
 
 from cnntrain.errors import CnnTrainError, ConfigError
-from cnntrain.fileio import (append_line, atomic_write_text, remove_temporaries,
-                             repair_torn_tail)
+from cnntrain.fileio import append_line, atomic_write_text, repair_torn_tail
 from cnntrain.logs import metrics_json
 
 CONFIG = "config.ini"
@@ -53,22 +69,36 @@ CHECKPOINTS = "checkpoints"
 LAST = f"{CHECKPOINTS}/last.npz"
 BEST = f"{CHECKPOINTS}/best.npz"
 LOCK = ".lock"
+MARKER = ".cnntrain-run"
 
 OVERRIDES = "overrides.txt"
 SWEEP_STATUS = "sweep-status.json"
 SWEEP_OUTPUT = "sweep-output.log"
+SWEEP_STDERR = ".sweep-stderr"  # scripts/sweep_lib.sh: an attempt's stderr while fit runs
 
-# What `cnntrain fit` writes into a run folder (and --overwrite removes).
+# What `cnntrain fit` writes into a run folder (--overwrite removes their files, not the folder
+# checkpoints/ itself: anything else kept there stays).
 RUN_FILES = (CONFIG, METRICS, LOG, SUMMARY, CHECKPOINTS)
-# What marks a folder as a run: a fit's files, or a sweep's record of a run not yet started.
-RUN_MARKERS = RUN_FILES + (OVERRIDES,)
+# The files of a run --overwrite removes, its results first (summary.json then last.npz, so
+# that a kill part-way leaves a folder that claims no more than it holds).
+REPLACED = (SUMMARY, LAST, BEST, METRICS, LOG, CONFIG)
+# The files whose atomic writes may leave temporaries behind (fileio.atomic_writer names them
+# .NAME.XXXXXXXX.tmp), by folder.
+WRITTEN_ATOMICALLY = {"": (CONFIG, METRICS, SUMMARY, MARKER), CHECKPOINTS: ("last.npz", "best.npz")}
+# What marks a folder as a run: a fit's files or marker, or a sweep's record of a run not yet
+# started.
+RUN_MARKERS = RUN_FILES + (MARKER, OVERRIDES)
+# What a folder may hold and still count as empty: the lock, a sweep's files around a fit
+# (the sweep writes overrides.txt before it starts fit), and temporaries of killed writes.
+HOUSEKEEPING = (LOCK, OVERRIDES, SWEEP_STATUS, SWEEP_OUTPUT, SWEEP_STDERR)
 
 # A folder's state, from what it holds (folder_state):
-EMPTY = "empty"          # none of a fit's files: a new run starts here as is
-LEFTOVERS = "leftovers"  # a fit's files but no checkpoint: a fit died before its first epoch
+EMPTY = "empty"          # nothing but housekeeping: a new run starts here as is
+LEFTOVERS = "leftovers"  # cnntrain's marker but no checkpoint: a fit died before its first epoch
 RESUMABLE = "resumable"  # checkpoints/last.npz but no summary.json: continue it with --resume
 FINISHED = "finished"    # summary.json: the run is done
-STATES = (EMPTY, LEFTOVERS, RESUMABLE, FINISHED)
+FOREIGN = "foreign"      # files cnntrain did not write and no marker: fit refuses the folder
+STATES = (EMPTY, LEFTOVERS, RESUMABLE, FINISHED, FOREIGN)
 
 
 def is_run_folder(path):
@@ -78,16 +108,62 @@ def is_run_folder(path):
 
 
 def folder_state(path):
-    """One of STATES. A folder "holds a run" exactly when it holds checkpoints/last.npz;
-    summary.json, written last, says the run is finished."""
+    """One of STATES. A marked folder (or one from before markers holding checkpoints/last.npz)
+    "holds a run" exactly when it holds checkpoints/last.npz; summary.json, written last, says
+    the run is finished. Standard library only: `cnntrain runinfo` answers from it at once, so
+    an unmarked last.npz is not opened here (fit checks the run it names before using it)."""
     path = Path(path)
-    if (path / SUMMARY).exists():
-        return FINISHED
-    if (path / LAST).exists():
-        return RESUMABLE
-    if any((path / name).exists() for name in RUN_FILES):
-        return LEFTOVERS
-    return EMPTY
+    marked = (path / MARKER).is_file()
+    if not (marked or unclaimed_entries(path)):
+        return EMPTY
+    if marked or (path / LAST).exists():
+        if (path / SUMMARY).exists():
+            return FINISHED
+        return RESUMABLE if (path / LAST).exists() else LEFTOVERS
+    return FOREIGN
+
+
+def _own_temporary(name, folder=""):
+    return any(fnmatch.fnmatchcase(name, f".{written}.*.tmp")
+               for written in WRITTEN_ATOMICALLY.get(folder, ())) or \
+        (folder == "" and name in tuple(f".{kept}.tmp" for kept in HOUSEKEEPING))
+
+
+def unclaimed_entries(path):
+    """The names in folder `path` other than housekeeping (HOUSEKEEPING, the temporaries of
+    cnntrain's and a sweep's atomic writes, a checkpoints/ folder holding nothing else), sorted,
+    folders with a trailing '/': what only a marker can vouch for. [] for a missing folder."""
+    try:
+        entries = list(os.scandir(path))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    names = []
+    for entry in entries:
+        if entry.name in HOUSEKEEPING or _own_temporary(entry.name):
+            continue
+        is_dir = entry.is_dir(follow_symlinks=False)
+        if entry.name == CHECKPOINTS and is_dir and _holds_only_temporaries(entry.path):
+            continue
+        names.append(entry.name + ("/" if is_dir else ""))
+    return sorted(names)
+
+
+def _holds_only_temporaries(checkpoints):
+    try:
+        return all(_own_temporary(name, CHECKPOINTS) for name in os.listdir(checkpoints))
+    except OSError:
+        return False  # unreadable: nothing says it is cnntrain's
+
+
+def read_marker(path):
+    """The run_id a marker names (None when it names none). Bounded: a marker is one short line."""
+    try:
+        with open(path, "rb") as f:
+            value = json.loads(f.read(4096).decode("utf-8"))
+    except (OSError, ValueError):
+        return None
+    run_id = value.get("run_id") if isinstance(value, dict) else None
+    return run_id if isinstance(run_id, str) and run_id else None
 
 
 class BadMetricsLine(ValueError):
@@ -200,12 +276,48 @@ class RunFolder:
         self.last = self.path / LAST
         self.best = self.path / BEST
         self.lock_path = self.path / LOCK
+        self.marker = self.path / MARKER
         self._lock_fd = None
 
     # ------------------------------------------------------------------ whose run is it
 
     def holds_run(self):
         return self.last.exists()
+
+    def marked(self):
+        return self.marker.is_file()
+
+    def run_id(self):
+        """The run this folder belongs to: its marker's run_id, or in a folder from before
+        markers the run_id its last.npz carries; None when neither names one."""
+        if self.marked():
+            return read_marker(self.marker)
+        run_id = (self.stored() or {}).get("run_id")
+        return run_id if isinstance(run_id, str) and run_id else None
+
+    def foreign_entries(self):
+        """[] when this folder is new, empty (housekeeping only) or cnntrain's (its marker, or
+        from before markers a last.npz naming its run); else the names it holds."""
+        if self.marked():
+            return []
+        names = unclaimed_entries(self.path)
+        return names if names and self.run_id() is None else []
+
+    def results(self):
+        """What of a run's results the folder holds: summary.json, last.npz, best.npz, and
+        metrics.jsonl when it records an epoch (a fit that died before its first checkpoint
+        leaves none of them)."""
+        found = [name for name in (SUMMARY, LAST, BEST) if (self.path / name).exists()]
+        epochs = len(read_metrics(self.path))
+        if epochs:
+            found.append(f"{METRICS} ({epochs} epoch{'s' if epochs > 1 else ''})")
+        return found
+
+    def recorded_epochs(self):
+        """The last epoch metrics.jsonl or best.npz records (0 when neither does)."""
+        logged = [record["epoch"] for record in read_metrics(self.path)]
+        best = self._best_epoch()
+        return max(logged + [best if best != float("inf") else 0])
 
     def stored(self):
         """The meta of the run's last.npz (None without one; {} when it is unreadable)."""
@@ -224,13 +336,12 @@ class RunFolder:
         return describe_position(meta)
 
     def is_run_of(self, checkpoint_path, checkpoint_meta):
-        """True when this folder holds the run `checkpoint_path` belongs to (or no run)."""
-        if not self.holds_run():
-            return True
-        if _same_path(self.path, run_dir_of_checkpoint(checkpoint_path)):
-            return True
-        mine = (self.stored() or {}).get("run_id")
-        return mine is not None and mine == checkpoint_meta.get("run_id")
+        """True when this folder belongs to the run `checkpoint_path` belongs to: the same
+        run_id, or, where either names none, the checkpoint lies in this folder."""
+        mine, theirs = self.run_id(), checkpoint_meta.get("run_id")
+        if mine and theirs:
+            return mine == theirs
+        return _same_path(self.path, run_dir_of_checkpoint(checkpoint_path))
 
     # ------------------------------------------------------------------ the lock
 
@@ -282,36 +393,78 @@ class RunFolder:
 
     # ------------------------------------------------------------------ starting
 
+    def check_foreign(self, *, overwrite):
+        """Refuse a folder that holds files cnntrain did not write (and no marker), with or
+        without --overwrite: a run is never mixed with them, and they are never deleted."""
+        names = self.foreign_entries()
+        if not names:
+            return
+        shown = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+        flag = ("; --overwrite replaces only a run cnntrain wrote, never files it did not write"
+                if overwrite else "")
+        raise ConfigError(
+            f"{self.path} holds files cnntrain did not write ({shown}) and no {MARKER} marker "
+            f"of a cnntrain run{flag}; choose a new or empty folder with --out DIR, or move "
+            "those files out of it")
+
     def check_new(self, *, overwrite):
         """Refuse, before any work, to start a new run over one that has results."""
-        if overwrite or not self.holds_run():
-            return
-        what = self.describe()
-        raise ConfigError(f"{self.path} already holds a run{f' ({what})' if what else ''}; "
-                          f"continue it with --resume {self.last}, choose another folder with "
-                          "--out DIR, or replace it with --overwrite")
-
-    def check_resume(self, checkpoint_path, checkpoint_meta, *, overwrite):
-        """Refuse to continue a checkpoint into a folder that holds another run, or that holds
-        this run further on than the checkpoint (resuming best.npz would replace last.npz)."""
         if overwrite:
             return
+        found = self.results()
+        if not found:
+            return
+        if self.holds_run():
+            what = self.describe()
+            raise ConfigError(f"{self.path} already holds a run{f' ({what})' if what else ''}; "
+                              f"continue it with --resume {self.last}, choose another folder "
+                              "with --out DIR, or replace it with --overwrite")
+        raise ConfigError(f"{self.path} already holds {self._a_run_without_last()} "
+                          f"({', '.join(found)}); choose another folder with --out DIR, or "
+                          "replace it with --overwrite")
+
+    def check_resume(self, checkpoint_path, checkpoint_meta, *, overwrite):
+        """Refuse to continue a checkpoint into a folder that holds another run's results, or
+        that holds this run further on than the checkpoint (resuming best.npz would replace
+        last.npz; an older copy would drop the epochs logged after it)."""
+        if overwrite:
+            return
+        found = self.results()
+        if not found:
+            return
         if self.is_run_of(checkpoint_path, checkpoint_meta):
-            stored = self.stored() or {}
-            if (self.last.exists() and not _same_path(checkpoint_path, self.last)
-                    and stored.get("step", 0) > checkpoint_meta["step"]):
+            self._check_not_further_on(checkpoint_path, checkpoint_meta)
+            return
+        what = ", ".join(filter(None, (_config_source(self.stored() or {}), self.describe())))
+        if not self.holds_run():
+            what = f"{self._a_run_without_last()}: {', '.join(found)}"
+        raise ConfigError(
+            f"{self.path} holds another run{f' ({what})' if what else ''}, not the one "
+            f"{checkpoint_path} belongs to; continue it in its own folder "
+            f"({run_dir_of_checkpoint(checkpoint_path)}, the default without --out), choose an "
+            f"empty folder with --out DIR, or replace {self.path} with --overwrite")
+
+    def _check_not_further_on(self, checkpoint_path, checkpoint_meta):
+        if self.last.exists():
+            if (not _same_path(checkpoint_path, self.last)
+                    and (self.stored() or {}).get("step", 0) > checkpoint_meta["step"]):
                 raise ConfigError(
                     f"{self.path} holds this run further on ({self.describe()}) than "
                     f"{checkpoint_path} ({describe_position(checkpoint_meta)}); continue from "
                     f"--resume {self.last}, continue the older position elsewhere with --out "
                     "DIR, or go back to it here with --overwrite")
             return
-        what = ", ".join(filter(None, (_config_source(self.stored() or {}), self.describe())))
-        raise ConfigError(
-            f"{self.path} holds another run{f' ({what})' if what else ''}, not the one "
-            f"{checkpoint_path} belongs to; continue it in its own folder "
-            f"({run_dir_of_checkpoint(checkpoint_path)}, the default without --out), choose an "
-            f"empty folder with --out DIR, or replace {self.path} with --overwrite")
+        recorded = self.recorded_epochs()
+        if recorded > checkpoint_meta["epoch"]:
+            raise ConfigError(
+                f"{self.path} holds this run further on (epoch {recorded} in its {METRICS} or "
+                f"{BEST}; its {LAST} is gone) than {checkpoint_path} "
+                f"({describe_position(checkpoint_meta)}); continue the older position "
+                "elsewhere with --out DIR, or go back to it here with --overwrite")
+
+    def _a_run_without_last(self):
+        kind = "a finished run" if self.summary.exists() else "a run"
+        return f"{kind} whose {LAST} is gone"
 
     def check_input_config(self, config_path, config_text):
         """Never overwrite the config file the user gave: refuse when it is this folder's
@@ -325,24 +478,21 @@ class RunFolder:
             f"goes ({self.config}), which would overwrite it; copy it elsewhere (e.g. cp "
             f"{config_path} my.ini) and give --config my.ini, or choose another --out DIR")
 
-    def begin(self, *, history, config_text, replace):
-        """Under the lock: clean what a killed process left, clear a replaced run, and make
-        metrics.jsonl exactly `history` (the starting checkpoint's epochs)."""
+    def begin(self, *, run_id, history, config_text, replace):
+        """Under the lock: clean what a killed process left, clear a replaced run, mark the
+        folder as run `run_id`'s before writing anything else of it, and make metrics.jsonl
+        exactly `history` (the starting checkpoint's epochs)."""
         assert self._lock_fd is not None, "begin() needs the folder's lock"
         with self._writing(self.path):
-            remove_temporaries(self.path)
-            if self.checkpoints.is_dir():
-                remove_temporaries(self.checkpoints)
+            self._remove_temporaries()
             if replace:
-                for name in RUN_FILES:
-                    target = self.path / name
-                    if target.is_dir():
-                        shutil.rmtree(target)
-                    elif target.exists():
-                        target.unlink()
-            if not self.last.exists() or self._best_epoch() > len(history):
-                # Without last.npz there is no run, and a best.npz of an epoch beyond the
-                # starting history (a resume that went back) claims results that are gone.
+                if not self.marked() and self.run_id():
+                    self._mark(self.run_id())  # a kill while removing leaves it cnntrain's
+                self._remove_run()
+            self._mark(run_id)
+            if self._best_epoch() > len(history) or self._best_run_id() not in (None, run_id):
+                # A best.npz of an epoch beyond the starting history (a resume that went
+                # back), or of another run, claims results this run does not have.
                 self.best.unlink(missing_ok=True)
             self.summary.unlink(missing_ok=True)  # back only when the run is done again
             self.checkpoints.mkdir(parents=True, exist_ok=True)
@@ -357,6 +507,24 @@ class RunFolder:
             if not (self.config.exists() and _same_settings(
                     self.config.read_text(encoding="utf-8", errors="replace"), config_text)):
                 atomic_write_text(self.config, config_text)
+
+    def _remove_temporaries(self):
+        """Delete the temporaries of cnntrain's own atomic writes a killed process left (only
+        safe under the lock); a file of the same pattern under another name is not ours."""
+        for folder, names in WRITTEN_ATOMICALLY.items():
+            for name in names:
+                for path in (self.path / folder).glob(f".{name}.*.tmp"):
+                    if path.is_file():
+                        path.unlink(missing_ok=True)
+
+    def _remove_run(self):
+        """--overwrite: delete the run's own files, and nothing else the folder holds."""
+        for name in REPLACED:
+            (self.path / name).unlink(missing_ok=True)
+
+    def _mark(self, run_id):
+        if read_marker(self.marker) != run_id:
+            atomic_write_text(self.marker, json.dumps({"run_id": run_id}) + "\n")
 
     # ------------------------------------------------------------------ writing
 
@@ -389,13 +557,23 @@ class RunFolder:
         with self._writing(self.last):
             save_checkpoint(self.last, snapshot)
 
-    def _best_epoch(self):
+    def _best_meta(self):
+        """The meta of best.npz ({} without one, None when it is unreadable)."""
         if not self.best.exists():
-            return 0
+            return {}
         try:
-            return load_checkpoint(self.best).meta["epoch"]
+            return load_checkpoint(self.best).meta
         except CnnTrainError:
+            return None
+
+    def _best_epoch(self):
+        meta = self._best_meta()
+        if meta is None:
             return float("inf")  # unreadable: not a best checkpoint of this history
+        return meta.get("epoch", 0)
+
+    def _best_run_id(self):
+        return (self._best_meta() or {}).get("run_id")
 
     def repair_best(self, snapshot, best_epoch_number):
         """On resume at an epoch boundary: a process killed between writing last.npz and

@@ -3,7 +3,9 @@ keeps no copy of the folder's layout or rules (scripts/sweep_lib.sh asks it). Th
 from cnntrain.runfolder, which owns both.
 
 Fields, one value a line in the order asked:
-  state          empty | leftovers | resumable | finished (cnntrain.runfolder.folder_state)
+  state          empty | leftovers | resumable | finished | foreign
+                 (cnntrain.runfolder.folder_state; foreign: files cnntrain did not write and
+                 no marker, a folder `fit` refuses)
   exit_code      the last sweep attempt's exit code from sweep-status.json; an empty line when
                  there is none (no attempt recorded, or a record that does not say)
   config, metrics, log, summary, last, best, overrides, sweep_status, sweep_output

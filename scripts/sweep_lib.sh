@@ -300,7 +300,7 @@ sweep_ask() {  # RUN_DIR FIELD... -> SWEEP_INFO: `cnntrain runinfo`'s answers, o
     mapfile -t SWEEP_INFO <<<"$answers"
 }
 
-sweep_state() {  # RUN_DIR -> REPLY: done | resume | overwrite | fresh, and SWEEP_RUN_* paths
+sweep_state() {  # RUN_DIR -> REPLY: done | resume | restart | fresh | foreign, and SWEEP_RUN_* paths
     sweep_ask "$1" state last overrides sweep_status sweep_output
     SWEEP_RUN_LAST=${SWEEP_INFO[1]}
     SWEEP_RUN_OVERRIDES_FILE=${SWEEP_INFO[2]}
@@ -309,10 +309,13 @@ sweep_state() {  # RUN_DIR -> REPLY: done | resume | overwrite | fresh, and SWEE
     case ${SWEEP_INFO[0]} in
         finished) REPLY="done" ;;
         resumable) REPLY=resume ;;
-        # A fit's files without a checkpoint: a fit died before its first epoch; fit starts
-        # such a folder again (the sweep still says --overwrite, harmlessly).
-        leftovers) REPLY=overwrite ;;
+        # cnntrain's marker without a checkpoint: a fit died before its first epoch. fit
+        # starts such a folder again by itself, and refuses (saying why) one that still holds
+        # results, e.g. a best.npz whose last.npz was deleted: no --overwrite here.
+        leftovers) REPLY=restart ;;
         empty) REPLY=fresh ;;
+        # Files cnntrain did not write: fit refuses the folder and says what it holds.
+        foreign) REPLY=foreign ;;
         *) sweep_die 2 "cnntrain runinfo says $1 is '${SWEEP_INFO[0]}', a state this script does not know; update scripts/ with cnntrain" ;;
     esac
 }
@@ -422,10 +425,7 @@ sweep_run_one() {  # INDEX: train, resume or skip combination #INDEX; returns fi
             for override in "${SWEEP_RUN_OVERRIDES[@]}"; do
                 args+=(--set "$override")
             done
-            args+=(--out "$dir" --quiet)
-            if [[ $action == overwrite ]]; then
-                args+=(--overwrite)
-            fi ;;
+            args+=(--out "$dir" --quiet) ;;
     esac
     rm -f "$SWEEP_RUN_STATUS_FILE"
     if [[ $action == resume ]]; then

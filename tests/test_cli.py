@@ -326,6 +326,7 @@ def test_a_failed_download_leaves_nothing_that_blocks_the_next_attempt(env, mnis
 
 def test_a_fit_that_died_before_its_first_epoch_does_not_block_a_new_one(env):
     env["run"].mkdir(parents=True)
+    (env["run"] / ".cnntrain-run").write_text('{"run_id": "died-early"}\n')  # written first
     (env["run"] / "config.ini").write_text("[train]\n")
     (env["run"] / "train.log").write_text("fit small.ini: ...\n")
     result = invoke("fit", "--config", env["config"], "-q")

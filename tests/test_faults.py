@@ -208,11 +208,14 @@ def test_a_kill_during_the_checkpoint_write_logs_no_epoch_and_blocks_nothing(env
 
 
 def test_leftovers_of_a_crashed_older_run_do_not_block_a_new_start(env):
+    # What a start killed before its first checkpoint leaves: its marker (written first), a
+    # torn line and a killed write's temporary file, and no results (a best.npz or a whole
+    # epoch line without last.npz would be a run's results: tests/test_folder_ownership.py).
     run = env["run"]
     (run / "checkpoints").mkdir(parents=True)
-    (run / "metrics.jsonl").write_text('{"epoch": 1}\n{"epoch":')  # an epoch with no checkpoint
+    (run / ".cnntrain-run").write_text('{"run_id": "crashed"}\n')
+    (run / "metrics.jsonl").write_text('{"epoch":')
     (run / "checkpoints" / ".last.npz.x1y2.tmp").write_bytes(b"PK half")
-    (run / "checkpoints" / "best.npz").write_bytes(b"stale")
     result = fit(env)
     assert result.exit_code == 0, result.output
     assert epochs_of(run) == [1, 2] and not temporaries(run)

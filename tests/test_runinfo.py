@@ -16,7 +16,21 @@ from tests.clitools import assert_one_line_error, invoke
 
 def _leftovers(path):
     path.mkdir(parents=True)
+    (path / ".cnntrain-run").write_text('{"run_id": "r1"}\n')
     (path / "train.log").write_text("started\n")
+
+
+def _foreign(path):
+    path.mkdir(parents=True)
+    (path / "train.log").write_text("mine\n")
+
+
+def _housekeeping(path):
+    (path / "checkpoints").mkdir(parents=True)
+    (path / "checkpoints" / ".last.npz.x1y2.tmp").write_bytes(b"PK half")
+    for name in (".lock", "overrides.txt", "sweep-status.json", "sweep-output.log",
+                 ".sweep-stderr", ".overrides.txt.tmp", "..cnntrain-run.a1b2c3d4.tmp"):
+        (path / name).write_text("")
 
 
 def _resumable(path):
@@ -32,10 +46,14 @@ def _finished(path):
 @pytest.mark.parametrize("make, state", [
     (lambda p: None, "empty"),
     (lambda p: p.mkdir(), "empty"),
+    (_housekeeping, "empty"),
     (_leftovers, "leftovers"),
-    (lambda p: (p / "checkpoints").mkdir(parents=True), "leftovers"),
+    (lambda p: (_leftovers(p), (p / "checkpoints").mkdir()), "leftovers"),
     (_resumable, "resumable"),
     (_finished, "finished"),
+    (_foreign, "foreign"),
+    (lambda p: (_housekeeping(p), (p / "checkpoints" / "mine.npz").write_bytes(b"")), "foreign"),
+    (lambda p: (_housekeeping(p), (p / ".notes.tmp").write_bytes(b"")), "foreign"),
 ])
 def test_state_follows_the_folder_rules(tmp_path, make, state):
     run = tmp_path / "run"

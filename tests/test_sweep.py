@@ -192,12 +192,13 @@ def test_an_interrupted_sweep_keeps_positions_and_the_next_one_resumes(synthetic
                            capture_output=True, text=True, check=True).stdout
     assert re.search(r"incomplete \(epoch [12]/3\)", table)
 
-    # A second run folder that died before its first checkpoint (e.g. killed while loading
-    # data) holds files `fit` refuses to overwrite unless told to.
+    # A second run folder whose fit died before its first checkpoint holds the fit's marker
+    # (written first) and a log, and no results: the sweep starts it again.
     partial = tmp_path / "s" / "lr-0.1"
     partial.mkdir()
     (partial / "overrides.txt").write_text(
         "train.lr=0.1\n" + "".join(f"{o}\n" for o in args[3:12:2]))
+    (partial / ".cnntrain-run").write_text('{"run_id": "died-early"}\n')
     (partial / "train.log").write_text("fit quick.ini: ...\n")
 
     result = run(SWEEP, *[a if a != "train.lr=0.05" else "train.lr=0.05,0.1" for a in args],
