@@ -201,7 +201,7 @@ def grey_from_png(request):
         from PIL import Image
     except ImportError:
         raise RequestError(415, PILLOW_MISSING) from None
-    from cnntrain.preprocess import picture_grey
+    from cnntrain.preprocess import error_reason, picture_grey
 
     try:
         with warnings.catch_warnings():
@@ -215,8 +215,7 @@ def grey_from_png(request):
     except (Image.DecompressionBombWarning, Image.DecompressionBombError):
         raise RequestError(413, "the PNG is too large to decode") from None
     except Exception as exc:  # Pillow signals a corrupt file with many exception types
-        reason = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
-        raise RequestError(400, f"'png' is not a readable PNG ({reason})") from None
+        raise RequestError(400, f"'png' is not a readable PNG ({error_reason(exc)})") from None
     return grey
 
 

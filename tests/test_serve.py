@@ -100,6 +100,7 @@ def assert_refusal(status, headers, body, expected_status, fragment):
     message = json.loads(body)["error"]
     assert message and "\n" not in message and "Traceback" not in message
     assert fragment in message, message
+    assert " object at 0x" not in message, message
     return message
 
 
@@ -237,9 +238,10 @@ def test_keep_alive_connection_answers_many_requests(running, digits):
 # --------------------------------------------------------------------------- bad requests
 
 
-def png_header_only(width, height):
-    """A PNG whose header claims width x height: a decompression bomb's first bytes."""
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+def png_header_only(width, height, colour_type=0):
+    """A PNG whose header claims width x height: a decompression bomb's first bytes (with an
+    invalid colour type, a PNG Pillow cannot identify)."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, colour_type, 0, 0, 0)
     chunk = b"IHDR" + ihdr
     return (serve.PNG_SIGNATURE + struct.pack(">I", len(ihdr)) + chunk
             + struct.pack(">I", zlib.crc32(chunk)) + b"\0\0\0\0IEND\xaeB`\x82")
@@ -291,6 +293,9 @@ BAD_JSON_BODIES = [
     ("a GIF, not a PNG", json.dumps({"png": B64(b"GIF89a\x01\x00\x01\x00\x00\x00\x00;")}).encode(),
      400, "does not hold PNG data"),
     ("truncated PNG", None, 400, "not a readable PNG"),
+    # Pillow's own message names its in-memory file ('<_io.BytesIO object at 0x...>')
+    ("PNG of no known colour type", json.dumps({"png": B64(png_header_only(4, 4, 7))}).encode(),
+     400, "cannot identify image file)"),
     ("PNG bomb header", json.dumps({"png": B64(png_header_only(60000, 60000))}).encode(), 413,
      "60000x60000"),
 ]
