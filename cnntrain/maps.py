@@ -17,7 +17,7 @@ import numpy as np
 
 from cnntrain import layers as L
 from cnntrain.errors import ConfigError
-from cnntrain.plots import _check_output, _figure, _save, require_matplotlib
+from cnntrain.plots import _figure, _save, check_output, require_matplotlib
 
 WIDTH = 1200
 HEADER = 70
@@ -95,7 +95,7 @@ def maps_height(rows):
 def plot_maps(predictor, field, output, *, title, label=None, picture=None):
     """Draw `field` ((28, 28) in [0, 1], ink high) as `predictor`'s network sees it; with
     `picture` (grey levels in [0, 1]), the picture the field was made from beside it."""
-    _check_output(output)
+    check_output(output)
     require_matplotlib()
     logits, rows = activation_maps(predictor.network, predictor.normalise(field[None]))
     if not rows:
@@ -216,7 +216,7 @@ def draw_maps(checkpoint, output, *, image=None, input_path=None, raw=False, dat
     from cnntrain.fileio import refuse_overwriting
     from cnntrain.inference import load_predictor
 
-    _check_output(output)
+    check_output(output)
     refuse_overwriting(output, checkpoint, input_path)
     require_matplotlib()
     predictor = load_predictor(checkpoint)

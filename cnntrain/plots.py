@@ -85,9 +85,6 @@ def check_output(output):
     return output
 
 
-_check_output = check_output  # the name cnntrain.maps imports
-
-
 def _save(figure, output):
     output = check_output(output)
     # No bbox_inches="tight": it would crop to the content and break the fixed pixel size.
