@@ -225,7 +225,8 @@ def test_random_and_buffered_layers_resume_bit_identical(env, tmp_path):
     assert saved.meta["step"] == 23 and saved.buffers["centre1.batches"][0] == 23
     assert set(saved.meta["layer_rngs"]) == {"noise1"}
     STOP.update(at=None)
-    assert invoke("fit", "--resume", stopped / "checkpoints" / "last.npz", "-q").exit_code == 0
+    resumed = invoke("fit", "--resume", stopped / "checkpoints" / "last.npz", "-q")
+    assert resumed.exit_code == 0, resumed.output
 
     a = load_checkpoint(straight / "checkpoints" / "last.npz")
     b = load_checkpoint(stopped / "checkpoints" / "last.npz")
