@@ -473,3 +473,35 @@ def test_what_cnntrain_writes_passes_the_needs(env, tmp_path):
     swapped = changed(tmp_path / "weights.npz", tmp_path / "big-endian.npz",
                       _as("param/conv1.W.npy", weights.astype(">f4")))
     np.testing.assert_array_equal(load_network(swapped)[2].params["conv1.W"], weights)
+
+
+def test_a_member_larger_than_memory_is_refused_by_its_shape_under_a_memory_cap(good, tmp_path):
+    """1.5 GiB of zeros declared by param/conv1.W, which needs (4, 1, 5, 5): within the zip
+    bomb bound, as the file also stores 24 MiB of random weights (an extra member), and read
+    by Predictor.from_checkpoint under a 1 GiB address-space cap, where reading it would fail
+    with MemoryError instead of the refusal."""
+    n_mib = 1536
+    header = npy_header("<f4", ((n_mib << 20) // 4,))
+    entries = [(name, zipfile.ZIP_STORED, data, len(data))
+               for name, data in members_of(good).items() if name != "param/conv1.W.npy"]
+    padding = npy(np.random.default_rng(0).random(6 << 20, dtype=np.float32))
+    entries += [("param/conv1.W.npy", zipfile.ZIP_DEFLATED, deflated_zeros(header, n_mib),
+                 len(header) + (n_mib << 20)),
+                ("param/padding.W.npy", zipfile.ZIP_STORED, padding, len(padding))]
+    path = raw_zip(tmp_path / "large.npz", entries)
+    script = textwrap.dedent(f"""
+        import resource
+        resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
+        from cnntrain.errors import CheckpointError
+        from cnntrain.inference import Predictor
+        try:
+            Predictor.from_checkpoint({str(path)!r})
+        except CheckpointError as exc:
+            print(exc)
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=120, env=dict(__import__("os").environ,
+                                                OPENBLAS_NUM_THREADS="1"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (f"member param/conv1.W holds float32 of shape ({(n_mib << 20) // 4},), but its "
+            "config (train.dtype is float32) needs float32 of shape (4, 1, 5, 5)") in proc.stdout
