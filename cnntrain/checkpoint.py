@@ -15,8 +15,13 @@ and never trusts a size: every member's name, zip entry and .npy header (dtype, 
 is checked before any data is read, a zip bomb is refused from its directory, and meta.json
 is bounded in size and depth and must be strict JSON. So a foreign, truncated or hostile file
 is a one-line error, reading it allocates no more than the file's size allows, and nothing in
-it is ever executed. What the network needs (each array's shape and the run's dtype) is
-checked where the network is built: run.network_from_checkpoint and run._restore.
+it is ever executed.
+
+What a network needs of the arrays is the caller's to say, since only the checkpoint's own
+config tells: load_checkpoint's `layout` is called with meta.json once that is read and gives
+each member's dtype and shape (a Layout, run.NetworkLayout makes it), and every member is
+compared with it -- none missing, none extra, none of another dtype or shape -- before any
+other array's data is read.
 """
 
 import ast
@@ -66,16 +71,44 @@ class Checkpoint:
         return named
 
 
-def dtype_problem(ckpt, dtype):
-    """What is wrong with the dtypes of a checkpoint's arrays for a network of `dtype`, or
-    None. A weight of another dtype is refused, not converted: cnntrain writes every array in
-    its run's precision, so another one means the file was edited or made elsewhere."""
-    expected = np.dtype(dtype)
-    for name, value in ckpt.named_arrays().items():
-        if value.dtype != expected:
-            return (f"member {name} holds {value.dtype}, but its config's train.dtype is "
-                    f"{expected}; the file was edited or converted, use another checkpoint")
-    return None
+def _shape_text(shape):
+    """(4, 1, 5, 5) as numpy shows it; a size given as a range shows as 'first..last'."""
+    sizes = [f"{n.start}..{n.stop - 1}" if isinstance(n, range) else str(n) for n in shape]
+    return f"({sizes[0]},)" if len(sizes) == 1 else f"({', '.join(sizes)})"
+
+
+@dataclass(frozen=True)
+class Need:
+    """What a network needs of one member: its dtype and shape (a size given as a range may
+    be any size in it), and whether the member may be absent."""
+
+    shape: tuple
+    dtype: np.dtype
+    optional: bool = False
+    # The array the member's data is to be read into (of this shape and dtype), or None.
+    into: np.ndarray = field(default=None, compare=False, repr=False)
+
+    def fits(self, dtype, shape):
+        """Whether an array of `dtype` and `shape` is what is needed. A byte order other than
+        the machine's is the same numbers (the reader converts it); another dtype is refused,
+        not converted: cnntrain writes every array in its run's precision, so another one
+        means the file was edited or made elsewhere."""
+        return (dtype.newbyteorder("=") == np.dtype(self.dtype)
+                and len(shape) == len(self.shape)
+                and all(n in need if isinstance(need, range) else n == need
+                        for n, need in zip(shape, self.shape)))
+
+    def __str__(self):
+        return f"{np.dtype(self.dtype)} of shape {_shape_text(self.shape)}"
+
+
+@dataclass(frozen=True)
+class Layout:
+    """What a network needs of a checkpoint: {member name, as Checkpoint.named_arrays and
+    'epoch_order' name them: Need}, and who needs them, as messages name it ("its config")."""
+
+    needs: dict
+    needed_by: str
 
 
 def non_finite_entry(params, optimizer=None, buffers=None):
@@ -102,8 +135,9 @@ def _shown(value):
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-def meta_problem(meta, order):
-    """What is wrong with a checkpoint's meta.json and epoch_order, or None.
+def fields_problem(meta, has_order):
+    """What is wrong with a checkpoint's meta.json, or None (has_order: whether the file has
+    an epoch_order member; order_problem checks its data).
 
     Every field is checked for its type and range, and the fields against each other, so a
     hand-edited or damaged file is refused in one line instead of failing somewhere later."""
@@ -140,10 +174,15 @@ def meta_problem(meta, order):
         problem = _history_problem(meta["history"], meta["epoch"])
         if problem:
             return problem
+    if step_in_epoch and not has_order:
+        return (f"it stops mid-epoch (step_in_epoch = {step_in_epoch}) but has no "
+                "epoch_order to continue that epoch with")
+    return None
+
+
+def order_problem(order):
+    """What is wrong with an epoch_order array (None: the file has none), or None."""
     if order is None:
-        if step_in_epoch:
-            return (f"it stops mid-epoch (step_in_epoch = {step_in_epoch}) but has no "
-                    "epoch_order to continue that epoch with")
         return None
     if order.ndim != 1 or order.dtype.kind not in "iu":
         return f"epoch_order is {order.dtype} of shape {order.shape}, not a list of indices"
@@ -435,10 +474,16 @@ def _members(path, zf, size):
     return {name[:-len(".npy")]: member for name, member in members.items()}
 
 
-def _read_array(zf, member):
-    """The member's data as a fresh array, read in chunks into a buffer of the declared size
-    (already checked against the file), then checked against the zip's CRC."""
-    value = np.empty(member.shape, member.dtype)
+def _read_array(zf, member, into=None):
+    """The member's data, read in chunks into a buffer of the declared size (already checked
+    against the file), then checked against the zip's CRC. The buffer is `into` when that is
+    an array of the member's shape and (native) dtype, which is then returned: the network's
+    own array, filled without another copy; otherwise a fresh array."""
+    native = member.dtype.newbyteorder("=")
+    if not (into is not None and member.dtype.isnative and into.dtype == native
+            and into.shape == member.shape and into.flags.c_contiguous):
+        into = None
+    value = np.empty(member.shape, member.dtype) if into is None else into
     buffer = memoryview(value.reshape(-1).view(np.uint8))
     with zf.open(member.info) as f:
         f.read(member.offset)
@@ -450,7 +495,7 @@ def _read_array(zf, member):
             buffer[done:done + len(chunk)] = chunk
             done += len(chunk)
         f.read(1)  # reaching the end makes zipfile check the CRC
-    return value if member.dtype.isnative else value.astype(member.dtype.newbyteorder("="))
+    return value if member.dtype.isnative else value.astype(native)
 
 
 def json_depth(text):
@@ -522,31 +567,53 @@ def _sorted_arrays(path, arrays):
     return params, buffers, optimizer
 
 
-def load_checkpoint(path):
+def layout_problem(members, layout):
+    """What is wrong with the members {name: (dtype, shape)} (meta.json aside) for `layout`,
+    or None: a member it does not need, one of another dtype or shape, one it needs missing."""
+    by = layout.needed_by
+    for name, (dtype, shape) in members.items():
+        need = layout.needs.get(name)
+        if need is None:
+            return (f"member {name} ({dtype} of shape {_shape_text(shape)}) is not part of what "
+                    f"{by} describes")
+        if not need.fits(dtype, shape):
+            return (f"member {name} holds {dtype} of shape {_shape_text(shape)}, but {by} needs "
+                    f"{need}")
+    for name, need in layout.needs.items():
+        if name not in members and not need.optional:
+            return f"it has no member {name}, which {by} needs ({need})"
+    return None
+
+
+def load_checkpoint(path, layout=None):
     """Read and validate a checkpoint; CheckpointError (one line) for anything unusable.
 
     Every member's name, zip entry and .npy header are checked first; then meta.json is read
-    (bounded in size and depth, strict JSON) and checked; only then is array data read."""
+    (bounded in size and depth, strict JSON) and checked; then, given `layout` (a function
+    meta -> Layout: what the network of that meta.json needs), every other member's dtype and
+    shape is compared with what it needs; only then is array data read. Whatever `layout`
+    raises (its config may be wrong) propagates."""
     with _open_checkpoint(path) as f:
-        return _read_checkpoint(path, f, os.fstat(f.fileno()).st_size)
+        return _read_checkpoint(path, f, os.fstat(f.fileno()).st_size, layout)
 
 
-def _read_checkpoint(path, f, size):
+def _refused(path, problem):
+    return CheckpointError(f"{path}: {problem}; the file was edited or damaged, use another "
+                           "checkpoint")
+
+
+def _read_checkpoint(path, f, size, layout):
     """load_checkpoint's work on `f`, the opened file of `size` bytes."""
-    try:
-        with zipfile.ZipFile(f) as zf:
-            members = _members(path, zf, size)
-            meta = _read_meta(path, zf, members.pop("meta.json"))
-            order_member = members.pop("epoch_order", None)
-            order = None if order_member is None else _read_array(zf, order_member)
-            problem = meta_problem(meta, order)
-            if problem:
-                raise CheckpointError(f"{path}: {problem}; the file was edited or damaged, "
-                                      "use another checkpoint")
-            arrays = {name: _read_array(zf, member) for name, member in members.items()}
-    except UNREADABLE as exc:
-        raise CheckpointError(f"{path}: truncated or not a .npz checkpoint "
-                              f"({_one_line(exc)})") from None
+    zf = _unless_unreadable(path, zipfile.ZipFile, f)
+    with zf:
+        members, meta = _unless_unreadable(path, _read_head, path, zf, size)
+        into = {}
+        if layout is not None:
+            # Outside _unless_unreadable: what the layout raises is about its config, not the zip.
+            needs = layout(meta)
+            _check_layout(path, members, needs)
+            into = {name: need.into for name, need in needs.needs.items()}
+        order, arrays = _unless_unreadable(path, _read_body, path, zf, members, into)
     params, buffers, optimizer = _sorted_arrays(path, arrays)
     bad = non_finite_entry(params, optimizer, buffers)
     if bad:
@@ -555,3 +622,43 @@ def _read_checkpoint(path, f, size):
                               "checkpoint or train again with a lower learning rate")
     return Checkpoint(params=params, optimizer=optimizer, buffers=buffers, epoch_order=order,
                       meta=meta, source=str(path))
+
+
+def _unless_unreadable(path, work, *args):
+    """work(*args), with what a hostile or damaged zip makes it raise as one CheckpointError."""
+    try:
+        return work(*args)
+    except UNREADABLE as exc:
+        raise CheckpointError(f"{path}: truncated or not a .npz checkpoint "
+                              f"({_one_line(exc)})") from None
+
+
+def _read_head(path, zf, size):
+    """({name: _Member} of every member but meta.json, meta) with no array data read but
+    meta.json's, which is checked field by field."""
+    members = _members(path, zf, size)
+    meta = _read_meta(path, zf, members.pop("meta.json"))
+    problem = fields_problem(meta, "epoch_order" in members)
+    if problem:
+        raise _refused(path, problem)
+    return members, meta
+
+
+def _read_body(path, zf, members, into):
+    """(epoch_order or None, {name: array} of the other members): the array data, each read
+    into its array in `into` ({name: array or None}) where it has one."""
+    order_member = members.pop("epoch_order", None)
+    order = None if order_member is None else _read_array(zf, order_member)
+    problem = order_problem(order)
+    if problem:
+        raise _refused(path, problem)
+    return order, {name: _read_array(zf, member, into.get(name))
+                   for name, member in members.items()}
+
+
+def _check_layout(path, members, layout):
+    problem = layout_problem({name: (member.dtype, member.shape)
+                              for name, member in members.items()}, layout)
+    if problem:
+        raise CheckpointError(f"{path}: {problem}; the file was edited or damaged, or made for "
+                              "another network; use another checkpoint")

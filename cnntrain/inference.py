@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 
 from cnntrain import functional as fn
-from cnntrain.checkpoint import load_checkpoint
 from cnntrain.constants import NUM_CLASSES
 from cnntrain.errors import CnnTrainError
 
@@ -76,11 +75,9 @@ class Predictor:
     @classmethod
     def from_checkpoint(cls, path):
         """Load `path` (no pickle); CheckpointError / ConfigError (one line) if unusable."""
-        from cnntrain.run import config_from_checkpoint, network_from_checkpoint
+        from cnntrain.run import load_network
 
-        ckpt = load_checkpoint(path)
-        cfg = config_from_checkpoint(ckpt, path)
-        network = network_from_checkpoint(ckpt, cfg, path)
+        ckpt, cfg, network = load_network(path)
         return cls(network, mean=cfg.data.mean, std=cfg.data.std, meta=ckpt.meta, path=path,
                    config=cfg)
 

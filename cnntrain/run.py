@@ -17,10 +17,11 @@ from typing import Any
 
 import numpy as np
 
-from cnntrain.checkpoint import Checkpoint, dtype_problem, load_checkpoint
+from cnntrain.checkpoint import Checkpoint, Layout, Need, load_checkpoint
 from cnntrain.config import SCHEMA, config_to_ini, load_config, parse_config
+from cnntrain.constants import MNIST_TRAIN_IMAGES
 from cnntrain.download import fetch_mnist
-from cnntrain.errors import CheckpointError, CnnTrainError, ConfigError, DivergedError
+from cnntrain.errors import CnnTrainError, ConfigError, DivergedError
 from cnntrain.logs import best_epoch, epoch_line
 from cnntrain.mnist import load_mnist
 from cnntrain.model import build_network
@@ -96,22 +97,66 @@ def build_optimizer(cfg, network):
 
 
 def config_from_checkpoint(ckpt, source, overrides=()):
-    return parse_config(ckpt.config_text, source=f"{source} (its stored config)", overrides=overrides)
+    return stored_config(ckpt.meta, source, overrides)
 
 
-def network_from_checkpoint(ckpt, cfg, path):
-    """The network of a loaded checkpoint with its weights; one-line error if they do not fit."""
-    network = build_model(cfg)
-    problem = dtype_problem(ckpt, network.dtype)
-    if problem:
-        raise CheckpointError(f"{path}: {problem}")
-    try:
-        network.load_params(ckpt.params)
-        network.load_buffers(ckpt.buffers)
-    except ValueError as exc:
-        raise CheckpointError(f"{path}: its weights do not fit its own layer list "
-                              f"({exc})") from None
-    return network
+def stored_config(meta, source, overrides=()):
+    """The Config a checkpoint's meta.json holds (source: the checkpoint, for messages)."""
+    return parse_config(meta["config"], source=f"{source} (its stored config)", overrides=overrides)
+
+
+class NetworkLayout:
+    """What the network of a checkpoint's own config needs of its members, for
+    load_checkpoint's `layout`, which calls it with meta.json before any array is read.
+
+    Parameters and buffers have the shapes of the network the config builds, in its
+    train.dtype; the optimizer's velocities (optim.SGD.state_dict: 'NAME.v') have their
+    parameters' shapes and are needed to resume only; epoch_order (int64, as
+    save_checkpoint writes it) may be absent and holds the training split's indices.
+    The config and the network it built are kept (cfg, network): the parameters and
+    buffers are read straight into that network's arrays.
+    """
+
+    def __init__(self, path, *, resume=False):
+        self.path, self.resume = path, resume
+        self.cfg = self.network = None
+
+    def __call__(self, meta):
+        self.cfg = stored_config(meta, self.path)
+        # Building the network allocates its weights (zeros), which is what loading them
+        # needs anyway; the config check has refused networks too large for this machine.
+        self.network = build_model(self.cfg)
+        dtype = self.network.dtype
+        needs = {f"param/{name}": Need(value.shape, dtype, into=value)
+                 for name, value in self.network.params.items()}
+        needs.update({f"buffer/{name}": Need(value.shape, value.dtype, into=value)
+                      for name, value in self.network.buffers.items()})
+        needs.update({f"optim/{name}.v": Need(value.shape, dtype, optional=not self.resume)
+                      for name, value in self.network.params.items()})
+        needs["epoch_order"] = Need((_training_size(self.cfg),), np.int64, optional=True)
+        return Layout(needs, needed_by=f"its config (train.dtype is {dtype})")
+
+
+def _training_size(cfg):
+    """The training split's size, or the range it lies in: data.train_size when set; else
+    what the training file leaves after the validation hold-out, which only the data itself
+    tells (_restore checks that), at most what MNIST's (checksum-verified) file leaves."""
+    return cfg.data.train_size or range(1, MNIST_TRAIN_IMAGES - cfg.data.val_size + 1)
+
+
+def load_network(path):
+    """(checkpoint, its stored config, its network holding its weights) of the checkpoint at
+    path, every member checked against that network before it is read into it;
+    CheckpointError / ConfigError (one line) if unusable."""
+    layout = NetworkLayout(path)
+    ckpt = load_checkpoint(path, layout)
+    # Arrays stored in another byte order were read into fresh arrays; copy those in.
+    for target, arrays in ((layout.network.params, ckpt.params),
+                           (layout.network.buffers, ckpt.buffers)):
+        for name, value in arrays.items():
+            if value is not target[name]:
+                target[name][...] = value
+    return ckpt, layout.cfg, layout.network
 
 
 # What a resume may change: how the rest of the run is trained and scored. Everything else
@@ -178,7 +223,7 @@ def start_fit(*, config_path=None, overrides=(), out_dir=None, resume_path=None,
         raise ConfigError("--out '' names no folder; give one, e.g. --out runs/try, or leave "
                           "--out out to use the config's [run] dir")
     if resume_path:
-        checkpoint = load_checkpoint(resume_path)
+        checkpoint = load_checkpoint(resume_path, NetworkLayout(resume_path, resume=True))
         cfg = resume_config(checkpoint, resume_path, overrides, config_path)
     elif config_path:
         checkpoint, cfg = None, load_config(config_path, overrides)
@@ -216,10 +261,9 @@ def _check_folder(folder, cfg_text, *, resume, resume_path, config_path, overwri
 
 def _restore(network, optimizer, train_rng, resume, n_train, steps):
     """Load a checkpoint's weights, velocities, generator and position; refuse one that does
-    not fit this network or this data."""
-    problem = dtype_problem(resume, network.dtype)
-    if problem:
-        raise CheckpointError(f"{resume.source}: {problem}")
+    not fit this data. Its arrays were checked before they were read (NetworkLayout) against
+    the network of its stored config, which is this one: resume_config refuses a change of
+    network or dtype."""
     try:
         network.load_params(resume.params)
         network.load_buffers(resume.buffers)
@@ -492,9 +536,7 @@ def evaluate_checkpoint(path, *, split="test", batch_size=None, data_dir=None, m
     keep_errors adds "errors": the misclassified images (un-normalised to [0, 1], (M, 28, 28)),
     their true labels and the predictions, in split order.
     """
-    ckpt = load_checkpoint(path)
-    cfg = config_from_checkpoint(ckpt, path)
-    network = network_from_checkpoint(ckpt, cfg, path)
+    ckpt, cfg, network = load_network(path)
     _, data_rng, _ = random_streams(cfg.train.seed)
     splits = prepare_data(cfg, data_rng, data_dir=data_dir, mirrors=mirrors, progress=progress)
     chosen = getattr(splits, split)

@@ -326,3 +326,182 @@ def test_meta_json_bounds_are_exact_and_strings_are_not_counted():
             parse_meta(f'{{"a": {constant}}}'.encode())
     with pytest.raises(ValueError, match="not a JSON object"):
         parse_meta(b"[1]")
+
+
+# ------------------------------------------------------------------ case 8: the network's needs
+# Each member's shape and dtype is compared with what the network of the checkpoint's own
+# config needs before any array of it is read: only meta.json (which says what that network
+# is) is read first. The reader is patched to record what it reads.
+
+@pytest.fixture
+def reads(monkeypatch):
+    """The members whose data load_checkpoint reads, in order."""
+    from cnntrain import checkpoint
+    read, recorded = checkpoint._read_array, []
+
+    def recording(zf, member, *args):
+        recorded.append(member.info.filename)
+        return read(zf, member, *args)
+
+    monkeypatch.setattr(checkpoint, "_read_array", recording)
+    return recorded
+
+
+def resumable(path, order_size=500, **sections):
+    """A checkpoint as a stop mid-epoch saves it: weights, velocities, training generator and
+    the epoch's order (500 training images: synthetic MNIST's 600 less the small config's 100
+    held out)."""
+    from cnntrain.checkpoint import Checkpoint, save_checkpoint
+    from cnntrain.config import config_to_ini
+    from cnntrain.run import build_optimizer, random_streams
+    from tests.checkpoints import make_network
+    network, cfg = make_network(**sections)
+    meta = {"epoch": 0, "step": 3, "step_in_epoch": 3, "loss_sum": 6.0, "correct": 30,
+            "seen": 96, "seconds": 1.0, "history": [], "config": config_to_ini(cfg),
+            "rng": random_streams(0)[2].bit_generator.state}
+    save_checkpoint(path, Checkpoint(
+        params=network.params, buffers=network.buffers,
+        optimizer=build_optimizer(cfg, network).state_dict(),
+        epoch_order=np.random.default_rng(0).permutation(order_size), meta=meta))
+    return path
+
+
+HUGE = 12 << 20  # float32 values: 48 MiB of zeros, which deflate to about 48 KiB
+
+
+def test_a_huge_member_of_the_wrong_shape_is_refused_before_any_array_is_read(env, reads):
+    base = resumable(env["tmp"] / "base.npz")
+    members = members_of(base)
+    members["param/conv1.W.npy"] = npy(np.zeros(HUGE, np.float32))
+    path = write_zip(env["tmp"] / "huge-shape.npz", members, zipfile.ZIP_DEFLATED)
+    assert path.stat().st_size < 1 << 20
+    for command, run in COMMANDS.items():
+        reads.clear()
+        result = run(env, path)
+        assert_one_line_error(result, 1, str(path),
+                              f"member param/conv1.W holds float32 of shape ({HUGE},)",
+                              "needs float32 of shape (4, 1, 5, 5)")
+        assert reads == ["meta.json.npy"], command
+
+
+def changed(base, path, edit):
+    members = members_of(base)
+    edit(members)
+    return write_zip(path, members)
+
+
+def _as(name, value):
+    return lambda members: members.update({name: npy(value)})
+
+
+def _drop(name):
+    return lambda members: members.pop(name)
+
+
+NEEDS = {
+    "wrong shape": (_as("param/dense2.W.npy", np.zeros((10, 32), np.float32)),
+                    "member param/dense2.W holds float32 of shape (10, 32), but its config "
+                    "(train.dtype is float32) needs float32 of shape (32, 10)"),
+    "wrong dtype": (_as("param/conv1.W.npy", np.zeros((4, 1, 5, 5), np.int64)),
+                    "member param/conv1.W holds int64 of shape (4, 1, 5, 5), but its config "
+                    "(train.dtype is float32) needs float32 of shape (4, 1, 5, 5)"),
+    "missing weight": (_drop("param/dense2.b.npy"),
+                       "it has no member param/dense2.b, which its config (train.dtype is "
+                       "float32) needs (float32 of shape (10,))"),
+    "extra weight": (_as("param/dense3.W.npy", np.zeros(3, np.float32)),
+                     "member param/dense3.W (float32 of shape (3,)) is not part of what its "
+                     "config"),
+    "extra buffer": (_as("buffer/batchnorm1.running_mean.npy", np.zeros(4, np.float32)),
+                     "member buffer/batchnorm1.running_mean (float32 of shape (4,)) is not part"),
+    "extra velocity": (_as("optim/conv9.W.v.npy", np.zeros(4, np.float32)),
+                       "member optim/conv9.W.v (float32 of shape (4,)) is not part"),
+    "velocity shape": (_as("optim/dense1.b.v.npy", np.zeros(33, np.float32)),
+                       "member optim/dense1.b.v holds float32 of shape (33,), but its config "
+                       "(train.dtype is float32) needs float32 of shape (32,)"),
+    "order too long": (_as("epoch_order.npy", np.arange(70_000)),
+                       "member epoch_order holds int64 of shape (70000,), but its config "
+                       "(train.dtype is float32) needs int64 of shape (1..59900,)"),
+    "order of floats": (_as("epoch_order.npy", np.arange(500.0)),
+                        "member epoch_order holds float64 of shape (500,), but its config "
+                        "(train.dtype is float32) needs int64"),
+}
+
+
+@pytest.mark.parametrize("case", list(NEEDS))
+def test_what_the_network_does_not_need_is_refused_before_reading_it(env, reads, case):
+    """In eval (which today read every array first, or evaluated a checkpoint whose
+    epoch_order no training split has)."""
+    edit, fragment = NEEDS[case]
+    path = changed(resumable(env["tmp"] / "base.npz"), env["tmp"] / "edited.npz", edit)
+    reads.clear()
+    assert_one_line_error(invoke("eval", path), 1, str(path), fragment,
+                          "edited or damaged, or made for another network")
+    assert reads == ["meta.json.npy"]
+
+
+def test_a_resume_needs_every_velocity_before_reading(env, reads):
+    path = changed(resumable(env["tmp"] / "base.npz"), env["tmp"] / "no-velocity.npz",
+                   _drop("optim/conv2.W.v.npy"))
+    reads.clear()
+    assert_one_line_error(COMMANDS["resume"](env, path), 1, str(path),
+                          "it has no member optim/conv2.W.v, which its config (train.dtype is "
+                          "float32) needs (float32 of shape (8, 4, 5, 5))")
+    assert reads == ["meta.json.npy"]
+
+
+def test_an_epoch_order_must_have_the_configured_training_size(env, reads):
+    """train_size = 400: the order of 500 images cannot be this run's."""
+    path = resumable(env["tmp"] / "sized.npz", data={"val_size": 100, "train_size": 400})
+    reads.clear()
+    for command in ("eval", "resume"):
+        assert_one_line_error(COMMANDS[command](env, path), 1, str(path),
+                              "member epoch_order holds int64 of shape (500,)",
+                              "needs int64 of shape (400,)")
+    assert reads == ["meta.json.npy"] * 2
+
+
+def test_what_cnntrain_writes_passes_the_needs(env, tmp_path):
+    """The checks refuse nothing cnntrain writes: a mid-epoch checkpoint with velocities, a
+    checkpoint of weights alone (velocities are not needed to evaluate), and weights stored
+    big-endian (the same numbers; read in the machine's order)."""
+    from cnntrain.run import NetworkLayout, load_network
+    path = resumable(tmp_path / "mid.npz")
+    assert load_checkpoint(path, NetworkLayout(path, resume=True)).epoch_order.shape == (500,)
+    network, cfg = write_checkpoint(tmp_path / "weights.npz")
+    assert load_network(tmp_path / "weights.npz")[2].n_params == network.n_params
+    weights = network.params["conv1.W"]
+    swapped = changed(tmp_path / "weights.npz", tmp_path / "big-endian.npz",
+                      _as("param/conv1.W.npy", weights.astype(">f4")))
+    np.testing.assert_array_equal(load_network(swapped)[2].params["conv1.W"], weights)
+
+
+def test_a_member_larger_than_memory_is_refused_by_its_shape_under_a_memory_cap(good, tmp_path):
+    """1.5 GiB of zeros declared by param/conv1.W, which needs (4, 1, 5, 5): within the zip
+    bomb bound, as the file also stores 24 MiB of random weights (an extra member), and read
+    by Predictor.from_checkpoint under a 1 GiB address-space cap, where reading it would fail
+    with MemoryError instead of the refusal."""
+    n_mib = 1536
+    header = npy_header("<f4", ((n_mib << 20) // 4,))
+    entries = [(name, zipfile.ZIP_STORED, data, len(data))
+               for name, data in members_of(good).items() if name != "param/conv1.W.npy"]
+    padding = npy(np.random.default_rng(0).random(6 << 20, dtype=np.float32))
+    entries += [("param/conv1.W.npy", zipfile.ZIP_DEFLATED, deflated_zeros(header, n_mib),
+                 len(header) + (n_mib << 20)),
+                ("param/padding.W.npy", zipfile.ZIP_STORED, padding, len(padding))]
+    path = raw_zip(tmp_path / "large.npz", entries)
+    script = textwrap.dedent(f"""
+        import resource
+        resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
+        from cnntrain.errors import CheckpointError
+        from cnntrain.inference import Predictor
+        try:
+            Predictor.from_checkpoint({str(path)!r})
+        except CheckpointError as exc:
+            print(exc)
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=120, env=dict(__import__("os").environ,
+                                                OPENBLAS_NUM_THREADS="1"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (f"member param/conv1.W holds float32 of shape ({(n_mib << 20) // 4},), but its "
+            "config (train.dtype is float32) needs float32 of shape (4, 1, 5, 5)") in proc.stdout

@@ -426,7 +426,7 @@ EDITS = {
     "order out of range": (lambda m, o: (m, np.where(o == 0, 500, o)), "not a permutation"),
     "order negative": (lambda m, o: (m, np.where(o == 0, -1, o)), "not a permutation"),
     "order repeated": (lambda m, o: (m, np.where(o == 0, 1, o)), "not a permutation"),
-    "order float": (lambda m, o: (m, o.astype(np.float64)), "not a list of indices"),
+    "order float": (lambda m, o: (m, o.astype(np.float64)), "member epoch_order holds float64"),
     "mid-epoch without order": (lambda m, o: (m, None), "has no epoch_order"),
     "negative step": (lambda m, o: (dict(m, step=-3), o), "'step' is -3"),
     "loss not a number": (lambda m, o: (dict(m, loss_sum="x"), o), "'loss_sum' is \"x\""),

@@ -206,13 +206,16 @@ def _on_alarm(signum, frame):
 
 
 def read_fully(path):
-    """Everything eval and resume do with a checkpoint before they need data."""
-    from cnntrain.run import (build_model, build_optimizer, config_from_checkpoint, layer_seeds,
-                              network_from_checkpoint, random_streams, _restore)
+    """Everything eval and resume do with a checkpoint before they need data: eval's load,
+    checked against its network, and resume's, checked against its network and optimizer,
+    then its position restored."""
     from cnntrain.checkpoint import load_checkpoint
-    ckpt = load_checkpoint(path)
-    cfg = config_from_checkpoint(ckpt, path)
-    network_from_checkpoint(ckpt, cfg, path)
+    from cnntrain.run import (NetworkLayout, build_model, build_optimizer, layer_seeds,
+                              load_network, random_streams, _restore)
+    load_network(path)
+    layout = NetworkLayout(path, resume=True)
+    ckpt = load_checkpoint(path, layout)
+    cfg = layout.cfg
     network = build_model(cfg, None, layer_seeds(cfg.train.seed))
     _restore(network, build_optimizer(cfg, network), random_streams(cfg.train.seed)[2], ckpt,
              500, 16)
