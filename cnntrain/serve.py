@@ -518,9 +518,11 @@ class DigitServer(http.server.ThreadingHTTPServer):
                     return
         try:
             super().process_request(request, client_address)
-        except BaseException:
-            self._slots.release()  # no thread took the slot
+        except Exception:
+            self._slots.release()  # no thread could be started to take the slot
             raise
+        # A stop (KeyboardInterrupt, _Stop) may land after the thread started, which then
+        # releases the slot itself; and the server stops, so a slot left taken costs nothing.
 
     def process_request_thread(self, request, client_address):
         try:
@@ -542,8 +544,10 @@ class DigitServer(http.server.ThreadingHTTPServer):
         super().handle_error(request, client_address)
 
 
-class _Stop(Exception):
-    """Raised in the main thread by the SIGTERM handler to leave serve_forever."""
+class _Stop(BaseException):
+    """Raised in the main thread by the SIGTERM handler to leave serve_forever. A
+    BaseException, as KeyboardInterrupt is: socketserver hands every Exception raised while
+    it dispatches a request to handle_error and serves on, which would swallow the stop."""
 
 
 def serve_until_stopped(server, echo=print):

@@ -15,6 +15,7 @@ import socket
 import struct
 import subprocess
 import sys
+import threading
 import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
@@ -27,7 +28,8 @@ import pytest
 from cnntrain import serve
 from cnntrain.preprocess import to_mnist_field
 from tests.clitools import invoke
-from tests.servetools import RunningServer, as_paper_scan, mnist_test_digits
+from cnntrain.inference import Predictor
+from tests.servetools import LogLines, RunningServer, as_paper_scan, mnist_test_digits
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -523,6 +525,40 @@ def test_serve_prints_its_address_and_stops_cleanly_on_a_signal(digit_checkpoint
     assert '"GET /api/model HTTP/1.1" 200' in err  # the request log goes to stderr
     with pytest.raises(OSError):  # the port is closed
         socket.create_connection(("127.0.0.1", port), timeout=2).close()
+
+
+def test_a_sigterm_landing_while_a_request_is_dispatched_still_stops_the_server(
+        digit_checkpoint):
+    """socketserver hands any Exception raised while it dispatches a connection to
+    handle_error and serves on: a SIGTERM landing there was swallowed, and the server never
+    stopped (seen as a hang in CI)."""
+    class SignalledWhileDispatching(serve.DigitServer):
+        def process_request(self, request, client_address):
+            os.kill(os.getpid(), signal.SIGTERM)
+            super().process_request(request, client_address)
+
+    server = SignalledWhileDispatching(Predictor.from_checkpoint(digit_checkpoint),
+                                       "127.0.0.1", 0, log=LogLines())
+
+    def one_request():
+        try:
+            conn = http.client.HTTPConnection(*server.server_address[:2], timeout=10)
+            conn.request("GET", "/api/model")
+            conn.getresponse().read()
+        except OSError:
+            pass  # the stopping server may close it unanswered
+
+    watchdog = threading.Timer(20, server.shutdown)  # a server that serves on is ended here
+    client = threading.Thread(target=one_request)
+    said = []
+    watchdog.start()
+    client.start()
+    try:
+        serve.serve_until_stopped(server, echo=said.append)
+    finally:
+        watchdog.cancel()
+        client.join(timeout=20)
+    assert said == ["terminated (SIGTERM); stopped"]
 
 
 def test_serve_refuses_a_busy_port_and_a_missing_checkpoint_in_one_line(digit_checkpoint,
