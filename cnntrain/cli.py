@@ -124,12 +124,12 @@ def fit(config_path, overrides, out_dir, resume, overwrite, quiet, data_dir, mir
     anything else needs --overwrite. A folder holding files cnntrain did not write is always
     refused. A CHECKPOINT outside a checkpoints/ folder needs --out RUN_DIR.
     """
-    from cnntrain import run
+    from cnntrain.runs.fit import start_fit
 
-    run.start_fit(config_path=config_path, overrides=overrides, out_dir=out_dir,
-                  resume_path=resume, overwrite=overwrite, quiet=quiet,
-                  progress=not quiet and sys.stdout.isatty(), data_dir=data_dir,
-                  mirrors=mirrors, echo=click.echo)
+    start_fit(config_path=config_path, overrides=overrides, out_dir=out_dir,
+              resume_path=resume, overwrite=overwrite, quiet=quiet,
+              progress=not quiet and sys.stdout.isatty(), data_dir=data_dir,
+              mirrors=mirrors, echo=click.echo)
 
 
 @cli.command("eval", context_settings=CONTEXT_SETTINGS)
@@ -152,16 +152,16 @@ def eval_command(checkpoint, split, as_json, batch_size, errors_png, data_dir, m
       cnntrain eval runs/lenet5/checkpoints/last.npz --split val --json
       cnntrain eval runs/lenet5/checkpoints/best.npz --errors errors.png
     """
-    from cnntrain import run
+    from cnntrain.runs.evaluate import evaluate_checkpoint
 
     if errors_png is not None:  # '' too, which names no file: refused before the work
-        from cnntrain import plots
+        from cnntrain.apps import plots
         plots.require_matplotlib()
         plots.check_output(errors_png)
-    result = run.evaluate_checkpoint(checkpoint, split=split, batch_size=batch_size,
-                                     data_dir=data_dir, mirrors=mirrors,
-                                     progress=not as_json and sys.stderr.isatty(),
-                                     keep_errors=errors_png is not None)
+    result = evaluate_checkpoint(checkpoint, split=split, batch_size=batch_size,
+                                 data_dir=data_dir, mirrors=mirrors,
+                                 progress=not as_json and sys.stderr.isatty(),
+                                 keep_errors=errors_png is not None)
     if errors_png is not None:
         plots.plot_errors(result["errors"], errors_png,
                           title=f"{checkpoint}: {len(result['errors']['labels'])} of "
@@ -203,7 +203,7 @@ def download(data_dir, mirrors, config_path, quiet, verify):
       cnntrain download --verify
       cnntrain download --data-dir /data/mnist --mirror http://127.0.0.1:8000/
     """
-    from cnntrain.download import fetch_mnist
+    from cnntrain.data.download import fetch_mnist
 
     cfg = _load_config(config_path, ()) if config_path else None
     folder, paths = fetch_mnist(data_dir, mirrors,
@@ -225,7 +225,7 @@ def info(config_path, overrides):
       cnntrain info --config configs/lenet5.ini
     """
     from cnntrain.constants import INPUT_SHAPE
-    from cnntrain.model import check_layers
+    from cnntrain.nn.model import check_layers
 
     cfg = _load_config(config_path, overrides)
     rows = check_layers(cfg.model.layers)
@@ -241,7 +241,7 @@ def info(config_path, overrides):
 
 def _checked_tolerance(value):
     # click's FloatRange lets NaN through (every comparison with it is false) and inf too.
-    from cnntrain.gradcheck import check_tolerance
+    from cnntrain.nn.gradcheck import check_tolerance
     return check_tolerance(value)
 
 
@@ -269,13 +269,14 @@ def gradcheck(config_path, overrides, images, probes, tolerance, data_dir, mirro
     Example:
       cnntrain gradcheck --config configs/lenet5.ini
     """
-    from cnntrain import gradcheck as checks
+    from cnntrain.nn.gradcheck import format_table
+    from cnntrain.runs.gradcheck_run import check_config
 
     cfg = _load_config(config_path, overrides)
-    results = checks.check_config(cfg, images=images, probes=probes, tolerance=tolerance,
-                                  data_dir=data_dir, mirrors=mirrors,
-                                  progress=sys.stderr.isatty())
-    click.echo(checks.format_table(results))
+    results = check_config(cfg, images=images, probes=probes, tolerance=tolerance,
+                           data_dir=data_dir, mirrors=mirrors,
+                           progress=sys.stderr.isatty())
+    click.echo(format_table(results))
     failed = [r.name for r in results if not r.passed]
     if failed:
         click.echo(f"error: gradient check failed for {', '.join(failed)} (relative error above "
@@ -299,7 +300,7 @@ def summarize(paths, csv_path, sort_key):
       cnntrain summarize sweeps/lr-batch
       cnntrain summarize runs/lenet5 runs/lenet5-classic --csv results.csv
     """
-    from cnntrain import summarize as summary
+    from cnntrain.apps import summarize as summary
     from cnntrain.fileio import check_output
 
     if csv_path is not None:  # '' too, which names no file
@@ -343,7 +344,7 @@ def plot(run_dirs, output, filters_checkpoint, maps_checkpoint, image, input_pat
       cnntrain plot --maps runs/lenet5/checkpoints/best.npz --image 7 -o maps.png
       cnntrain plot --maps runs/lenet5/checkpoints/best.npz --input my-digit.jpg -o maps.png
     """
-    from cnntrain import plots
+    from cnntrain.apps import plots
     from cnntrain.errors import ConfigError
 
     plots.require_matplotlib()
@@ -352,7 +353,7 @@ def plot(run_dirs, output, filters_checkpoint, maps_checkpoint, image, input_pat
     if maps_checkpoint:
         if run_dirs or filters_checkpoint:
             raise ConfigError("give --maps CHECKPOINT alone, without run folders or --filters")
-        from cnntrain.maps import draw_maps
+        from cnntrain.apps.maps import draw_maps
         digit, probability = draw_maps(maps_checkpoint, output, image=image,
                                        input_path=input_path, raw=raw, data_dir=data_dir,
                                        mirrors=mirrors)
@@ -399,7 +400,7 @@ def predict(checkpoint, inputs, as_json, top, raw):
       cnntrain predict runs/lenet5/checkpoints/best.npz my-digit.jpg
       cnntrain predict runs/lenet5/checkpoints/best.npz scans/ --top 2 --json
     """
-    from cnntrain.predict import predict_inputs
+    from cnntrain.apps.predict import predict_inputs
 
     _, failed = predict_inputs(checkpoint, inputs, top=top, raw=raw, as_json=as_json,
                                echo=click.echo, echo_error=lambda line: click.echo(line, err=True))
@@ -422,7 +423,7 @@ def export(checkpoint, output):
     Example:
       cnntrain export runs/lenet5/checkpoints/best.npz -o lenet5.onnx
     """
-    from cnntrain.export import OPSET, export_checkpoint
+    from cnntrain.apps.export import OPSET, export_checkpoint
 
     summary = export_checkpoint(checkpoint, output)
     click.echo(f"wrote {output}: {summary['name']}, {summary['parameters']:,} parameters, "
@@ -451,7 +452,7 @@ def serve(checkpoint, host, port):
       cnntrain serve runs/lenet5/checkpoints/best.npz
       cnntrain serve runs/lenet5/checkpoints/best.npz --port 8080
     """
-    from cnntrain import serve as server
+    from cnntrain.apps import serve as server
 
     server.run(checkpoint, host, port, echo=click.echo,
                warn=lambda line: click.echo(line, err=True))
@@ -471,7 +472,7 @@ def runinfo(run_dir, fields):
     Example:
       cnntrain runinfo sweeps/lr/lr-0.1 state last
     """
-    from cnntrain.runinfo import run_info
+    from cnntrain.runs.runinfo import run_info
 
     for value in run_info(run_dir, fields):
         click.echo(value)

@@ -4,7 +4,7 @@ Every key lives in exactly one row of `SCHEMA`; the dataclasses, the defaults, t
 the error messages, `valid_keys()` and `config_to_ini()` are all derived from that table, so
 adding a key is adding a row. This is the only module that imports configparser, and it
 stays free of numpy so that `cnntrain --help` answers quickly: the layer list is checked by
-`cnntrain.model`, imported only when a config is actually parsed.
+`cnntrain.nn.model`, imported only when a config is actually parsed.
 
 Every problem a user can cause raises `ConfigError` with a one-line message naming where
 the bad value came from (file and `[section] key`, or the `--set` override) and what is
@@ -294,8 +294,8 @@ SCHEMA: Dict[str, Dict[str, Key]] = {
         "seed": Key(Int(0), 0, "seed of every random choice (init, shuffling, augmentation)"),
         "dtype": Key(Choice("float32", "float64"), "float32", "floating-point precision"),
         "kernels": Key(Choice("fast", "reference"), "fast",
-                       "the layers' maths: fast (cnntrain/fast.py) or the plain textbook "
-                       "functions (cnntrain/functional.py): the same maths, slower"),
+                       "the layers' maths: fast (cnntrain/nn/fast.py) or the plain textbook "
+                       "functions (cnntrain/nn/functional.py): the same maths, slower"),
     },
     "run": {
         "dir": Key(Text(allow_empty=False), "runs/lenet5",
@@ -536,7 +536,7 @@ def _convert(values: _Values, section: str, key: str) -> Any:
 
 
 # Elastic distortion moves pixels by about ELASTIC_RMS * alpha / sigma on average (RMS per
-# axis; cnntrain/augment.py derives it). Past half the 28-pixel image no digit survives, and
+# axis; cnntrain/data/augment.py derives it). Past half the 28-pixel image no digit survives, and
 # far past it the displacements overflow to NaN, which made training diverge and the advice
 # blame the learning rate.
 ELASTIC_RMS = 0.163
@@ -575,7 +575,7 @@ def _check_rules(cfg: Dict[str, Dict[str, Any]], values: _Values) -> None:
 
 def _check_layers(layers: Tuple[str, ...], values: _Values, cfg: Dict[str, Dict[str, Any]]) -> None:
     # Imported here: the model module pulls in numpy, which `cnntrain --help` must not pay for.
-    import cnntrain.model as model
+    import cnntrain.nn.model as model
 
     data, train = cfg["data"], cfg["train"]
     train_images = data["train_size"] or MNIST_TRAIN_IMAGES - data["val_size"]

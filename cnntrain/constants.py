@@ -19,7 +19,7 @@ NUM_CLASSES = 10             # the digits 0..9
 MNIST_TRAIN_IMAGES = 60000   # the training file's images (the validation set is held out of them)
 MNIST_TEST_IMAGES = 10000
 
-# Learning-rate schedules (cnntrain.optim.LRSchedule) and weight initialisers (cnntrain.init),
+# Learning-rate schedules (cnntrain.nn.optim.LRSchedule) and weight initialisers (cnntrain.nn.init),
 # also the choices of [train] lr_schedule and [model] init.
 SCHEDULES = ("constant", "step", "cosine")
 INIT_SCHEMES = ("he", "glorot")

@@ -54,9 +54,9 @@ import time  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from cnntrain import augment  # noqa: E402
+from cnntrain.data import augment  # noqa: E402
 from cnntrain.config import load_config  # noqa: E402
-from cnntrain.run import build_augmenter  # noqa: E402
+from cnntrain.runs.build import build_augmenter  # noqa: E402
 
 
 def load_images(cfg, dtype, rng):

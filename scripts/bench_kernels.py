@@ -3,8 +3,8 @@
     python scripts/bench_kernels.py --threads 1
 
 1. Every kernel a LeNet-5 training step calls, at its real shapes (batch 64, float32):
-   milliseconds per call in cnntrain.fast and in cnntrain.functional, and their ratio.
-2. The choices inside cnntrain.fast, each against the plain alternative it replaced: conv1's
+   milliseconds per call in cnntrain.nn.fast and in cnntrain.nn.functional, and their ratio.
+2. The choices inside cnntrain.nn.fast, each against the plain alternative it replaced: conv1's
    product whole or in pieces, the kernel gradient in either orientation, the bias gradient
    as ndarray.sum or as a product with ones, and the evaluation chunk size.
 
@@ -36,8 +36,8 @@ import time  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from cnntrain import fast, functional  # noqa: E402
-from cnntrain.model import build_network  # noqa: E402
+from cnntrain.nn import fast, functional  # noqa: E402
+from cnntrain.nn.model import build_network  # noqa: E402
 
 LENET5 = ("conv 6 5 pad=2 / relu / maxpool 2 / conv 16 5 / relu / maxpool 2 / flatten / "
           "dense 120 / relu / dense 84 / relu / dense 10")

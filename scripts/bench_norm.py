@@ -37,10 +37,10 @@ import time  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from cnntrain import layers as L  # noqa: E402
+from cnntrain.nn import layers as L  # noqa: E402
 from cnntrain.config import load_config  # noqa: E402
-from cnntrain.model import build_network  # noqa: E402
-from cnntrain.run import layer_seeds  # noqa: E402
+from cnntrain.nn.model import build_network  # noqa: E402
+from cnntrain.runs.build import layer_seeds  # noqa: E402
 
 
 def ms(call):

@@ -55,8 +55,8 @@ def parse_args():
 
 def test_digits(data_dir, mirrors, count):
     """The first `count` MNIST test digits as 56x56 pages (dark ink on white), and labels."""
-    from cnntrain.download import fetch_mnist
-    from cnntrain.mnist import read_idx
+    from cnntrain.data.download import fetch_mnist
+    from cnntrain.data.mnist import read_idx
 
     shared = REPO.parent / "shared" / "mnist"
     mirrors = list(mirrors) or ([str(shared)] if shared.is_dir() else [])
@@ -69,8 +69,8 @@ def test_digits(data_dir, mirrors, count):
 
 def expected_predictions(checkpoint, pages):
     """What the checkpoint answers for each page, computed here as the server would."""
-    from cnntrain.inference import Predictor
-    from cnntrain.preprocess import to_mnist_field
+    from cnntrain.apps.inference import Predictor
+    from cnntrain.data.preprocess import to_mnist_field
 
     predictor = Predictor.from_checkpoint(checkpoint)
     fields = np.stack([to_mnist_field((page / 255.0).astype(np.float32)) for page in pages])

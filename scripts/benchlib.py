@@ -42,9 +42,9 @@ class TrainStep:
     def __init__(self, cfg, dtype, seed):
         import numpy as np
 
-        from cnntrain.losses import SoftmaxCrossEntropy
-        from cnntrain.model import build_network
-        from cnntrain.run import build_optimizer, layer_seeds
+        from cnntrain.nn.losses import SoftmaxCrossEntropy
+        from cnntrain.nn.model import build_network
+        from cnntrain.runs.build import build_optimizer, layer_seeds
 
         self.net = build_network(cfg.model.layers, rng=np.random.default_rng(seed), dtype=dtype,
                                  init=cfg.model.init, kernels=cfg.train.kernels,
@@ -65,8 +65,8 @@ def real_mnist(mirror, cfg, dtype):
     the config's mean and std; no validation hold-out. Returns (splits, data folder)."""
     import numpy as np
 
-    from cnntrain.download import ensure_mnist, resolve_data_dir
-    from cnntrain.mnist import load_mnist
+    from cnntrain.data.download import ensure_mnist, resolve_data_dir
+    from cnntrain.data.mnist import load_mnist
 
     folder = resolve_data_dir(None, cfg.data.dir or None)
     ensure_mnist(folder, [mirror], progress=False)

@@ -1,5 +1,5 @@
 """Compare the memory estimate that refuses oversized networks at config time
-(cnntrain.model.check_memory, cnntrain.footprint) with NumPy's measured peak.
+(cnntrain.nn.model.check_memory, cnntrain.nn.footprint) with NumPy's measured peak.
 
 For each network and batch size: build it, take two training steps (forward, backward, SGD
 with momentum and weight decay, a checkpoint's copy of the momentum) and two evaluation
@@ -13,7 +13,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cnntrain.model import check_memory, parse_layers  # noqa: E402
+from cnntrain.nn.model import check_memory, parse_layers  # noqa: E402
 from tests.test_footprint import _measured_peak  # noqa: E402
 
 NETWORKS = {

@@ -14,7 +14,7 @@
 #   sweep-status.json   the last attempt: exit_code, error (last stderr line), action, seconds
 #   sweep-output.log    stdout and stderr of every attempt
 # and SWEEP_DIR/sweep.log collects the start/end lines of every run, timestamped.
-# cnntrain owns the run folder's layout and rules (cnntrain/runfolder.py, these names
+# cnntrain owns the run folder's layout and rules (cnntrain/runs/runfolder.py, these names
 # included): the sweep asks `cnntrain runinfo` (sweep_ask) for a folder's state and its files'
 # paths instead of keeping a copy of them.
 
@@ -376,7 +376,7 @@ sweep_write_status() {  # STATUS_FILE EXIT_CODE ERROR ACTION SECONDS
 
 sweep_stopped_code() {  # EXIT_CODE: true for cnntrain's exit after a stop signal
     # 130 SIGINT (Ctrl-C, the sweeps' own stop), 143 SIGTERM (Slurm's time limit, scancel),
-    # 129 SIGHUP: the run saved its exact position; cnntrain.summarize reads them alike.
+    # 129 SIGHUP: the run saved its exact position; cnntrain.apps.summarize reads them alike.
     [[ $1 == 130 || $1 == 143 || $1 == 129 ]]
 }
 

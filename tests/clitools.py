@@ -5,7 +5,7 @@ import json
 
 from click.testing import CliRunner
 
-from cnntrain import download
+from cnntrain.data import download
 from cnntrain.cli import cli
 
 # A LeNet-5 with fewer maps: the same layer kinds and shapes, a fraction of the work.

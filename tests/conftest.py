@@ -75,7 +75,7 @@ def real_mnist_mirror():
 def real_mnist_dir(real_mnist_mirror, tmp_path_factory):
     """A data folder with the real MNIST, downloaded once per session through ensure_mnist
     (real checksum table) from real_mnist_mirror."""
-    from cnntrain.download import ensure_mnist
+    from cnntrain.data.download import ensure_mnist
 
     data_dir = tmp_path_factory.mktemp("real-mnist")
     ensure_mnist(data_dir, [real_mnist_mirror], progress=False)
@@ -90,12 +90,12 @@ def digit_checkpoint(real_mnist_dir, tmp_path_factory):
     """best.npz of a LeNet-5 trained here on the real MNIST: configs/quick.ini on 12,000
     training images for 3 epochs (about 97% test accuracy on the first 2,000 test images, a
     few seconds). For tests that need a model that reads real handwriting."""
-    from cnntrain import run
+    from cnntrain.runs.fit import fit
     from cnntrain.config import load_config
 
     repo = Path(__file__).resolve().parents[1]
     cfg = load_config(repo / "configs" / "quick.ini",
                       ["data.train_size=12000", "data.test_size=2000", "train.epochs=3"])
-    summary = run.fit(cfg, out_dir=tmp_path_factory.mktemp("digit-run") / "quick",
-                      quiet=True, progress=False, data_dir=real_mnist_dir, echo=lambda line: None)
+    summary = fit(cfg, out_dir=tmp_path_factory.mktemp("digit-run") / "quick",
+                  quiet=True, progress=False, data_dir=real_mnist_dir, echo=lambda line: None)
     return Path(summary["checkpoints"]["best"])

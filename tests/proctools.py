@@ -22,8 +22,8 @@ from pathlib import Path
 
 LAUNCHER = textwrap.dedent("""\
     import errno, json, os, sys
-    import cnntrain.download
-    cnntrain.download.MNIST_FILES = {k: tuple(v) for k, v in json.loads(sys.argv[1]).items()}
+    import cnntrain.data.download
+    cnntrain.data.download.MNIST_FILES = {k: tuple(v) for k, v in json.loads(sys.argv[1]).items()}
     faults = json.loads(sys.argv[2])
     if "signal_in_save" in faults:
         import numpy
@@ -36,15 +36,15 @@ LAUNCHER = textwrap.dedent("""\
             real_savez(f, **arrays)
         numpy.savez = savez
     if "signal_at_step" in faults:
-        import cnntrain.optim
+        import cnntrain.nn.optim
         at_step, signum = faults["signal_at_step"]
-        real_step, taken = cnntrain.optim.SGD.step, []
+        real_step, taken = cnntrain.nn.optim.SGD.step, []
         def step(self, grads):
             real_step(self, grads)
             taken.append(1)
             if len(taken) == at_step:
                 os.kill(os.getpid(), signum)
-        cnntrain.optim.SGD.step = step
+        cnntrain.nn.optim.SGD.step = step
     from cnntrain.cli import main
     sys.argv = ["cnntrain", *sys.argv[3:]]
     main()

@@ -9,11 +9,11 @@ import sys
 
 
 def main():
-    import cnntrain.download
+    import cnntrain.data.download
     from cnntrain.cli import main as cnntrain_main
 
     table = json.loads(os.environ["CNNTRAIN_TEST_MNIST_TABLE"])
-    cnntrain.download.MNIST_FILES = {name: tuple(entry) for name, entry in table.items()}
+    cnntrain.data.download.MNIST_FILES = {name: tuple(entry) for name, entry in table.items()}
     sys.argv[0] = "cnntrain"
     cnntrain_main()
 

@@ -5,10 +5,10 @@ the elastic field's statistics, determinism, and a tiny augmented fit through th
 import numpy as np
 import pytest
 
-from cnntrain import augment
-from cnntrain.augment import (Augmenter, elastic_field, elastic_modes, field_from_modes,
+from cnntrain.data import augment
+from cnntrain.data.augment import (Augmenter, elastic_field, elastic_modes, field_from_modes,
                                gaussian_matrix, smooth, warp)
-from cnntrain.checkpoint import load_checkpoint
+from cnntrain.runs.checkpoint import load_checkpoint
 from tests.clitools import invoke, small_config, use_synthetic_mnist
 
 FILL = -0.4242
@@ -383,7 +383,7 @@ def test_the_shipped_augmented_config_is_lenet5_plus_augmentation():
     from pathlib import Path
 
     from cnntrain.config import load_config
-    from cnntrain.run import build_augmenter
+    from cnntrain.runs.build import build_augmenter
 
     configs = Path(__file__).resolve().parents[1] / "configs"
     aug_cfg, base = load_config(configs / "lenet5-aug.ini"), load_config(configs / "lenet5.ini")

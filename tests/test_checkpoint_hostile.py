@@ -16,8 +16,8 @@ import zlib
 import numpy as np
 import pytest
 
-from cnntrain import serve
-from cnntrain.checkpoint import load_checkpoint
+from cnntrain.apps import serve
+from cnntrain.runs.checkpoint import load_checkpoint
 from tests.checkpoints import write_checkpoint
 from tests.clitools import assert_one_line_error, invoke, small_run_env
 
@@ -203,7 +203,7 @@ def test_a_zip_bomb_is_refused_without_decompressing_it(good, tmp_path, n_mib):
     script = textwrap.dedent(f"""
         import resource
         resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
-        from cnntrain.checkpoint import load_checkpoint
+        from cnntrain.runs.checkpoint import load_checkpoint
         from cnntrain.errors import CheckpointError
         try:
             load_checkpoint({str(bomb)!r})
@@ -245,7 +245,7 @@ def test_nan_in_a_hand_edited_history_is_refused(env):
 
 
 def test_a_history_that_could_not_be_scored_is_saved_as_null(env, good, tmp_path):
-    from cnntrain.checkpoint import save_checkpoint
+    from cnntrain.runs.checkpoint import save_checkpoint
     ckpt = load_checkpoint(good)
     ckpt.meta.update(epoch=1, history=[dict.fromkeys(
         ("epoch", "step", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss",
@@ -313,7 +313,7 @@ def test_a_fifo_is_refused_without_blocking(env, tmp_path):
 
 
 def test_meta_json_bounds_are_exact_and_strings_are_not_counted():
-    from cnntrain.checkpoint import MAX_JSON_DEPTH, parse_meta
+    from cnntrain.runs.checkpoint import MAX_JSON_DEPTH, parse_meta
     nested = "[" * (MAX_JSON_DEPTH - 1) + "]" * (MAX_JSON_DEPTH - 1)
     assert parse_meta(f'{{"a": {nested}}}'.encode())["a"]
     with pytest.raises(ValueError, match="nests 65 levels deep, more than 64"):
@@ -336,7 +336,7 @@ def test_meta_json_bounds_are_exact_and_strings_are_not_counted():
 @pytest.fixture
 def reads(monkeypatch):
     """The members whose data load_checkpoint reads, in order."""
-    from cnntrain import checkpoint
+    from cnntrain.runs import checkpoint
     read, recorded = checkpoint._read_array, []
 
     def recording(zf, member, *args):
@@ -351,9 +351,9 @@ def resumable(path, order_size=500, **sections):
     """A checkpoint as a stop mid-epoch saves it: weights, velocities, training generator and
     the epoch's order (500 training images: synthetic MNIST's 600 less the small config's 100
     held out)."""
-    from cnntrain.checkpoint import Checkpoint, save_checkpoint
+    from cnntrain.runs.checkpoint import Checkpoint, save_checkpoint
     from cnntrain.config import config_to_ini
-    from cnntrain.run import build_optimizer, random_streams
+    from cnntrain.runs.build import build_optimizer, random_streams
     from tests.checkpoints import make_network
     network, cfg = make_network(**sections)
     meta = {"epoch": 0, "step": 3, "step_in_epoch": 3, "loss_sum": 6.0, "correct": 30,
@@ -464,7 +464,7 @@ def test_what_cnntrain_writes_passes_the_needs(env, tmp_path):
     """The checks refuse nothing cnntrain writes: a mid-epoch checkpoint with velocities, a
     checkpoint of weights alone (velocities are not needed to evaluate), and weights stored
     big-endian (the same numbers; read in the machine's order)."""
-    from cnntrain.run import NetworkLayout, load_network
+    from cnntrain.runs.build import NetworkLayout, load_network
     path = resumable(tmp_path / "mid.npz")
     assert load_checkpoint(path, NetworkLayout(path, resume=True)).epoch_order.shape == (500,)
     network, cfg = write_checkpoint(tmp_path / "weights.npz")
@@ -493,7 +493,7 @@ def test_a_member_larger_than_memory_is_refused_by_its_shape_under_a_memory_cap(
         import resource
         resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
         from cnntrain.errors import CheckpointError
-        from cnntrain.inference import Predictor
+        from cnntrain.apps.inference import Predictor
         try:
             Predictor.from_checkpoint({str(path)!r})
         except CheckpointError as exc:

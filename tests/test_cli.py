@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from cnntrain import __version__
-from cnntrain.checkpoint import FORMAT_VERSION, load_checkpoint
+from cnntrain.runs.checkpoint import FORMAT_VERSION, load_checkpoint
 from tests.clitools import (SMALL_LAYERS, assert_one_line_error, invoke, small_config,
                             small_run_env)
 
@@ -66,7 +66,7 @@ def test_set_overrides_reach_the_run_and_its_config(env):
 @pytest.mark.parametrize("clean_epochs, distorted_epochs", [(0, 3), (1, 2), (5, 0)])
 def test_clean_epochs_leave_the_last_epochs_undistorted(env, monkeypatch, clean_epochs,
                                                         distorted_epochs):
-    from cnntrain.augment import Augmenter
+    from cnntrain.data.augment import Augmenter
     distorted = []
     real_call = Augmenter.__call__
     monkeypatch.setattr(Augmenter, "__call__",
@@ -80,7 +80,7 @@ def test_clean_epochs_leave_the_last_epochs_undistorted(env, monkeypatch, clean_
 
 
 def test_label_smoothing_reaches_the_training_loss_and_not_the_scores(env, monkeypatch):
-    from cnntrain import functional
+    from cnntrain.nn import functional
     smoothings = []
     real_delta = functional.softmax_cross_entropy_backward
     monkeypatch.setattr(functional, "softmax_cross_entropy_backward",

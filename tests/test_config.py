@@ -54,7 +54,7 @@ class FakeLayerLineError(ConfigError):
 
 @pytest.fixture
 def fake_model(monkeypatch):
-    """A stand-in cnntrain.model whose check_layers rejects any line containing ' 0'."""
+    """A stand-in cnntrain.nn.model whose check_layers rejects any line containing ' 0'."""
     calls = []
 
     def check_layers(lines, input_shape=(1, 28, 28), **memory_check):
@@ -66,9 +66,9 @@ def fake_model(monkeypatch):
                 raise FakeLayerLineError(number, line, "size must be >= 1, got 0")
         return []
 
-    fake = types.ModuleType("cnntrain.model")
+    fake = types.ModuleType("cnntrain.nn.model")
     fake.check_layers, fake.LayerLineError = check_layers, FakeLayerLineError
-    monkeypatch.setitem(sys.modules, "cnntrain.model", fake)
+    monkeypatch.setitem(sys.modules, "cnntrain.nn.model", fake)
     monkeypatch.setattr(cnntrain, "model", fake, raising=False)
     return calls
 
@@ -569,7 +569,7 @@ def test_layers_are_checked_only_after_the_other_keys(fake_model):
 
 
 def test_real_check_layers_error_is_wrapped():
-    import cnntrain.model  # noqa: F401  (a broken import must fail here, not skip)
+    import cnntrain.nn.model  # noqa: F401  (a broken import must fail here, not skip)
     text = "[model]\nlayers =\n    conv 6 5\n    relu\n    maxpool 0\n    flatten\n    dense 10\n"
     message = error_of(C.parse_config, text, source="configs/x.ini")
     assert message.startswith("configs/x.ini: [model] layers, line 3 'maxpool 0': ")

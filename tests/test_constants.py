@@ -7,9 +7,9 @@ import pytest
 
 from cnntrain import constants
 from cnntrain.config import SCHEMA, parse_config
-from cnntrain.download import MNIST_FILES
-from cnntrain.init import init_weights
-from cnntrain.optim import LRSchedule
+from cnntrain.data.download import MNIST_FILES
+from cnntrain.nn.init import init_weights
+from cnntrain.nn.optim import LRSchedule
 
 
 def test_importing_it_pulls_in_no_numpy():

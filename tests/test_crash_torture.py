@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from cnntrain.checkpoint import load_checkpoint
+from cnntrain.runs.checkpoint import load_checkpoint
 from tests import proctools
 from tests.clitools import small_config
 

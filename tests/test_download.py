@@ -1,4 +1,4 @@
-"""cnntrain.download: mirror/folder resolution and the verified download.
+"""cnntrain.data.download: mirror/folder resolution and the verified download.
 
 Downloads go to a loopback server (tests/mnist_server.py) serving small synthetic IDX files
 with the checksum table overridden for them; faults are injected per path and request count.
@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from cnntrain import download
-from cnntrain.download import (DEFAULT_MIRRORS, MNIST_FILES, ensure_mnist, resolve_data_dir,
+from cnntrain.data import download
+from cnntrain.data.download import (DEFAULT_MIRRORS, MNIST_FILES, ensure_mnist, resolve_data_dir,
                                resolve_mirrors)
 from cnntrain.errors import DataError
 from tests.mnist_server import (
@@ -300,7 +300,7 @@ def test_failure_keeps_verified_files_and_names_the_missing(mnist_server, synthe
 _CHILD = r"""
 import json, sys, time
 from pathlib import Path
-from cnntrain.download import ensure_mnist
+from cnntrain.data.download import ensure_mnist
 
 cfg = json.loads(sys.argv[1])
 Path(cfg["ready"]).touch()

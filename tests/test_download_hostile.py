@@ -1,4 +1,4 @@
-"""cnntrain.download against hostile mirrors (issue #27): one that trickles bytes, one that
+"""cnntrain.data.download against hostile mirrors (issue #27): one that trickles bytes, one that
 cuts bodies short.
 
 Time is faked where the code allows: the trickling server moves the clock the download
@@ -12,8 +12,8 @@ import time
 import pytest
 import urllib3
 
-from cnntrain import download
-from cnntrain.download import MIN_RATE, RATE_WINDOW, ensure_mnist
+from cnntrain.data import download
+from cnntrain.data.download import MIN_RATE, RATE_WINDOW, ensure_mnist
 from cnntrain.errors import DataError
 from tests.clitools import invoke, use_synthetic_mnist
 from tests.mnist_server import (TEST_IMAGES, TEST_LABELS, TRAIN_IMAGES, TRAIN_LABELS,

@@ -1,5 +1,5 @@
 """ONNX export: onnxruntime gives cnntrain's logits on real test images, for the shipped
-architectures and for every layer kind registered in cnntrain.layers.REGISTRY."""
+architectures and for every layer kind registered in cnntrain.nn.layers.REGISTRY."""
 
 import json
 import sys
@@ -10,13 +10,14 @@ import onnx
 import onnxruntime
 import pytest
 
-from cnntrain import export, model
-from cnntrain.mnist import read_idx
-from cnntrain.inference import Predictor
-from cnntrain import layers as L
-from cnntrain.layers import Layer
-from cnntrain.losses import SoftmaxCrossEntropy
-from cnntrain.run import build_optimizer
+from cnntrain.apps import export
+from cnntrain.nn import model
+from cnntrain.data.mnist import read_idx
+from cnntrain.apps.inference import Predictor
+from cnntrain.nn import layers as L
+from cnntrain.nn.layers import Layer
+from cnntrain.nn.losses import SoftmaxCrossEntropy
+from cnntrain.runs.build import build_optimizer
 from tests.checkpoints import make_network, save_network, write_checkpoint
 from tests.clitools import assert_one_line_error, invoke, small_config
 

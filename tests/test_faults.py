@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from cnntrain import fileio
-from cnntrain.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from cnntrain.runs.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from tests import proctools
 from tests.clitools import assert_one_line_error, invoke, small_config, small_run_env
 
@@ -109,7 +109,7 @@ def test_a_second_process_is_refused_at_once_and_the_lock_dies_with_its_holder(e
 
 
 def test_the_lock_is_per_folder_and_released_on_exit(tmp_path):
-    from cnntrain.runfolder import FolderBusy, RunFolder
+    from cnntrain.runs.runfolder import FolderBusy, RunFolder
     with RunFolder(tmp_path / "r") as first:
         first.lock()
         with pytest.raises(FolderBusy, match=f"PID {os.getpid()} on "):
@@ -223,7 +223,7 @@ def test_leftovers_of_a_crashed_older_run_do_not_block_a_new_start(env):
 
 
 def test_the_epoch_results_are_written_checkpoint_first(env, monkeypatch):
-    from cnntrain import runfolder
+    from cnntrain.runs import runfolder
     order = []
     real_save, real_append = runfolder.save_checkpoint, runfolder.append_line
     monkeypatch.setattr(runfolder, "save_checkpoint",
@@ -363,7 +363,7 @@ def test_after_divergence_last_and_best_stay_finite_and_metrics_strict(env):
 
 
 def test_metrics_lines_are_strict_json():
-    from cnntrain.logs import metrics_json
+    from cnntrain.runs.metrics import metrics_json
     line = metrics_json({"epoch": 1, "step": 3, "lr": 0.1, "train_loss": float("nan"),
                          "train_acc": 0.5, "val_loss": float("inf"), "val_acc": None,
                          "test_loss": 1.0, "test_acc": 0.25, "seconds": 1.0, "images_per_s": 2.0})
@@ -372,7 +372,7 @@ def test_metrics_lines_are_strict_json():
 
 
 def test_non_finite_models_are_never_written_nor_evaluated(env):
-    from cnntrain.checkpoint import NonFiniteModelError
+    from cnntrain.runs.checkpoint import NonFiniteModelError
     assert fit(env, "--set", "train.epochs=1").exit_code == 0
     good = load_checkpoint(env["run"] / "checkpoints" / "last.npz")
     params = dict(good.params)

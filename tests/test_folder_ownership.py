@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from cnntrain import runfolder
-from cnntrain.checkpoint import load_checkpoint, save_checkpoint
+from cnntrain.runs import runfolder
+from cnntrain.runs.checkpoint import load_checkpoint, save_checkpoint
 from tests import proctools
 from tests.clitools import assert_one_line_error, invoke, small_run_env
 from tests.test_sweep import (FIXED, QUICK, SWEEP, synthetic, synthetic_dir,  # noqa: F401

@@ -1,4 +1,4 @@
-"""The memory estimate (cnntrain.footprint) and the config-time refusal of networks that cannot
+"""The memory estimate (cnntrain.nn.footprint) and the config-time refusal of networks that cannot
 fit: by hand, against NumPy's measured peak, and through `cnntrain info` and `cnntrain fit`."""
 
 import tracemalloc
@@ -7,11 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cnntrain import footprint
-from cnntrain.losses import SoftmaxCrossEntropy
-from cnntrain.model import (LayerLineError, build_network, check_layers, check_memory,
+from cnntrain.nn import footprint
+from cnntrain.nn.losses import SoftmaxCrossEntropy
+from cnntrain.nn.model import (LayerLineError, build_network, check_layers, check_memory,
                             plan_layers, parse_layers)
-from cnntrain.optim import SGD
+from cnntrain.nn.optim import SGD
 from tests.clitools import assert_one_line_error, invoke
 
 REPO = Path(__file__).resolve().parents[1]

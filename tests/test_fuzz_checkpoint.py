@@ -209,9 +209,9 @@ def read_fully(path):
     """Everything eval and resume do with a checkpoint before they need data: eval's load,
     checked against its network, and resume's, checked against its network and optimizer,
     then its position restored."""
-    from cnntrain.checkpoint import load_checkpoint
-    from cnntrain.run import (NetworkLayout, build_model, build_optimizer, layer_seeds,
-                              load_network, random_streams, _restore)
+    from cnntrain.runs.checkpoint import load_checkpoint
+    from cnntrain.runs.build import NetworkLayout, build_model, build_optimizer, layer_seeds, load_network, random_streams
+    from cnntrain.runs.fit import _restore
     load_network(path)
     layout = NetworkLayout(path, resume=True)
     ckpt = load_checkpoint(path, layout)
@@ -261,7 +261,7 @@ def fuzz(folder, cases, seed):
         loaded += failure is None and _loads(target)
         if failure:
             failures.append(failure)
-    from cnntrain.checkpoint import parse_meta
+    from cnntrain.runs.checkpoint import parse_meta
     texts = [meta_text_of(members_of(base)) for base in bases]
     for case in range(cases):
         text = mutate_text(rng, rng.choice(texts)) if case % 2 else \
@@ -277,7 +277,7 @@ def fuzz(folder, cases, seed):
 
 
 def _loads(path):
-    from cnntrain.checkpoint import load_checkpoint
+    from cnntrain.runs.checkpoint import load_checkpoint
     from cnntrain.errors import CnnTrainError
     try:
         load_checkpoint(path)
@@ -302,9 +302,9 @@ def write_bases(folder):
     """Base checkpoints: the small network mid-epoch with generator and velocities; one with
     batch norm and dropout (buffers, layer generators) after an epoch; and that one
     compressed."""
-    from cnntrain.checkpoint import Checkpoint, save_checkpoint
-    from cnntrain.logs import METRIC_KEYS
-    from cnntrain.run import build_optimizer, random_streams
+    from cnntrain.runs.checkpoint import Checkpoint, save_checkpoint
+    from cnntrain.runs.metrics import METRIC_KEYS
+    from cnntrain.runs.build import build_optimizer, random_streams
     from tests.checkpoints import make_network
     layer_lists = [None, ["conv 4 5 pad=2", "batchnorm", "relu", "maxpool 2", "flatten",
                           "dropout 0.5", "dense 10"]]
@@ -330,7 +330,7 @@ def write_bases(folder):
 
 
 def test_mutated_checkpoints_and_meta_json_load_or_give_one_line_errors(tmp_path):
-    from cnntrain.checkpoint import load_checkpoint
+    from cnntrain.runs.checkpoint import load_checkpoint
     write_bases(tmp_path)
     for base in tmp_path.glob("base*.npz"):
         load_checkpoint(base)  # the bases themselves are valid

@@ -228,8 +228,8 @@ def check_case(path):
     within the cap, each made into a field or refused in one line, or a proper one-line
     error; else (None, what went wrong)."""
     from cnntrain.errors import CnnTrainError
-    from cnntrain.predict import to_field
-    from cnntrain.preprocess import InputError, MAX_PIXELS, display_name, read_input
+    from cnntrain.apps.predict import to_field
+    from cnntrain.data.preprocess import InputError, MAX_PIXELS, display_name, read_input
 
     try:
         entries = read_input(path)

@@ -1,11 +1,11 @@
-"""`cnntrain gradcheck` and cnntrain.gradcheck: every layer against finite differences, a
+"""`cnntrain gradcheck` and cnntrain.nn.gradcheck: every layer against finite differences, a
 broken backward caught, kinks counted instead of blamed."""
 
 import numpy as np
 import pytest
 
-from cnntrain import gradcheck
-from cnntrain import layers as L
+from cnntrain.nn import gradcheck
+from cnntrain.nn import layers as L
 from tests.clitools import SMALL_LAYERS, assert_one_line_error, invoke, small_config, use_synthetic_mnist
 
 
@@ -63,7 +63,7 @@ def test_a_bad_config_is_a_one_line_error(config):
 
 
 def test_the_checked_network_is_float64_and_the_weights_are_left_as_they_were():
-    from cnntrain.model import build_network
+    from cnntrain.nn.model import build_network
 
     rng = np.random.default_rng(0)
     network = build_network(["conv 3 3", "relu", "flatten", "dense 10"], input_shape=(1, 6, 6),
@@ -103,8 +103,8 @@ def test_gradcheck_on_real_mnist_images(real_mnist_dir):
 
 
 def test_dropout_is_checked_with_a_fixed_mask_and_batchnorm_keeps_its_running_statistics():
-    from cnntrain.model import build_network
-    from cnntrain.run import layer_seeds
+    from cnntrain.nn.model import build_network
+    from cnntrain.runs.build import layer_seeds
 
     rng = np.random.default_rng(1)
     network = build_network(["conv 3 3", "batchnorm", "relu", "flatten", "dense 12", "batchnorm",
@@ -131,9 +131,9 @@ def test_dropout_is_checked_with_a_fixed_mask_and_batchnorm_keeps_its_running_st
 
 
 def test_the_textbook_kernels_are_checked_when_the_config_picks_them(config, monkeypatch):
-    """With [train] kernels = reference the check runs cnntrain.functional: a slip there
+    """With [train] kernels = reference the check runs cnntrain.nn.functional: a slip there
     fails it, while the fast kernels would have passed."""
-    from cnntrain import functional
+    from cnntrain.nn import functional
 
     assert invoke("gradcheck", "--config", config, "--probes", 10, "--set",
                   "train.kernels=reference").exit_code == 0

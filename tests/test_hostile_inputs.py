@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cnntrain import preprocess as pp
+from cnntrain.data import preprocess as pp
 from cnntrain.errors import DataError
-from cnntrain.mnist import read_idx
+from cnntrain.data.mnist import read_idx
 from tests.checkpoints import write_checkpoint
 from tests.clitools import assert_one_line_error, invoke
 from tests.proctools import child_env
@@ -349,9 +349,9 @@ def test_a_stack_is_predicted_by_chunks_in_order_with_its_bad_pictures_named(
         tmp_path, checkpoint, monkeypatch):
     """Chunks bound the memory of a large stack; the lines come out as one batch would give
     them, a blank picture in the middle of a chunk named by its index."""
-    from cnntrain import predict
-    from cnntrain.inference import Predictor
-    from cnntrain.preprocess import to_mnist_field
+    from cnntrain.apps import predict
+    from cnntrain.apps.inference import Predictor
+    from cnntrain.data.preprocess import to_mnist_field
 
     rng = np.random.default_rng(5)
     fields = [to_mnist_field(canvas((40, 40), SEVEN, int(rng.integers(0, 20)),

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from cnntrain.errors import CheckpointError
-from cnntrain.inference import Predictor, load_predictor
+from cnntrain.apps.inference import Predictor, load_predictor
 from tests.checkpoints import write_checkpoint
 
 

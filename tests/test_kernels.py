@@ -1,4 +1,4 @@
-"""The textbook path (cnntrain.functional) and the fast path (cnntrain.fast) agree.
+"""The textbook path (cnntrain.nn.functional) and the fast path (cnntrain.nn.fast) agree.
 
 Bit for bit where both do the same arithmetic in the same order (activations, max pooling,
 the dense layer, flatten); to float64 rounding where the fast path sums in another order
@@ -12,11 +12,11 @@ import inspect
 import numpy as np
 import pytest
 
-from cnntrain import fast, functional
-from cnntrain import layers as L
-from cnntrain.losses import SoftmaxCrossEntropy
-from cnntrain.model import build_network
-from cnntrain.optim import SGD
+from cnntrain.nn import fast, functional
+from cnntrain.nn import layers as L
+from cnntrain.nn.losses import SoftmaxCrossEntropy
+from cnntrain.nn.model import build_network
+from cnntrain.nn.optim import SGD
 
 LENET5 = ("conv 6 5 pad=2 / relu / maxpool 2 / conv 16 5 / relu / maxpool 2 / flatten / "
           "dense 120 / relu / dense 84 / relu / dense 10")

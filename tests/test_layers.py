@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from cnntrain import functional as fn
-from cnntrain import layers as L
-from cnntrain.losses import SoftmaxCrossEntropy
+from cnntrain.nn import functional as fn
+from cnntrain.nn import layers as L
+from cnntrain.nn.losses import SoftmaxCrossEntropy
 from tests import oracle
 from tests.gradcheck import numeric_gradient, relative_error
 

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cnntrain import functional as fn
-from cnntrain import maps
-from cnntrain.inference import Predictor
+from cnntrain.nn import functional as fn
+from cnntrain.apps import maps
+from cnntrain.apps.inference import Predictor
 from tests.checkpoints import make_network, save_network, write_checkpoint
 from tests.clitools import assert_one_line_error, invoke
 from tests.test_plots import not_blank, png_size
@@ -86,7 +86,7 @@ def test_plot_maps_of_a_network_with_batchnorm_and_dropout(tmp_path, real_mnist_
     predictor = Predictor.from_checkpoint(tmp_path / "bn.npz")
     loaded = dict(predictor.network.layers)["batchnorm1"].buffers["running_var"]
     np.testing.assert_array_equal(loaded, bn.buffers["running_var"])
-    from cnntrain.mnist import read_idx
+    from cnntrain.data.mnist import read_idx
     field = read_idx(real_mnist_dir / "t10k-images-idx3-ubyte")[:1] / 255.0
     _, rows = maps.activation_maps(predictor.network, predictor.normalise(field))
     assert [title for title, _ in rows] == ["conv1 + batchnorm1 + relu1 + dropout1", "maxpool1",
@@ -106,7 +106,7 @@ def test_plot_maps_of_a_picture_file(tmp_path):
                     "-o", tmp_path / "maps.png")
     assert result.exit_code == 0, result.output
     predictor = Predictor.from_checkpoint(checkpoint)
-    from cnntrain.preprocess import load_image, to_mnist_field
+    from cnntrain.data.preprocess import load_image, to_mnist_field
     field = to_mnist_field(load_image(tmp_path / "seven.png"))
     probabilities = predictor.probabilities(field[None])[0]
     digit = int(probabilities.argmax())

@@ -1,14 +1,14 @@
-"""cnntrain.mnist: IDX parsing and the normalised splits, on synthetic files and on the real
-MNIST (downloaded through cnntrain.download with the real checksum table)."""
+"""cnntrain.data.mnist: IDX parsing and the normalised splits, on synthetic files and on the real
+MNIST (downloaded through cnntrain.data.download with the real checksum table)."""
 
 import tracemalloc
 
 import numpy as np
 import pytest
 
-from cnntrain.download import MNIST_FILES, ensure_mnist
+from cnntrain.data.download import MNIST_FILES, ensure_mnist
 from cnntrain.errors import DataError
-from cnntrain.mnist import MnistSplits, Split, load_mnist, read_idx
+from cnntrain.data.mnist import MnistSplits, Split, load_mnist, read_idx
 from tests.mnist_server import (TEST_IMAGES, TEST_LABELS, TRAIN_IMAGES, TRAIN_LABELS, idx_bytes,
                                 make_synthetic_mnist)
 

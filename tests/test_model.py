@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from cnntrain import layers as L
-from cnntrain.losses import SoftmaxCrossEntropy
-from cnntrain.model import LayerLineError, Network, build_network, check_layers
+from cnntrain.nn import layers as L
+from cnntrain.nn.losses import SoftmaxCrossEntropy
+from cnntrain.nn.model import LayerLineError, Network, build_network, check_layers
 from tests.gradcheck import numeric_gradient, relative_error
 
 LENET5 = """

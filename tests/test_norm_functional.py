@@ -1,4 +1,4 @@
-"""Dropout and batch-normalisation maths (cnntrain.functional) against loop oracles, finite
+"""Dropout and batch-normalisation maths (cnntrain.nn.functional) against loop oracles, finite
 differences in float64 and PyTorch in both modes."""
 
 import os
@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from cnntrain import functional as fn
+from cnntrain.nn import functional as fn
 from tests import oracle_norm
 from tests.gradcheck import numeric_gradient, relative_error
 
@@ -236,7 +236,7 @@ def batch_innermost(a):
 @pytest.mark.parametrize("layout", ["nchw", "batch-innermost"])
 @pytest.mark.parametrize("shape", SHAPES)
 def test_fast_batchnorm_agrees_with_the_textbook(shape, layout):
-    from cnntrain import fast
+    from cnntrain.nn import fast
 
     rng = np.random.default_rng(12)
     x, G = batch(rng, shape), rng.standard_normal(shape)

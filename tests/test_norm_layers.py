@@ -8,12 +8,12 @@ import signal
 import numpy as np
 import pytest
 
-from cnntrain import layers as L
-from cnntrain.checkpoint import load_checkpoint
-from cnntrain.model import LayerLineError, build_network, check_layers
-from cnntrain.losses import SoftmaxCrossEntropy
-from cnntrain.optim import SGD
-from cnntrain.run import layer_seeds
+from cnntrain.nn import layers as L
+from cnntrain.runs.checkpoint import load_checkpoint
+from cnntrain.nn.model import LayerLineError, build_network, check_layers
+from cnntrain.nn.losses import SoftmaxCrossEntropy
+from cnntrain.nn.optim import SGD
+from cnntrain.runs.build import layer_seeds
 from tests.clitools import (assert_one_line_error, invoke, logged_metrics, small_config,
                              use_synthetic_mnist)
 from tests.gradcheck import numeric_gradient, relative_error

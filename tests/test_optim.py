@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from cnntrain.optim import SGD, LRSchedule
+from cnntrain.nn.optim import SGD, LRSchedule
 from tests.gradcheck import numeric_gradient, relative_error
 
 
@@ -101,8 +101,8 @@ def test_linear_warmup_then_schedule():
 def test_only_what_the_layers_declare_is_decayed():
     """Biases are decayed unless decay_biases is off; a layer's buffers never reach SGD, and a
     parameter declared decay=None is left alone even by a large weight decay."""
-    from cnntrain import layers as L
-    from cnntrain.model import Network
+    from cnntrain.nn import layers as L
+    from cnntrain.nn.model import Network
 
     class Scaled(L.Layer):  # a parameter that weight decay must not touch
         def __init__(self):

@@ -14,7 +14,7 @@ import pytest
 
 from cnntrain import config as C
 from cnntrain.cli import cli
-from cnntrain.run import divergence_advice
+from cnntrain.runs.fit import divergence_advice
 from tests.clitools import (assert_one_line_error, invoke, small_config, small_run_env,
                             use_synthetic_mnist)
 

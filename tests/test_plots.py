@@ -11,7 +11,7 @@ import zlib
 import numpy as np
 import pytest
 
-from cnntrain import plots
+from cnntrain.apps import plots
 from cnntrain.errors import CnnTrainError
 from tests.clitools import assert_one_line_error, invoke, small_config, use_synthetic_mnist
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cnntrain.inference import Predictor
-from cnntrain.preprocess import to_mnist_field
+from cnntrain.apps.inference import Predictor
+from cnntrain.data.preprocess import to_mnist_field
 from tests.checkpoints import write_checkpoint
 from tests.clitools import assert_one_line_error, invoke
 from tests.test_preprocess import SEVEN, canvas
@@ -39,7 +39,7 @@ def pictures(tmp_path):
 
 
 def expected_digits(checkpoint, paths):
-    from cnntrain.preprocess import load_image
+    from cnntrain.data.preprocess import load_image
     fields = np.stack([to_mnist_field(load_image(p)) for p in paths])
     return Predictor.from_checkpoint(checkpoint).probabilities(fields)
 

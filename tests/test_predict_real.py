@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cnntrain import preprocess as pp
-from cnntrain.mnist import read_idx
+from cnntrain.data import preprocess as pp
+from cnntrain.data.mnist import read_idx
 from tests.clitools import invoke
 
 REPO = Path(__file__).resolve().parents[1]

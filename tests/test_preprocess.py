@@ -5,8 +5,8 @@ import sys
 import numpy as np
 import pytest
 
-from cnntrain import preprocess as pp
-from cnntrain.preprocess import InputError, NoInkError, to_mnist_field
+from cnntrain.data import preprocess as pp
+from cnntrain.data.preprocess import InputError, NoInkError, to_mnist_field
 
 # An asymmetric hand-drawn '7' (1 = ink), 15 rows x 11 columns: its centre of mass lies
 # well away from its bounding box's centre, so centring by mass is actually tested.
@@ -221,7 +221,7 @@ def test_without_pillow_image_files_give_the_install_hint(tmp_path, monkeypatch)
 
 def test_preprocess_does_not_import_pillow_at_module_level():
     import subprocess
-    code = ("import sys; import cnntrain.preprocess, cnntrain.inference; "
+    code = ("import sys; import cnntrain.data.preprocess, cnntrain.apps.inference; "
             "sys.exit('PIL' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 

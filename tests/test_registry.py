@@ -15,12 +15,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cnntrain import fast, functional
-from cnntrain import layers as L
-from cnntrain.checkpoint import load_checkpoint
+from cnntrain.nn import fast, functional
+from cnntrain.nn import layers as L
+from cnntrain.runs.checkpoint import load_checkpoint
 from cnntrain.config import parse_config
-from cnntrain.model import LayerLineError, build_network, check_layers, grammar_table
-from cnntrain.optim import SGD
+from cnntrain.nn.model import LayerLineError, build_network, check_layers, grammar_table
+from cnntrain.nn.optim import SGD
 from tests.clitools import invoke, small_config, use_synthetic_mnist
 from tests.gradcheck import numeric_gradient, relative_error
 
@@ -44,13 +44,13 @@ def readme_example_blocks():
 def leaky_relu(registry, monkeypatch):
     """The README's LeakyReLU, executed as written into the two files it names."""
     blocks = readme_example_blocks()
-    assert set(blocks) == {"cnntrain/functional.py", "cnntrain/layers.py"}
+    assert set(blocks) == {"cnntrain/nn/functional.py", "cnntrain/nn/layers.py"}
     maths = {}
-    exec(blocks["cnntrain/functional.py"], {**vars(functional)}, maths)
+    exec(blocks["cnntrain/nn/functional.py"], {**vars(functional)}, maths)
     for name, function in maths.items():
         monkeypatch.setattr(functional, name, function, raising=False)
     namespace = {**vars(L)}
-    exec(blocks["cnntrain/layers.py"], namespace)
+    exec(blocks["cnntrain/nn/layers.py"], namespace)
     return namespace["LeakyReLU"]
 
 
@@ -181,7 +181,7 @@ TOY = ["conv 4 5 pad=2", "relu", "maxpool 2", "flatten", "centre", "dense 32", "
 
 
 def test_each_random_layer_gets_its_own_seeded_generator(toy_layers):
-    from cnntrain.run import layer_seeds
+    from cnntrain.runs.build import layer_seeds
 
     lines = "flatten / noise / dense 10 / noise"
     a = build_network(lines, seeds=layer_seeds(0))

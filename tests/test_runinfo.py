@@ -1,5 +1,5 @@
 """`cnntrain runinfo`, the one place scripts ask about a run folder, and the layout rules it
-answers from (cnntrain.runfolder)."""
+answers from (cnntrain.runs.runfolder)."""
 
 import json
 import re
@@ -8,9 +8,9 @@ import sys
 
 import pytest
 
-from cnntrain import runfolder
-from cnntrain.runfolder import RunFolder, folder_state, is_run_folder
-from cnntrain.runinfo import FIELDS, PATHS, run_info
+from cnntrain.runs import runfolder
+from cnntrain.runs.runfolder import RunFolder, folder_state, is_run_folder
+from cnntrain.runs.runinfo import FIELDS, PATHS, run_info
 from tests.clitools import assert_one_line_error, invoke
 
 
@@ -125,7 +125,7 @@ def test_is_run_folder_knows_a_fits_files_and_a_sweeps_overrides(tmp_path):
 
 
 def test_runinfo_imports_no_numpy_and_is_hidden_from_help():
-    code = ("import sys; from cnntrain.cli import cli; from cnntrain import runinfo; "
+    code = ("import sys; from cnntrain.cli import cli; from cnntrain.runs import runinfo; "
             "print('numpy' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           check=True).stdout.strip() == "False"

@@ -25,10 +25,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cnntrain import serve
-from cnntrain.preprocess import to_mnist_field
+from cnntrain.apps import serve
+from cnntrain.data.preprocess import to_mnist_field
 from tests.clitools import invoke
-from cnntrain.inference import Predictor
+from cnntrain.apps.inference import Predictor
 from tests.servetools import LogLines, RunningServer, as_paper_scan, mnist_test_digits
 
 REPO = Path(__file__).resolve().parents[1]
@@ -118,7 +118,7 @@ def assert_logged_once_without_traceback(server, mark, status):
 def test_the_page_is_the_shipped_file_with_a_strict_policy(running):
     status, headers, body = request(running, "GET", "/")
     assert status == 200 and headers["Content-Type"] == "text/html; charset=utf-8"
-    assert body == resources.files("cnntrain").joinpath("static/draw.html").read_bytes()
+    assert body == resources.files("cnntrain.apps").joinpath("static/draw.html").read_bytes()
     policy = headers["Content-Security-Policy"]
     assert "default-src 'none'" in policy and "unsafe-inline" not in policy
     assert re.search(r"script-src 'sha256-[A-Za-z0-9+/=]{44}';", policy), policy
@@ -320,7 +320,7 @@ def test_bad_predict_requests_are_refused_in_one_line(running, name, body, statu
 BAD_ROUTES = [
     ("GET", "/nope", None, {}, 404, "no such page"),
     ("GET", "/static/draw.html", None, {}, 404, "no such page"),
-    ("GET", "/../cnntrain/serve.py", None, {}, 404, "no such page"),
+    ("GET", "/../cnntrain/apps/serve.py", None, {}, 404, "no such page"),
     ("GET", "/%2e%2e/%2e%2e/etc/passwd", None, {}, 404, "no such page"),
     ("GET", "//etc/passwd", None, {}, 404, "no such page"),
     ("GET", "/<script>alert(1)</script>", None, {}, 404, "no such page"),
@@ -609,5 +609,5 @@ def test_the_wheel_ships_the_page(tmp_path):
 
     (wheel,) = (tmp_path / "dist").glob("cnntrain-*.whl")
     with zipfile.ZipFile(wheel) as archive:
-        shipped = archive.read("cnntrain/static/draw.html")
-    assert shipped == (REPO / "cnntrain" / "static" / "draw.html").read_bytes()
+        shipped = archive.read("cnntrain/apps/static/draw.html")
+    assert shipped == (REPO / "cnntrain" / "apps" / "static" / "draw.html").read_bytes()

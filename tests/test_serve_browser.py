@@ -143,7 +143,7 @@ def test_drawing_real_digits_in_chromium(browser, digit_checkpoint, real_mnist_d
     from PIL import Image
     from selenium.webdriver.common.by import By
 
-    from cnntrain.preprocess import to_mnist_field
+    from cnntrain.data.preprocess import to_mnist_field
 
     started = time.monotonic()
     images, labels = mnist_test_digits(real_mnist_dir, 100)

@@ -36,7 +36,7 @@ def pages(real_mnist_dir):
 
 
 def predictor_answers(predictor, pages):
-    from cnntrain.preprocess import to_mnist_field
+    from cnntrain.data.preprocess import to_mnist_field
 
     fields = np.stack([to_mnist_field((page / 255.0).astype(np.float32)) for page in pages])
     return np.round(predictor.probabilities(fields), 6)

@@ -6,7 +6,7 @@ import signal
 import numpy as np
 import pytest
 
-from cnntrain.checkpoint import load_checkpoint, save_checkpoint
+from cnntrain.runs.checkpoint import load_checkpoint, save_checkpoint
 from tests import proctools
 from tests.clitools import logged_metrics, small_config
 

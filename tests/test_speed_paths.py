@@ -9,8 +9,8 @@ checked here against the general code or a loop oracle.
 import numpy as np
 import pytest
 
-from cnntrain import fast as fn
-from cnntrain import layers as L
+from cnntrain.nn import fast as fn
+from cnntrain.nn import layers as L
 from tests import oracle
 
 
@@ -150,8 +150,8 @@ def test_outputs_are_not_overwritten_by_later_calls():
 
 # --- the network's shortcuts -------------------------------------------------------------
 
-from cnntrain.losses import SoftmaxCrossEntropy  # noqa: E402
-from cnntrain.model import build_network  # noqa: E402
+from cnntrain.nn.losses import SoftmaxCrossEntropy  # noqa: E402
+from cnntrain.nn.model import build_network  # noqa: E402
 
 LENET5 = ("conv 6 5 pad=2 / relu / maxpool 2 / conv 16 5 / relu / maxpool 2 / flatten / "
           "dense 120 / relu / dense 84 / relu / dense 10")

@@ -1,4 +1,4 @@
-"""cnntrain.summarize and `cnntrain summarize` on run folders written by hand, one per state a
+"""cnntrain.apps.summarize and `cnntrain summarize` on run folders written by hand, one per state a
 run or a sweep can leave behind."""
 
 import csv
@@ -9,7 +9,7 @@ import sys
 import pytest
 from click.testing import CliRunner
 
-from cnntrain import summarize
+from cnntrain.apps import summarize
 from cnntrain.cli import cli
 from cnntrain.errors import ConfigError
 
@@ -231,10 +231,10 @@ def test_the_summarize_command(sweep, tmp_path):
 
 
 def test_summarize_imports_no_numpy():
-    out = subprocess.run([sys.executable, "-X", "importtime", "-c", "import cnntrain.summarize"],
+    out = subprocess.run([sys.executable, "-X", "importtime", "-c", "import cnntrain.apps.summarize"],
                          capture_output=True, text=True, check=True)
     imported = {line.split("|")[-1].strip() for line in out.stderr.splitlines() if "|" in line}
-    assert "cnntrain.summarize" in imported and "numpy" not in imported
+    assert "cnntrain.apps.summarize" in imported and "numpy" not in imported
 
 
 def test_runs_of_several_sweeps_with_the_same_names_say_whose_they_are(tmp_path):
@@ -352,7 +352,7 @@ def test_plots_and_summaries_read_metrics_with_one_parser_under_two_policies(tmp
     """runfolder.parse_metrics is the one reader of metrics.jsonl: a plot (read_metrics) draws
     every good epoch around damaged lines, a summary names the first damaged line; both drop a
     torn last line (here one that even parses, as a number)."""
-    from cnntrain.runfolder import BadMetricsLine, parse_metrics, read_metrics
+    from cnntrain.runs.runfolder import BadMetricsLine, parse_metrics, read_metrics
 
     good = [json.dumps(_metrics(epoch, 0.9, 0.9)) for epoch in (1, 2, 3)]
     text = "\n".join([good[0], "{'epoch': 2}", "[1, 2]", good[1], "\ufffd", '{"epoch": "x"}',

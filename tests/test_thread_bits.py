@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cnntrain.checkpoint import Checkpoint
+from cnntrain.runs.checkpoint import Checkpoint
 from tests.checkpoints import make_network, save_network
 from tests.clitools import small_config
 

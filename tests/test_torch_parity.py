@@ -10,10 +10,10 @@ import os
 import numpy as np
 import pytest
 
-from cnntrain import layers as L
-from cnntrain.losses import SoftmaxCrossEntropy
-from cnntrain.model import build_network
-from cnntrain.optim import SGD, LRSchedule
+from cnntrain.nn import layers as L
+from cnntrain.nn.losses import SoftmaxCrossEntropy
+from cnntrain.nn.model import build_network
+from cnntrain.nn.optim import SGD, LRSchedule
 
 if os.environ.get("CNNTRAIN_REQUIRE_TORCH") == "1":
     import torch  # noqa: E402  (a hard failure in CI, never a skip)

@@ -6,13 +6,14 @@ import signal
 import numpy as np
 import pytest
 
-from cnntrain.mnist import load_mnist
-from cnntrain.checkpoint import load_checkpoint, save_checkpoint
+from cnntrain.data.mnist import load_mnist
+from cnntrain.runs.checkpoint import load_checkpoint, save_checkpoint
 from cnntrain.errors import DivergedError
-from cnntrain.model import build_network
-from cnntrain.optim import SGD, LRSchedule
-from cnntrain.run import _snapshot, random_streams
-from cnntrain.train import Interrupted, Trainer, TrainState, evaluate, steps_per_epoch
+from cnntrain.nn.model import build_network
+from cnntrain.nn.optim import SGD, LRSchedule
+from cnntrain.runs.fit import _snapshot
+from cnntrain.runs.build import random_streams
+from cnntrain.runs.train import Interrupted, Trainer, TrainState, evaluate, steps_per_epoch
 from tests.clitools import SMALL_LAYERS, without_timings
 
 EPOCHS, BATCH = 3, 32

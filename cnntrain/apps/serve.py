@@ -2,7 +2,7 @@
 
 The standard library's ThreadingHTTPServer, no framework. Routes:
 
-  GET  /              the drawing page (cnntrain/static/draw.html, shipped in the package)
+  GET  /              the drawing page (cnntrain/apps/static/draw.html, shipped in the package)
   GET  /api/model     the model's summary (name, epoch, test accuracy, parameters, layers)
   POST /api/predict   {"width": W, "height": H, "pixels": [W*H grey levels 0..255, row-major]}
                       or {"png": "<base64 PNG, or a data: URL>"} (needs Pillow)
@@ -79,7 +79,7 @@ class RequestError(Exception):
 def load_page():
     """The page's bytes from the installed package, and the Content-Security-Policy that lets
     exactly its own inline script and style run (by their SHA-256) and nothing else."""
-    page = resources.files("cnntrain").joinpath(PAGE_RESOURCE).read_bytes()
+    page = resources.files("cnntrain.apps").joinpath(PAGE_RESOURCE).read_bytes()
     hashes = {}
     for tag in ("script", "style"):
         blocks = re.findall(rb"<%s>(.*?)</%s>" % (tag.encode(), tag.encode()), page, re.S)
@@ -201,7 +201,7 @@ def grey_from_png(request):
         from PIL import Image
     except ImportError:
         raise RequestError(415, PILLOW_MISSING) from None
-    from cnntrain.preprocess import error_reason, picture_grey
+    from cnntrain.data.preprocess import error_reason, picture_grey
 
     try:
         with warnings.catch_warnings():
@@ -232,7 +232,7 @@ def grey_from_request(request):
 def predict_grey(predictor, grey):
     """(H, W) grey levels -> the /api/predict answer. The server's threads share `predictor`:
     a Predictor lets their forward passes take turns."""
-    from cnntrain.preprocess import NoInkError, to_mnist_field
+    from cnntrain.data.preprocess import NoInkError, to_mnist_field
 
     try:
         field = to_mnist_field(grey)
@@ -585,7 +585,7 @@ def open_server(predictor, host, port, *, log=None):
 
 def run(checkpoint, host="127.0.0.1", port=8000, *, echo=print, warn=None):
     """`cnntrain serve`: load the checkpoint, listen, print the address, serve until stopped."""
-    from cnntrain.inference import load_predictor
+    from cnntrain.apps.inference import load_predictor
 
     predictor = load_predictor(checkpoint)
     warning = exposure_warning(host)

@@ -8,16 +8,16 @@ minimum, white = its maximum, both shown), so the maps of one layer can be compa
 other.
 
 The picture's pixel size depends only on the network: WIDTH wide, and a header, the input row
-and one band per layer (MAX_COLUMNS maps a line) tall. matplotlib as for cnntrain.plots.
+and one band per layer (MAX_COLUMNS maps a line) tall. matplotlib as for cnntrain.apps.plots.
 """
 
 import math
 
 import numpy as np
 
-from cnntrain import layers as L
+from cnntrain.nn import layers as L
 from cnntrain.errors import ConfigError
-from cnntrain.plots import _figure, _save, check_output, require_matplotlib
+from cnntrain.apps.plots import _figure, _save, check_output, require_matplotlib
 
 WIDTH = 1200
 HEADER = 70
@@ -185,10 +185,10 @@ def load_field(*, image=None, input_path=None, raw=False, data_dir=None, mirrors
     first). Otherwise MNIST test image `image` (default 0).
     """
     from cnntrain.constants import TEST_IMAGES_FILE, TEST_LABELS_FILE
-    from cnntrain.download import fetch_mnist
-    from cnntrain.mnist import read_idx
-    from cnntrain.predict import to_field
-    from cnntrain.preprocess import display_name, grey_levels, read_single_input
+    from cnntrain.data.download import fetch_mnist
+    from cnntrain.data.mnist import read_idx
+    from cnntrain.apps.predict import to_field
+    from cnntrain.data.preprocess import display_name, grey_levels, read_single_input
 
     if input_path is not None:
         entries = read_single_input(input_path)
@@ -214,7 +214,7 @@ def draw_maps(checkpoint, output, *, image=None, input_path=None, raw=False, dat
               mirrors=()):
     """`cnntrain plot --maps`: load the checkpoint and the picture, draw; -> (digit, p)."""
     from cnntrain.fileio import refuse_overwriting
-    from cnntrain.inference import load_predictor
+    from cnntrain.apps.inference import load_predictor
 
     check_output(output)
     refuse_overwriting(output, checkpoint, input_path)

@@ -2,7 +2,7 @@
 
 The model (ONNX opset OPSET, IR version IR_VERSION, float32) takes
     image: (N, 1, 28, 28) float32 in [0, 1], ink high (white digit on black), centred as
-           MNIST's digits are (cnntrain.preprocess.to_mnist_field makes such fields)
+           MNIST's digits are (cnntrain.data.preprocess.to_mnist_field makes such fields)
 and gives
     logits:        (N, 10), the network's scores, equal to cnntrain's forward pass
     probabilities: (N, 10), their softmax
@@ -20,10 +20,10 @@ import json
 import numpy as np
 
 from cnntrain import __version__
-from cnntrain import layers as L
+from cnntrain.nn import layers as L
 from cnntrain.errors import CnnTrainError
 from cnntrain.fileio import atomic_writer, check_output, refuse_overwriting
-from cnntrain.inference import CLASS_NAMES, load_predictor
+from cnntrain.apps.inference import CLASS_NAMES, load_predictor
 
 OPSET = 17       # Conv, MaxPool, AveragePool, Gemm, Flatten, BatchNormalization and
                  # Softmax(axis) as used here

@@ -1,8 +1,7 @@
 """A run: a config turned into data, network, optimizer and trainer, and the folder it fills.
 
-This is the one module that reads a Config; everything it builds takes plain arguments.
-
-The run folder's layout, lock and write order are cnntrain.runfolder's.
+The run folder's layout, lock and write order are cnntrain.runs.runfolder's; what a run is
+built from is cnntrain.runs.build's, and what a resume may change cnntrain.runs.resume's.
 """
 
 import contextlib
@@ -17,204 +16,18 @@ from typing import Any
 
 import numpy as np
 
-from cnntrain.checkpoint import Checkpoint, Layout, Need, load_checkpoint
-from cnntrain.config import SCHEMA, config_to_ini, load_config, parse_config
-from cnntrain.constants import MNIST_TRAIN_IMAGES
-from cnntrain.download import fetch_mnist
+from cnntrain.config import SCHEMA, config_to_ini, load_config
 from cnntrain.errors import CnnTrainError, ConfigError, DivergedError
-from cnntrain.logs import best_epoch, epoch_line
-from cnntrain.mnist import load_mnist
-from cnntrain.model import build_network
-from cnntrain.optim import SGD, LRSchedule
-from cnntrain.runfolder import (CHECKPOINTS, FolderNotWritable, RunFolder, RunWriteError,
-                                continue_command, describe_position, run_dir_of_checkpoint)
-from cnntrain.stopsignals import signal_name, stop_on_signals
-from cnntrain.train import Interrupted, Trainer, TrainState, evaluate, steps_per_epoch
-
-
-def random_streams(seed):
-    """Three generators from one seed: weights, data split, training (shuffles, augmentation).
-
-    Separate streams keep the split independent of the network's size, so `eval` can rebuild
-    the validation split from the seed alone, and a resumed run finds its split unchanged.
-    """
-    return tuple(np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(3))
-
-
-def layer_seeds(seed):
-    """The seed's fourth child stream (after random_streams' three), from which each layer
-    that needs randomness gets a stream of its own (model.layer_generator)."""
-    return np.random.SeedSequence(seed, spawn_key=(3,))
-
-
-def prepare_data(cfg, data_rng, *, data_dir=None, mirrors=(), progress=True):
-    """Download (if needed), verify and load MNIST as the config asks."""
-    folder, _ = fetch_mnist(data_dir, mirrors, config_dir=cfg.data.dir or None,
-                            config_mirrors=cfg.data.mirrors, progress=progress)
-    return load_mnist(folder, val_size=cfg.data.val_size, train_size=cfg.data.train_size,
-                      test_size=cfg.data.test_size, mean=cfg.data.mean, std=cfg.data.std,
-                      rng=data_rng, dtype=np.dtype(cfg.train.dtype))
-
-
-def build_augmenter(cfg):
-    """The config's [augment] as a callable (images, rng) -> images, or None when all are off."""
-    a = cfg.augment
-    if not (a.translate or a.rotate or a.scale or a.elastic_alpha):
-        return None
-    from cnntrain.augment import Augmenter
-    # Pixels moved in from outside the image are background: 0 before normalisation.
-    return Augmenter(translate=a.translate, rotate=a.rotate, scale=a.scale,
-                     elastic_alpha=a.elastic_alpha, elastic_sigma=a.elastic_sigma,
-                     fill=-cfg.data.mean / cfg.data.std)
-
-
-def build_model(cfg, init_rng=None, seeds=None):
-    """The network the config describes (zero weights without a generator, to be loaded;
-    seeds: layer_seeds, for layers that need randomness in training)."""
-    return build_network(cfg.model.layers, rng=init_rng, dtype=np.dtype(cfg.train.dtype),
-                         init=cfg.model.init, kernels=cfg.train.kernels, seeds=seeds)
-
-
-def check_batches(network, n_train, batch_size):
-    """ConfigError if a training batch would be too small for a layer (batch norm after a
-    dense layer needs two examples): checked before training rather than failing mid-epoch."""
-    last = n_train % batch_size or batch_size
-    smallest = min(batch_size, last, n_train)
-    for (name, layer), line in zip(network.layers, network.lines):
-        if smallest < layer.min_batch:
-            raise ConfigError(
-                f"layer {name} ('{line}') needs at least {layer.min_batch} images in every "
-                f"training batch, but with {n_train} training images and batch_size "
-                f"{batch_size} a batch holds {smallest}; change [train] batch_size or "
-                "[data] train_size")
-
-
-def build_optimizer(cfg, network):
-    """SGD over the network's parameters with the config's momentum and weight decay."""
-    t = cfg.train
-    return SGD(network.params, t.lr, momentum=t.momentum, weight_decay=t.weight_decay,
-               nesterov=t.nesterov, decayed=network.decayed(t.decay_biases))
-
-
-def config_from_checkpoint(ckpt, source, overrides=()):
-    return stored_config(ckpt.meta, source, overrides)
-
-
-def stored_config(meta, source, overrides=()):
-    """The Config a checkpoint's meta.json holds (source: the checkpoint, for messages)."""
-    return parse_config(meta["config"], source=f"{source} (its stored config)", overrides=overrides)
-
-
-class NetworkLayout:
-    """What the network of a checkpoint's own config needs of its members, for
-    load_checkpoint's `layout`, which calls it with meta.json before any array is read.
-
-    Parameters and buffers have the shapes of the network the config builds, in its
-    train.dtype; the optimizer's velocities (optim.SGD.state_dict: 'NAME.v') have their
-    parameters' shapes and are needed to resume only; epoch_order (int64, as
-    save_checkpoint writes it) may be absent and holds the training split's indices.
-    The config and the network it built are kept (cfg, network): the parameters and
-    buffers are read straight into that network's arrays.
-    """
-
-    def __init__(self, path, *, resume=False):
-        self.path, self.resume = path, resume
-        self.cfg = self.network = None
-
-    def __call__(self, meta):
-        self.cfg = stored_config(meta, self.path)
-        # Building the network allocates its weights (zeros), which is what loading them
-        # needs anyway; the config check has refused networks too large for this machine.
-        self.network = build_model(self.cfg)
-        dtype = self.network.dtype
-        needs = {f"param/{name}": Need(value.shape, dtype, into=value)
-                 for name, value in self.network.params.items()}
-        needs.update({f"buffer/{name}": Need(value.shape, value.dtype, into=value)
-                      for name, value in self.network.buffers.items()})
-        needs.update({f"optim/{name}.v": Need(value.shape, dtype, optional=not self.resume)
-                      for name, value in self.network.params.items()})
-        needs["epoch_order"] = Need((_training_size(self.cfg),), np.int64, optional=True)
-        return Layout(needs, needed_by=f"its config (train.dtype is {dtype})")
-
-
-def _training_size(cfg):
-    """The training split's size, or the range it lies in: data.train_size when set; else
-    what the training file leaves after the validation hold-out, which only the data itself
-    tells (_restore checks that), at most what MNIST's (checksum-verified) file leaves."""
-    return cfg.data.train_size or range(1, MNIST_TRAIN_IMAGES - cfg.data.val_size + 1)
-
-
-def load_network(path):
-    """(checkpoint, its stored config, its network holding its weights) of the checkpoint at
-    path, every member checked against that network before it is read into it;
-    CheckpointError / ConfigError (one line) if unusable."""
-    layout = NetworkLayout(path)
-    ckpt = load_checkpoint(path, layout)
-    # Arrays stored in another byte order were read into fresh arrays; copy those in.
-    for target, arrays in ((layout.network.params, ckpt.params),
-                           (layout.network.buffers, ckpt.buffers)):
-        for name, value in arrays.items():
-            if value is not target[name]:
-                target[name][...] = value
-    return ckpt, layout.cfg, layout.network
-
-
-# What a resume may change: how the rest of the run is trained and scored. Everything else
-# (the data, its split and normalisation, the seed, the network, the precision) is what the
-# saved position means, and a changed batch size moves a mid-epoch position's batches.
-RESUME_ACCEPTS = (
-    ["train." + key for key in ("epochs", "lr", "lr_schedule", "lr_step_epochs", "lr_gamma",
-                                "warmup_epochs", "momentum", "nesterov", "weight_decay",
-                                "decay_biases", "label_smoothing", "eval_batch_size")]
-    + ["augment." + key for key in SCHEMA["augment"]]
-    + ["data.dir", "data.mirrors", "run.dir"])
-BATCH_SIZE_KEY = "train.batch_size"  # accepted at an epoch boundary only
-
-
-def _config_changes(stored, cfg):
-    """[(section.key, old, new)] where cfg differs from the stored config."""
-    changes = []
-    for section, keys in SCHEMA.items():
-        for key in keys:
-            old, new = getattr(getattr(stored, section), key), getattr(getattr(cfg, section), key)
-            if old != new:
-                changes.append((f"{section}.{key}", old, new))
-    return changes
-
-
-def _shown(value):
-    text = " / ".join(value) if isinstance(value, tuple) else str(value)
-    return text if len(text) <= 30 else text[:27] + "..."
-
-
-def resume_config(ckpt, checkpoint_path, overrides=(), config_path=None):
-    """The config a resume runs with: the checkpoint's own, or the file given with --config,
-    either with the --set overrides. Whatever differs from the checkpoint's config passes the
-    same rule: only RESUME_ACCEPTS may change; anything else is refused, never ignored."""
-    stored = config_from_checkpoint(ckpt, checkpoint_path)
-    given = load_config(config_path, overrides) if config_path else \
-        config_from_checkpoint(ckpt, checkpoint_path, overrides)
-    mid_epoch = bool(ckpt.meta.get("step_in_epoch"))
-    changes = _config_changes(stored, given)
-    by = f"{config_path}" if config_path else "--set"
-    if config_path and any(name.startswith("model.") for name, _, _ in changes):
-        raise ConfigError(f"{config_path} describes a different network than {checkpoint_path}; "
-                          "drop --config to continue the checkpoint's own run")
-    refused = [(name, old, new) for name, old, new in changes
-               if name not in RESUME_ACCEPTS and not (name == BATCH_SIZE_KEY and not mid_epoch)]
-    if refused:
-        listed = ", ".join(f"{name} {_shown(old)} -> {_shown(new)}" for name, old, new in refused)
-        accepted = ", ".join(RESUME_ACCEPTS) + f", {BATCH_SIZE_KEY} (at an epoch's end)"
-        raise ConfigError(
-            f"{by} changes what the position saved in {checkpoint_path} means ({listed}); a "
-            f"resume accepts changes to {accepted} only; to change the others, start a new "
-            "run with --config FILE --out NEW_DIR")
-    done = ckpt.meta["epoch"]
-    if given.train.epochs < done:
-        raise ConfigError(f"{checkpoint_path} has already trained {done} epochs, more than "
-                          f"train.epochs = {given.train.epochs}; give --set train.epochs={done} "
-                          "or more")
-    return given
+from cnntrain.nn.optim import LRSchedule
+from cnntrain.runs.build import (NetworkLayout, build_augmenter, build_model, build_optimizer,
+                                 check_batches, layer_seeds, prepare_data, random_streams)
+from cnntrain.runs.checkpoint import Checkpoint, load_checkpoint
+from cnntrain.runs.metrics import best_epoch, epoch_line
+from cnntrain.runs.resume import resume_config
+from cnntrain.runs.runfolder import (CHECKPOINTS, FolderNotWritable, RunFolder, RunWriteError,
+                                     continue_command, describe_position, run_dir_of_checkpoint)
+from cnntrain.runs.stopsignals import signal_name, stop_on_signals
+from cnntrain.runs.train import Interrupted, Trainer, TrainState, evaluate, steps_per_epoch
 
 
 def start_fit(*, config_path=None, overrides=(), out_dir=None, resume_path=None, **options):
@@ -527,33 +340,3 @@ def _log_quietly(folder, text):
         folder.log(text)
     except RunWriteError:
         pass
-
-
-def evaluate_checkpoint(path, *, split="test", batch_size=None, data_dir=None, mirrors=(),
-                        progress=True, keep_errors=False):
-    """Rebuild the network from a checkpoint alone and score it on a split.
-
-    keep_errors adds "errors": the misclassified images (un-normalised to [0, 1], (M, 28, 28)),
-    their true labels and the predictions, in split order.
-    """
-    ckpt, cfg, network = load_network(path)
-    _, data_rng, _ = random_streams(cfg.train.seed)
-    splits = prepare_data(cfg, data_rng, data_dir=data_dir, mirrors=mirrors, progress=progress)
-    chosen = getattr(splits, split)
-    if not len(chosen.labels):
-        raise ConfigError(f"the {split} split of {path} is empty (its config has "
-                          f"{split}_size = 0); choose another with --split")
-    result = evaluate(network, chosen.images, chosen.labels,
-                      batch_size or cfg.train.eval_batch_size, keep_predictions=keep_errors)
-    confusion = result["confusion"]
-    per_class = confusion.diagonal() / np.maximum(confusion.sum(axis=1), 1)
-    report = {"checkpoint": str(path), "split": split, "accuracy": result["accuracy"],
-              "loss": result["loss"], "n": result["n"], "per_class": per_class.tolist(),
-              "confusion": confusion.tolist(), "epoch": ckpt.meta["epoch"],
-              "position": describe_position(ckpt.meta)}
-    if keep_errors:
-        wrong = np.flatnonzero(result["predictions"] != chosen.labels)
-        images = chosen.images[wrong, 0] * cfg.data.std + cfg.data.mean
-        report["errors"] = {"images": np.clip(images, 0, 1), "labels": chosen.labels[wrong],
-                            "predictions": result["predictions"][wrong]}
-    return report

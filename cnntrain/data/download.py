@@ -1,6 +1,6 @@
 """MNIST's files: where they live, where they come from, and how they are fetched and verified.
 
-Downloading (`ensure_mnist`, here) and reading (`load_mnist`, cnntrain.mnist) are separate
+Downloading (`ensure_mnist`, here) and reading (`load_mnist`, cnntrain.data.mnist) are separate
 steps: reading never touches the network, so a training run on a machine with the files in
 place is fully offline.
 

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from cnntrain import functional as fn
+from cnntrain.nn import functional as fn
 
 
 class SoftmaxCrossEntropy:

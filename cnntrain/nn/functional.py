@@ -3,7 +3,7 @@
 No state and no I/O: functions take NCHW arrays and return arrays, so each equation can be
 read beside the README's table, tested against a loop oracle and checked by finite
 differences on its own. `[train] kernels = reference` trains with these; the default,
-`kernels = fast`, runs cnntrain.fast, which computes the same equations with the same
+`kernels = fast`, runs cnntrain.nn.fast, which computes the same equations with the same
 signatures, rearranged for speed (and takes the functions it does not speed up from here).
 
 Shape names: N batch, C input channels, H x W input size, F filters (output channels),

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from cnntrain.errors import ConfigError
-from cnntrain.model import build_network
+from cnntrain.nn.model import build_network
 
 
 def numeric_gradient(f, a, eps=1e-6, indices=None, kinks=None):
@@ -212,20 +212,3 @@ def format_table(results):
         lines.append(f"{r.name:<12}{r.layer:<44}{worst:>12}{r.probed:>8}{r.kinks:>7}  "
                      f"{'ok' if r.passed else 'FAIL':<8}{arrays}")
     return "\n".join(lines)
-
-
-def check_config(cfg, *, images=8, probes=DEFAULT_PROBES, tolerance=DEFAULT_TOLERANCE,
-                 data_dir=None, mirrors=(), progress=False):
-    """The network a config describes, in float64 with the weights and layer generators its
-    seed gives and the kernels it picks ([train] kernels), checked layer by layer on the first
-    `images` training images of the config's MNIST split."""
-    from cnntrain import run
-
-    check_tolerance(tolerance)
-    init_rng, data_rng, _ = run.random_streams(cfg.train.seed)
-    splits = run.prepare_data(cfg, data_rng, data_dir=data_dir, mirrors=mirrors, progress=progress)
-    check_image_count(images, len(splits.train.images))
-    network = build_network(cfg.model.layers, rng=init_rng, dtype=np.float64, init=cfg.model.init,
-                            kernels=cfg.train.kernels, seeds=run.layer_seeds(cfg.train.seed))
-    return check_network(network, splits.train.images[:images], seed=cfg.train.seed,
-                         probes=probes, tolerance=tolerance)

@@ -14,8 +14,8 @@ A layer class is the whole definition of a kind of layer. It declares
   seed and whose state checkpoints keep;
 - torch_module(nn): the equivalent torch.nn module (the benchmark's PyTorch reference);
 - forward(x, train=True) -> y and backward(dout, input_grad=True) -> dx, which remember
-  only what backward needs and call the maths in `self.kernels`: cnntrain.fast (default)
-  or cnntrain.functional (`kernels = reference`), the same functions in both.
+  only what backward needs and call the maths in `self.kernels`: cnntrain.nn.fast (default)
+  or cnntrain.nn.functional (`kernels = reference`), the same functions in both.
 
 @register adds a class to REGISTRY, the kinds the layer grammar knows.
 """
@@ -25,8 +25,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cnntrain import fast, functional
-from cnntrain.init import init_weights
+from cnntrain.nn import fast, functional
+from cnntrain.nn.init import init_weights
 
 KERNELS = {"fast": fast, "reference": functional}
 DECAY_GROUPS = ("weight", "bias", None)  # None: never decayed
@@ -264,7 +264,7 @@ class Conv2D(Layer):
         self.add_param("W", init_weights((out_channels, in_channels, kh, kw), fan_in, fan_out,
                                          rng=rng, dtype=dtype, scheme=init))
         self.add_param("b", np.zeros(out_channels, dtype=dtype), decay="bias")
-        self._work = {True: {}, False: {}}  # the fast kernels' scratch arrays (see cnntrain.fast)
+        self._work = {True: {}, False: {}}  # the fast kernels' scratch arrays (see cnntrain.nn.fast)
 
     @classmethod
     def build(cls, line, input_shape, context):

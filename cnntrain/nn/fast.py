@@ -1,7 +1,7 @@
-"""The fast kernels: the maths of cnntrain.functional rearranged for speed, same signatures.
+"""The fast kernels: the maths of cnntrain.nn.functional rearranged for speed, same signatures.
 
 `[train] kernels = fast` (the default) runs these; `kernels = reference` runs the textbook
-functions of cnntrain.functional. Every function here computes the same equation as the
+functions of cnntrain.nn.functional. Every function here computes the same equation as the
 function of the same name there, and tests/test_kernels.py checks each pair against each
 other (bit for bit where the arithmetic is the same) and both against loop oracles, finite
 differences and PyTorch. A function this module does not define is the textbook one
@@ -30,8 +30,8 @@ import math
 
 import numpy as np
 
-from cnntrain import functional
-from cnntrain.functional import conv_output_size
+from cnntrain.nn import functional
+from cnntrain.nn.functional import conv_output_size
 
 # OpenBLAS (0.3.x, x86-64) computes a product with M*N*K <= 1e6 by kernels that read the
 # operands where they lie; bigger products are first copied into packed panels. When the

@@ -15,8 +15,8 @@ import numpy as np
 
 from cnntrain.constants import NUM_CLASSES
 from cnntrain.errors import DivergedError, Interrupted  # noqa: F401 (Interrupted: re-exported)
-from cnntrain.losses import SoftmaxCrossEntropy
-from cnntrain.stopsignals import stop_on_signals
+from cnntrain.nn.losses import SoftmaxCrossEntropy
+from cnntrain.runs.stopsignals import stop_on_signals
 
 
 @dataclass
@@ -98,7 +98,7 @@ class Trainer:
         self.steps_per_epoch = steps_per_epoch(len(splits.train.labels), batch_size)
 
     def fit(self, state, on_epoch_end, stop=None):
-        """Train from `state` to the last epoch. stop: a StopRequest (cnntrain.stopsignals)
+        """Train from `state` to the last epoch. stop: a StopRequest (cnntrain.runs.stopsignals)
         whose handlers the caller installed; without one, the trainer installs its own.
         on_epoch_end runs shielded: a signal during its writes is acted on only after them."""
         with ExitStack() as stack:

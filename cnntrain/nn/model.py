@@ -1,7 +1,7 @@
 """The network: an ordered list of named layers, and the generic builder that reads it from text.
 
 A layer list has one layer per line (or ' / ' between layers on one line). Its grammar is the
-registry of layer classes in cnntrain.layers: each class declares its word, its numbers and
+registry of layer classes in cnntrain.nn.layers: each class declares its word, its numbers and
 options (see grammar_table()), and builds itself from its parsed line and input shape.
 
 Each layer's input size is inferred from the input shape, (1, 28, 28) for MNIST, and each
@@ -15,12 +15,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cnntrain import footprint
-from cnntrain import layers as L
+from cnntrain.nn import footprint
+from cnntrain.nn import layers as L
 from cnntrain.constants import INPUT_SHAPE as MNIST_SHAPE
 from cnntrain.constants import NUM_CLASSES
 from cnntrain.errors import ConfigError
-from cnntrain.functional import conv_output_size
+from cnntrain.nn.functional import conv_output_size
 
 
 class LayerLineError(ConfigError):
@@ -314,7 +314,7 @@ def build_network(text_or_lines, input_shape=MNIST_SHAPE, *, rng=None, dtype=np.
     """A layer list -> Network.
 
     rng draws the weights (zeros without one, to be loaded); kernels picks the maths
-    ('fast' or 'reference'); seeds (a numpy.random.SeedSequence, e.g. run.layer_seeds) gives
+    ('fast' or 'reference'); seeds (a numpy.random.SeedSequence, e.g. runs.build.layer_seeds) gives
     each layer that needs randomness its own generator (none without it: such a layer can
     then only run inference).
     """

@@ -1,6 +1,6 @@
 """Reading MNIST: the IDX file format, and the normalised train, validation and test arrays.
 
-The files are read from a data folder cnntrain.download has filled (or the user, by hand);
+The files are read from a data folder cnntrain.data.download has filled (or the user, by hand);
 nothing here touches the network.
 """
 

@@ -3,7 +3,7 @@
     predictor = Predictor.from_checkpoint("runs/lenet5/checkpoints/best.npz")
     probs = predictor.probabilities(fields)   # fields: (N, 28, 28) in [0, 1], ink high
 
-The fields are MNIST-like pictures (cnntrain.preprocess.to_mnist_field makes them from any
+The fields are MNIST-like pictures (cnntrain.data.preprocess.to_mnist_field makes them from any
 picture of a digit); the checkpoint's own [data] mean and std are applied here, exactly as
 training applied them, so callers never see normalisation.
 """
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cnntrain import functional as fn
+from cnntrain.nn import functional as fn
 from cnntrain.constants import NUM_CLASSES
 from cnntrain.errors import CnnTrainError
 
@@ -75,7 +75,7 @@ class Predictor:
     @classmethod
     def from_checkpoint(cls, path):
         """Load `path` (no pickle); CheckpointError / ConfigError (one line) if unusable."""
-        from cnntrain.run import load_network
+        from cnntrain.runs.build import load_network
 
         ckpt, cfg, network = load_network(path)
         return cls(network, mean=cfg.data.mean, std=cfg.data.std, meta=ckpt.meta, path=path,

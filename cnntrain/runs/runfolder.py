@@ -15,7 +15,7 @@ What scripts/sweep.sh and sweep_slurm.sh add to a run folder (cnntrain summarize
   sweep-status.json     the last attempt: exit_code, error, action, seconds, finished
   sweep-output.log      stdout and stderr of every attempt (and .sweep-stderr during one)
 
-The sweep scripts ask `cnntrain runinfo` (cnntrain.runinfo) for these names and for a folder's
+The sweep scripts ask `cnntrain runinfo` (cnntrain.runs.runinfo) for these names and for a folder's
 state instead of keeping a copy of them.
 
 Whose folder it is. A fit writes a run only into a new or empty folder (nothing but the lock,
@@ -59,7 +59,7 @@ from pathlib import Path
 
 from cnntrain.errors import CnnTrainError, ConfigError
 from cnntrain.fileio import append_line, atomic_write_text, repair_torn_tail
-from cnntrain.logs import metrics_json
+from cnntrain.runs.metrics import metrics_json
 
 CONFIG = "config.ini"
 METRICS = "metrics.jsonl"
@@ -240,12 +240,12 @@ def run_dir_of_checkpoint(path):
 def load_checkpoint(path):
     # numpy is imported only when a checkpoint is touched: `cnntrain summarize` reads this
     # module's layout and must start without it.
-    from cnntrain.checkpoint import load_checkpoint as load
+    from cnntrain.runs.checkpoint import load_checkpoint as load
     return load(path)
 
 
 def save_checkpoint(path, ckpt):
-    from cnntrain.checkpoint import save_checkpoint as save
+    from cnntrain.runs.checkpoint import save_checkpoint as save
     save(path, ckpt)
 
 

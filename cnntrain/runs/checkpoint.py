@@ -222,7 +222,7 @@ def generator_problem(state, where):
 
 
 def _history_problem(history, epochs):
-    from cnntrain.logs import METRIC_KEYS
+    from cnntrain.runs.metrics import METRIC_KEYS
     if not isinstance(history, list) or len(history) != epochs:
         return (f"meta.json 'history' should list one entry per completed epoch ({epochs}), "
                 f"not {_shown(history)}")

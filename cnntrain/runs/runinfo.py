@@ -1,10 +1,10 @@
 """`cnntrain runinfo RUN_DIR FIELD...`: what a script may ask about a run folder, so that it
 keeps no copy of the folder's layout or rules (scripts/sweep_lib.sh asks it). The answers come
-from cnntrain.runfolder, which owns both.
+from cnntrain.runs.runfolder, which owns both.
 
 Fields, one value a line in the order asked:
   state          empty | leftovers | resumable | finished | foreign
-                 (cnntrain.runfolder.folder_state; foreign: files cnntrain did not write and
+                 (cnntrain.runs.runfolder.folder_state; foreign: files cnntrain did not write and
                  no marker, a folder `fit` refuses)
   exit_code      the last sweep attempt's exit code from sweep-status.json; an empty line when
                  there is none (no attempt recorded, or a record that does not say)
@@ -18,7 +18,7 @@ import json
 import os
 from pathlib import Path
 
-from cnntrain import runfolder
+from cnntrain.runs import runfolder
 from cnntrain.errors import ConfigError
 
 PATHS = {

@@ -1,6 +1,6 @@
 """What a run says about itself: the greppable epoch line, the metrics.jsonl line, and which
 epoch is the best. Where they are written, read back and in which order is
-cnntrain.runfolder's business."""
+cnntrain.runs.runfolder's business."""
 
 import json
 import math

@@ -486,9 +486,9 @@ def load_array_stack(path):
 
 def load_idx_stack(path):
     """An MNIST IDX image file (e.g. t10k-images-idx3-ubyte) -> (N, H, W) uint8, its header
-    checked (cnntrain.mnist.read_idx_dims) before its payload is read."""
+    checked (cnntrain.data.mnist.read_idx_dims) before its payload is read."""
     from cnntrain.errors import DataError
-    from cnntrain.mnist import read_idx_dims
+    from cnntrain.data.mnist import read_idx_dims
 
     name = display_name(path)
     with open_input(path) as f:

@@ -1,0 +1,2 @@
+"""MNIST: the verified download, the IDX reader and splits, augmentation, and the
+preprocessing of user images."""
