@@ -1,11 +1,11 @@
-"""Shared fixtures: data and servers. Helpers they build on live in tests/mnist_server.py."""
+"""Shared fixtures: data and servers. Helpers they build on live in tests/support/mnist_server.py."""
 
 import os
 from pathlib import Path
 
 import pytest
 
-from tests.mnist_server import MnistServer, make_synthetic_mnist
+from tests.support.mnist_server import MnistServer, make_synthetic_mnist
 
 # The real MNIST folder laid beside the repository (the repo is cloned as a sibling of shared/).
 SHARED_MNIST = Path(__file__).resolve().parents[2] / "shared" / "mnist"
@@ -24,7 +24,7 @@ def _no_proxy_for_loopback(mp: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture(scope="session")
 def synthetic_mnist():
-    """A small deterministic MNIST look-alike (tests.mnist_server.SyntheticMnist): 600 train,
+    """A small deterministic MNIST look-alike (tests.support.mnist_server.SyntheticMnist): 600 train,
     200 test; pass `.table` as `files=` to ensure_mnist."""
     return make_synthetic_mnist()
 

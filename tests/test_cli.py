@@ -12,7 +12,7 @@ import pytest
 
 from cnntrain import __version__
 from cnntrain.runs.checkpoint import FORMAT_VERSION, load_checkpoint
-from tests.clitools import (SMALL_LAYERS, assert_one_line_error, invoke, small_config,
+from tests.support.clitools import (SMALL_LAYERS, assert_one_line_error, invoke, small_config,
                             small_run_env)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -252,7 +252,7 @@ def test_help_is_fast_and_imports_no_numpy():
 def run_cnntrain_process(env, *args, interrupt_after_line=None):
     """Run cnntrain in a child process (synthetic checksums); optionally press Ctrl-C once
     train.log shows `interrupt_after_line`."""
-    cmd = [sys.executable, str(REPO / "tests" / "synthetic_cnntrain.py"), *map(str, args)]
+    cmd = [sys.executable, str(REPO / "tests" / "support" / "synthetic_cnntrain.py"), *map(str, args)]
     child_env = {**__import__("os").environ, "CNNTRAIN_DATA_DIR": str(env["data_dir"]),
                  "CNNTRAIN_TEST_MNIST_TABLE": json.dumps(env["table"]),
                  "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}

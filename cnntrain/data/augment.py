@@ -35,7 +35,7 @@ Conventions (output pixel (y, x), rows down, columns right, centre c = ((H-1)/2,
 Pixels read from outside the image take `fill`, the background value of the normalised
 images; interpolation blends into it at the border, as if the image were surrounded by it.
 
-Speed: scripts/bench_augment.py measures the cost of a batch against a training step (the
+Speed: benchmarks/bench_augment.py measures the cost of a batch against a training step (the
 README's speed section keeps the figures). At this size memory matters more than
 arithmetic: operations work in place where they can, and a batch is warped in blocks whose
 temporaries stay under ~128 KiB, small enough to stay in the CPU cache and to be recycled by

@@ -2,7 +2,7 @@
 
 `[train] kernels = fast` (the default) runs these; `kernels = reference` runs the textbook
 functions of cnntrain.nn.functional. Every function here computes the same equation as the
-function of the same name there, and tests/test_kernels.py checks each pair against each
+function of the same name there, and tests/nn/test_kernels.py checks each pair against each
 other (bit for bit where the arithmetic is the same) and both against loop oracles, finite
 differences and PyTorch. A function this module does not define is the textbook one
 (see __getattr__ at the end), so a new layer's maths needs no fast version to run here.

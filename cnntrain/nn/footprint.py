@@ -20,8 +20,8 @@ What is counted, in values of the training dtype:
   same three deltas in backward), per training image or per evaluation image, whichever
   batch is larger (training and evaluation do not run at once).
 It leaves out the data set itself and the interpreter, and errs on the generous side for
-pooling and flattening. scripts/memory_estimate.py compares it with NumPy's measured peak
-(the README quotes the ratios); tests/test_footprint.py keeps it within 0.9x to 2x of that.
+pooling and flattening. benchmarks/memory_estimate.py compares it with NumPy's measured peak
+(the README quotes the ratios); tests/nn/test_footprint.py keeps it within 0.9x to 2x of that.
 """
 
 import math
@@ -140,3 +140,36 @@ def format_bytes(n):
             return f"{int(value)} bytes" if unit == "bytes" else f"{value:.1f} {unit}"
         value /= 1024
     return f"{value:.1f} EiB"  # pragma: no cover - the loop always returns
+
+
+def measured_peak(text, batch, eval_images=300):
+    """Peak bytes NumPy holds while a network is built and takes two training steps and two
+    evaluation passes (tracemalloc sees NumPy's allocations): what estimate() predicts, as
+    tests/nn/test_footprint.py and benchmarks/memory_estimate.py compare it. Imports the
+    network lazily, since cnntrain.nn.model imports this module."""
+    import tracemalloc
+
+    import numpy as np
+
+    from cnntrain.nn.losses import SoftmaxCrossEntropy
+    from cnntrain.nn.model import build_network
+    from cnntrain.nn.optim import SGD
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((batch, 1, 28, 28)).astype(np.float32)
+    y = rng.integers(0, 10, batch)
+    x_eval = rng.standard_normal((eval_images, 1, 28, 28)).astype(np.float32)
+    tracemalloc.start()
+    try:
+        net = build_network(text, rng=rng, dtype=np.float32)
+        optimizer = SGD(net.params, 0.01, momentum=0.9, weight_decay=5e-4)
+        loss = SoftmaxCrossEntropy()
+        for _ in range(2):
+            loss.forward(net.forward(x), y)
+            net.backward(loss.backward())
+            optimizer.step(net.grads)
+            optimizer.state_dict()  # a checkpoint's copy of the momentum
+            net.forward(x_eval, train=False)
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()

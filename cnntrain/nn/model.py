@@ -199,7 +199,7 @@ class Network:
       where a whole evaluation batch of 1000 images (75 MB of conv1 columns) would not.
     """
 
-    EVAL_CHUNK = 128  # scripts/bench_kernels.py times the alternatives
+    EVAL_CHUNK = 128  # benchmarks/bench_kernels.py times the alternatives
 
     def __init__(self, named_layers, input_shape=MNIST_SHAPE, lines=()):
         self.layers = list(named_layers)

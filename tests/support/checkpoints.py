@@ -1,0 +1,36 @@
+"""Helpers for tests that need a checkpoint without a training run: a config's network with
+its initial (seeded) weights, or any weights given, saved as cnntrain fit would."""
+
+from cnntrain.runs.checkpoint import Checkpoint, save_checkpoint
+from cnntrain.config import config_to_ini, parse_config
+from cnntrain.runs.metrics import METRIC_KEYS
+from cnntrain.runs.build import build_model, layer_seeds, random_streams
+from tests.support.clitools import small_config
+
+
+def make_network(layers=None, *, config_text=None, seed=0, **sections):
+    """(network with initial weights, cfg) of config_text, else small_config(layers, **sections).
+    Layers that need randomness (dropout) get their generators from the seed, as in cnntrain fit,
+    so the network can also be trained."""
+    if config_text is None:
+        config_text = small_config(layers, **sections) if layers else small_config(**sections)
+    cfg = parse_config(config_text, source="test")
+    init_rng, _, _ = random_streams(seed)
+    return build_model(cfg, init_rng, seeds=layer_seeds(seed)), cfg
+
+
+def save_network(path, network, cfg, history=()):
+    """Save `network`'s weights and buffers (batch norm's running statistics) with `cfg` as a
+    checkpoint after len(history) epochs; each history entry is completed into a whole metrics
+    record (missing keys are null), as load_checkpoint demands."""
+    records = [{key: entry.get(key) for key in METRIC_KEYS} for entry in history]
+    meta = {"epoch": len(history), "step": 0, "history": records,
+            "config": config_to_ini(cfg)}
+    save_checkpoint(path, Checkpoint(params=network.params, buffers=network.buffers, meta=meta))
+
+
+def write_checkpoint(path, layers=None, *, config_text=None, seed=0, history=(), **sections):
+    """make_network, then save_network to `path`; returns (network, cfg)."""
+    network, cfg = make_network(layers, config_text=config_text, seed=seed, **sections)
+    save_network(path, network, cfg, history)
+    return network, cfg
