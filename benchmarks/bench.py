@@ -1,6 +1,6 @@
 """Benchmark one config: training and evaluation images/s, where the time goes, and PyTorch.
 
-    python scripts/bench.py --config configs/lenet5.ini --steps 300 --threads 2
+    python benchmarks/bench.py --config configs/lenet5.ini --steps 300 --threads 2
 
 What it measures, in one process, on the same data:
 1. cnntrain training: the real step (forward, loss, backward, SGD with the config's momentum

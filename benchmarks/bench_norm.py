@@ -1,6 +1,6 @@
 """Time the batch-norm and dropout layers against PyTorch's, forward plus backward, side by side.
 
-    python scripts/bench_norm.py --config configs/bn-aug.ini --threads 2
+    python benchmarks/bench_norm.py --config configs/bn-aug.ini --threads 2
 
 For every batchnorm and dropout line of the config, at the shape its input has there (batch
 --batch, float32, the batch-innermost layout the fast convolutions hand over): one training

@@ -1,7 +1,7 @@
 """Benchmark data augmentation against the training step it feeds: is it a bottleneck?
 
-    python scripts/bench_augment.py
-    python scripts/bench_augment.py --augment-config configs/lenet5-aug.ini \
+    python benchmarks/bench_augment.py
+    python benchmarks/bench_augment.py --augment-config configs/lenet5-aug.ini \
         --config configs/lenet5.ini --threads 2
 
 What it measures, in one process:
@@ -9,7 +9,7 @@ What it measures, in one process:
    batch size (64), gathered from a shuffled order as the trainer does, with the [augment]
    settings of --augment-config; also split into draw (random numbers) and apply (elastic
    fields, sampling grids, resampling), and for each part of the settings on its own.
-2. The training step of --config (forward, loss, backward, SGD), as scripts/bench.py times it.
+2. The training step of --config (forward, loss, backward, SGD), as benchmarks/bench.py times it.
 3. Both together, as the trainer runs them: a plain step and an augment + step, alternately,
    so the extra time augmentation adds inside the loop is measured against the same machine
    state (shared machines are noisy; only ratios measured side by side mean much).

@@ -7,7 +7,7 @@ Both do the same work: start up, read MNIST, train one epoch on all 60,000 train
 a ratio. Peak memory is each process's own maximum resident set (os.wait4). Also times
 `cnntrain --help` against a bare `python -c pass`.
 
-    python scripts/bench_process.py --mnist ../shared/mnist --repeat 3
+    python benchmarks/bench_process.py --mnist ../shared/mnist --repeat 3
 
 cnntrain reads MNIST from a data folder it fills once from the --mnist folder (used as a
 mirror); the first, cold run that decompresses and verifies the files is reported separately.

@@ -1,6 +1,6 @@
 """Time each kernel of the fast path against its textbook version, and the fast path's choices.
 
-    python scripts/bench_kernels.py --threads 1
+    python benchmarks/bench_kernels.py --threads 1
 
 1. Every kernel a LeNet-5 training step calls, at its real shapes (batch 64, float32):
    milliseconds per call in cnntrain.nn.fast and in cnntrain.nn.functional, and their ratio.

@@ -2,7 +2,7 @@
 """`cnntrain serve` under load: N clients at once, each sending M requests, against the real
 command on a loopback port; latency percentiles, throughput, failures and the server's log.
 
-    python scripts/bench_serve.py runs/quick/checkpoints/best.npz --clients 50 --requests 20
+    python benchmarks/bench_serve.py runs/quick/checkpoints/best.npz --clients 50 --requests 20
 
 The server is `python -m cnntrain serve CHECKPOINT --port 0`, started here and stopped with
 SIGTERM at the end. All clients start together (a barrier); each opens a new connection per

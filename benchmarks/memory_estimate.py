@@ -5,7 +5,7 @@ For each network and batch size: build it, take two training steps (forward, bac
 with momentum and weight decay, a checkpoint's copy of the momentum) and two evaluation
 passes of 1000 images, and report tracemalloc's peak next to the estimate.
 
-    PYTHONPATH=. OPENBLAS_NUM_THREADS=1 python scripts/memory_estimate.py
+    PYTHONPATH=. OPENBLAS_NUM_THREADS=1 python benchmarks/memory_estimate.py
 """
 
 import sys
@@ -13,8 +13,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from cnntrain.nn.footprint import measured_peak  # noqa: E402
 from cnntrain.nn.model import check_memory, parse_layers  # noqa: E402
-from tests.test_footprint import _measured_peak  # noqa: E402
 
 NETWORKS = {
     "lenet5": "conv 6 5 pad=2 / relu / maxpool 2 / conv 16 5 / relu / maxpool 2 / flatten / "
@@ -32,7 +32,7 @@ def main():
         for batch in (64, 256):
             estimate = check_memory(parse_layers(text), batch_size=batch, eval_batch_size=1000,
                                     available=1 << 62).total
-            peak = _measured_peak(text, batch, eval_images=1000)
+            peak = measured_peak(text, batch, eval_images=1000)
             print(f"{name:11s} batch {batch:4d}: measured peak {peak / 2**20:7.1f} MiB, "
                   f"estimate {estimate / 2**20:7.1f} MiB, ratio {estimate / peak:.2f}")
 
