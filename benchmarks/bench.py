@@ -27,18 +27,24 @@ import os
 
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--config", default="configs/lenet5.ini", help="config file (model, batch, optimizer)")
+    ap.add_argument("--config", default="configs/lenet5.ini",
+                    help="config file (model, batch, optimizer)")
     ap.add_argument("--steps", type=int, default=300, help="training steps timed, for each side")
     ap.add_argument("--warmup", type=int, default=20, help="untimed steps before timing")
     ap.add_argument("--rounds", type=int, default=6,
                     help="the steps are run in this many rounds of (ours, torch), back to back")
     ap.add_argument("--threads", type=int, default=None,
-                    help="threads for BLAS, cnntrain and torch (default: the CPUs this process may use)")
-    ap.add_argument("--batch", type=int, default=None, help="training batch (default: the config's)")
+                    help="threads for BLAS, cnntrain and torch (default: the CPUs this process may "
+                         "use)")
+    ap.add_argument("--batch", type=int, default=None,
+                    help="training batch (default: the config's)")
     ap.add_argument("--eval-batch", type=int, default=1000, help="evaluation batch")
     ap.add_argument("--eval-images", type=int, default=10000, help="images per evaluation pass")
-    ap.add_argument("--profile-steps", type=int, default=100, help="steps for the per-layer breakdown")
-    ap.add_argument("--data-dir", default=None, help="a folder or URL holding the MNIST files, fetched like --mirror (default: random data)")
+    ap.add_argument("--profile-steps", type=int, default=100,
+                    help="steps for the per-layer breakdown")
+    ap.add_argument("--data-dir", default=None,
+                    help="a folder or URL holding the MNIST files, fetched like --mirror (default: "
+                         "random data)")
     ap.add_argument("--kernels", choices=("fast", "reference"), default=None,
                     help="the layers' maths (default: the config's [train] kernels)")
     ap.add_argument("--no-torch", action="store_true", help="skip the PyTorch reference")
@@ -59,7 +65,6 @@ import time  # noqa: E402
 import numpy as np  # noqa: E402
 
 from cnntrain.config import load_config  # noqa: E402
-
 
 # --- BLAS ----------------------------------------------------------------------------------
 
@@ -112,7 +117,8 @@ def load_data(cfg, dtype, rng):
     ty = rng.integers(0, 10, n_train)
     ex = rng.standard_normal((ARGS.eval_images, 1, 28, 28)).astype(dtype)
     ey = rng.integers(0, 10, ARGS.eval_images)
-    return tx, ty, ex, ey, f"random N(0, 1) images, {n_train} for training (shape is all that matters)"
+    note = f"random N(0, 1) images, {n_train} for training (shape is all that matters)"
+    return tx, ty, ex, ey, note
 
 
 # --- cnntrain ------------------------------------------------------------------------------
@@ -120,7 +126,8 @@ def load_data(cfg, dtype, rng):
 class Ours:
     def __init__(self, cfg, batch, dtype, data):
         self.train_step = TrainStep(cfg, dtype, ARGS.seed)
-        self.net, self.opt, self.loss = self.train_step.net, self.train_step.opt, self.train_step.loss
+        step = self.train_step
+        self.net, self.opt, self.loss = step.net, step.opt, step.loss
         self.tx, self.ty, self.ex, self.ey = data
         self.batches = Batches(len(self.ty), batch, np.random.default_rng(ARGS.seed))
 
@@ -141,7 +148,8 @@ class Ours:
         correct = 0
         for i in range(0, len(self.ey), ARGS.eval_batch):
             logits = self.net.forward(self.ex[i:i + ARGS.eval_batch], train=False)
-            correct += int(np.count_nonzero(logits.argmax(axis=1) == self.ey[i:i + ARGS.eval_batch]))
+            labels = self.ey[i:i + ARGS.eval_batch]
+            correct += int(np.count_nonzero(logits.argmax(axis=1) == labels))
         return time.perf_counter() - start
 
 
@@ -185,7 +193,7 @@ def breakdown(ours, steps):
     eval_ms = 1e3 * (time.perf_counter() - start) / eval_batches
     # per evaluation batch: the network may call a layer several times per batch (chunks)
     evaluation = {name: 1e3 * f.seconds / eval_batches for name, (f, _) in timers.items()}
-    for name, layer in net.layers:  # drop the instance attributes: back to the class methods
+    for _name, layer in net.layers:  # drop the instance attributes: back to the class methods
         del layer.forward, layer.backward
     del ours.loss.forward, ours.loss.backward, ours.opt.step
     return train, evaluation, (loss_fwd.ms(), loss_bwd.ms(), opt.ms()), step_ms, eval_ms
@@ -263,7 +271,8 @@ def main():
     tx, ty, ex, ey, data_note = load_data(cfg, dtype, np.random.default_rng(ARGS.seed))
     data = (tx, ty, ex, ey)
     blas, blas_threads = blas_info()
-    print(f"config {ARGS.config}: {cfg.train.kernels} kernels, batch {batch}, {dtype}, SGD lr {cfg.train.lr} momentum "
+    print(f"config {ARGS.config}: {cfg.train.kernels} kernels, batch {batch}, {dtype}, SGD lr "
+          f"{cfg.train.lr} momentum "
           f"{cfg.train.momentum} weight decay {cfg.train.weight_decay}")
     print(f"data: {data_note}")
     print(f"numpy {np.__version__}, BLAS {blas}, BLAS threads {blas_threads}; --threads {THREADS}")
@@ -288,7 +297,8 @@ def main():
 
     print(f"\ntraining: {ARGS.steps} steps x {batch} images each, in {ARGS.rounds} interleaved "
           f"rounds; evaluation: {len(ey)} images per round (images/s)")
-    per_round = [ARGS.steps // ARGS.rounds + (r < ARGS.steps % ARGS.rounds) for r in range(ARGS.rounds)]
+    per_round = [ARGS.steps // ARGS.rounds + (r < ARGS.steps % ARGS.rounds)
+                 for r in range(ARGS.rounds)]
     totals = {"ours": 0.0, "ours_eval": 0.0, "ref": 0.0, "ref_eval": 0.0}
     ratios = []
     for r, steps in enumerate(per_round):
@@ -311,12 +321,14 @@ def main():
     images, eval_images = ARGS.steps * batch, ARGS.rounds * len(ey)
     train_rate, eval_rate = images / totals["ours"], eval_images / totals["ours_eval"]
     print(f"\ncnntrain: train {train_rate:,.0f} images/s ({1e3 * batch / train_rate:.2f} ms/step), "
-          f"eval {eval_rate:,.0f} images/s (batch {ARGS.eval_batch}); eval/train {eval_rate / train_rate:.2f}")
+          f"eval {eval_rate:,.0f} images/s (batch {ARGS.eval_batch}); eval/train "
+          f"{eval_rate / train_rate:.2f}")
     if reference is not None:
         ref_rate, ref_eval_rate = images / totals["ref"], eval_images / totals["ref_eval"]
         print(f"torch:    train {ref_rate:,.0f} images/s ({1e3 * batch / ref_rate:.2f} ms/step), "
               f"eval {ref_eval_rate:,.0f} images/s (batch {ARGS.eval_batch})")
-        print(f"ratio cnntrain/torch: train {train_rate / ref_rate:.2f} over all steps, median of rounds "
+        print(f"ratio cnntrain/torch: train {train_rate / ref_rate:.2f} over all steps, median of "
+              "rounds "
               f"{statistics.median(ratios):.2f} (min {min(ratios):.2f}, max {max(ratios):.2f}); "
               f"eval {eval_rate / ref_eval_rate:.2f}")
         if max(ratios) > 1.3 * min(ratios):
@@ -325,8 +337,10 @@ def main():
                   "Rerun on a quiet machine, or compare with --threads 1.")
 
     settle()
-    train, evaluation, (loss_f, loss_b, opt_ms), step_ms, eval_ms = breakdown(ours, ARGS.profile_steps)
-    print(f"\nper layer, ms per training step (batch {batch}) and per evaluation batch ({ARGS.eval_batch}):")
+    train, evaluation, (loss_f, loss_b, opt_ms), step_ms, eval_ms = breakdown(ours,
+                                                                              ARGS.profile_steps)
+    print(f"\nper layer, ms per training step (batch {batch}) and per evaluation batch "
+          f"({ARGS.eval_batch}):")
     print(f"  {'layer':10s} {'forward':>8s} {'backward':>8s} {'eval fwd':>9s}")
     for name, (f, b) in train.items():
         print(f"  {name:10s} {f:8.3f} {b:8.3f} {evaluation[name]:9.3f}")

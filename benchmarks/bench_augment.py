@@ -38,7 +38,8 @@ def parse_args(argv=None):
                     help="plain and augmented steps per round in part 3")
     ap.add_argument("--threads", type=int, default=None,
                     help="BLAS threads (default: the CPUs this process may use)")
-    ap.add_argument("--data-dir", default=None, help="a folder or URL holding the MNIST files, fetched like --mirror")
+    ap.add_argument("--data-dir", default=None,
+                    help="a folder or URL holding the MNIST files, fetched like --mirror")
     ap.add_argument("--seed", type=int, default=0)
     return ap.parse_args(argv)
 
@@ -54,8 +55,8 @@ import time  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from cnntrain.data import augment  # noqa: E402
 from cnntrain.config import load_config  # noqa: E402
+from cnntrain.data import augment  # noqa: E402
 from cnntrain.runs.build import build_augmenter  # noqa: E402
 
 
@@ -63,7 +64,8 @@ def load_images(cfg, dtype, rng):
     pool = 16384
     if ARGS.data_dir:
         splits, folder = real_mnist(ARGS.data_dir, cfg, dtype)
-        return splits.train.images[:pool], f"MNIST from {ARGS.data_dir} (first {pool}, cached in {folder})"
+        note = f"MNIST from {ARGS.data_dir} (first {pool}, cached in {folder})"
+        return splits.train.images[:pool], note
     return (rng.standard_normal((pool, 1, 28, 28)).astype(dtype),
             f"{pool} random N(0, 1) images (the cost does not depend on pixel values)")
 

@@ -101,25 +101,29 @@ def kernels_table(rng, N):
     print(f"1. each kernel at LeNet-5's shapes, batch {N}, float32: ms per call")
     print(f"  {'layer':10s} {'function':20s} {'fast':>8s} {'textbook':>9s} {'ratio':>6s}")
     for layer, fname, args_f, kw_f, args_r, kw_r in kernel_cases(rng, N):
-        t_fast = ms(lambda: getattr(fast, fname)(*args_f, **kw_f))
-        t_ref = ms(lambda: getattr(functional, fname)(*args_r, **kw_r))
+        # ms() calls each lambda before the loop moves on, so the loop variables are current
+        t_fast = ms(lambda: getattr(fast, fname)(*args_f, **kw_f))  # noqa: B023
+        t_ref = ms(lambda: getattr(functional, fname)(*args_r, **kw_r))  # noqa: B023
         print(f"  {layer:10s} {fname:20s} {t_fast:8.3f} {t_ref:9.3f} {t_ref / t_fast:6.1f}x")
 
 
 def choices_table(rng, N):
     print("\n2. the fast path's choices against the plain alternative: ms per call")
-    x, W = rng.standard_normal((N, 1, 28, 28)).astype(np.float32), rng.standard_normal((6, 25)).astype(np.float32)
+    x, W = rng.standard_normal((N, 1, 28, 28)).astype(np.float32), rng.standard_normal((6,
+                                                                                        25)).astype(np.float32)
     work = {}
     cols = fast._im2col(x, 5, 5, 1, 2, work)
     out = np.empty((6, cols.shape[1]), np.float32)
     whole = ms(lambda: np.matmul(W, cols, out=out))
     pieces = ms(lambda: fast._matmul_pieces(W, cols, out))
-    print(f"  conv1 forward product {W.shape} @ {cols.shape}: whole {whole:.3f}, in pieces {pieces:.3f}")
+    print(f"  conv1 forward product {W.shape} @ {cols.shape}: whole {whole:.3f}, in pieces "
+          f"{pieces:.3f}")
     dout = rng.standard_normal((N, 6, 28, 28)).astype(np.float32)
     rows = np.ascontiguousarray(dout.transpose(1, 2, 3, 0)).reshape(6, -1)
     direct = ms(lambda: rows @ cols.T)
     transposed = ms(lambda: fast._matmul_nt_pieces(cols, rows).T)
-    print(f"  conv1 kernel gradient: rows @ cols.T {direct:.3f}, (cols @ rows.T).T {transposed:.3f}")
+    print(f"  conv1 kernel gradient: rows @ cols.T {direct:.3f}, (cols @ rows.T).T "
+          f"{transposed:.3f}")
     ones = np.ones(rows.shape[1], np.float32)
     summed = ms(lambda: rows.sum(axis=1))
     product = ms(lambda: rows @ ones)
@@ -129,8 +133,10 @@ def choices_table(rng, N):
     timings = []
     for chunk in (64, 128, 256, 500, 1000):
         net.EVAL_CHUNK = chunk
-        timings.append(f"{chunk}: {ms(lambda: net.forward(images, train=False), max(5, ARGS.repeat // 8)):.1f}")
-    print(f"  evaluation of 1000 images in chunks of (ms per batch, EVAL_CHUNK = {type(net).EVAL_CHUNK}): "
+        took = ms(lambda: net.forward(images, train=False), max(5, ARGS.repeat // 8))
+        timings.append(f"{chunk}: {took:.1f}")
+    print("  evaluation of 1000 images in chunks of (ms per batch, EVAL_CHUNK = "
+          f"{type(net).EVAL_CHUNK}): "
           + ", ".join(timings))
 
 

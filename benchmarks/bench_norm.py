@@ -21,7 +21,8 @@ from benchlib import pin_threads  # noqa: E402
 def parse_args():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--config", default="configs/bn-aug.ini")
-    ap.add_argument("--threads", type=int, default=None, help="BLAS and torch threads (default: the CPUs)")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="BLAS and torch threads (default: the CPUs)")
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--repeat", type=int, default=30, help="timed calls per round")
     ap.add_argument("--rounds", type=int, default=3)
@@ -37,8 +38,8 @@ import time  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from cnntrain.nn import layers as L  # noqa: E402
 from cnntrain.config import load_config  # noqa: E402
+from cnntrain.nn import layers as L  # noqa: E402
 from cnntrain.nn.model import build_network  # noqa: E402
 from cnntrain.runs.build import layer_seeds  # noqa: E402
 
@@ -91,9 +92,11 @@ def theirs(module, x):
 def main():
     torch.set_num_threads(THREADS)
     cfg = load_config(ARGS.config)
-    print(f"{ARGS.config}: batch {ARGS.batch}, float32, {THREADS} threads, torch {torch.__version__}; "
+    print(f"{ARGS.config}: batch {ARGS.batch}, float32, {THREADS} threads, torch "
+          f"{torch.__version__}; "
           f"ms per forward + backward, median of {ARGS.repeat} calls, {ARGS.rounds} rounds")
-    print(f"{'layer':<12}{'input':>16}{'fast':>9}{'reference':>11}{'torch':>9}  torch/fast by round")
+    print(f"{'layer':<12}{'input':>16}{'fast':>9}{'reference':>11}{'torch':>9}  torch/fast by "
+          "round")
     for name, layer, x in cases(cfg):
         module = layer["fast"].torch_module(torch.nn)
         rounds = []

@@ -2,10 +2,10 @@
 """Whole processes, side by side: `cnntrain fit` for one epoch against the PyTorch reference.
 
 Both do the same work: start up, read MNIST, train one epoch on all 60,000 training images
-(cnntrain with `data.val_size=0`, and no warm-up, as the reference) at batch 64, score the 10,000 test images. Runs alternate
-(ours, reference, ours, ...) so both see the same machine load, and the medians are compared as
-a ratio. Peak memory is each process's own maximum resident set (os.wait4). Also times
-`cnntrain --help` against a bare `python -c pass`.
+(cnntrain with `data.val_size=0`, and no warm-up, as the reference) at batch 64, score the
+10,000 test images. Runs alternate (ours, reference, ours, ...) so both see the same machine
+load, and the medians are compared as a ratio. Peak memory is each process's own maximum
+resident set (os.wait4). Also times `cnntrain --help` against a bare `python -c pass`.
 
     python benchmarks/bench_process.py --mnist ../shared/mnist --repeat 3
 
@@ -30,7 +30,8 @@ REFERENCE = REPO.parent / "shared" / "bench" / "torch_lenet.py"
 def timed(cmd, env):
     """(wall seconds, peak RSS in MB, exit code, stdout) of one child process."""
     started = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, text=True)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env,
+                            text=True)
     out = proc.stdout.read()
     _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
@@ -38,7 +39,8 @@ def timed(cmd, env):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--mnist", default=str(REPO.parent / "shared" / "mnist"),
                     help="folder holding the four MNIST .gz files (default: ../shared/mnist)")
     ap.add_argument("--config", default=str(REPO / "configs" / "lenet5.ini"))
@@ -53,7 +55,8 @@ def main():
     try:
         fit = [*cnntrain, "fit", "--config", args.config, "--quiet", "--overwrite",
                "--out", str(work / "run"), "--data-dir", str(work / "data"), "--mirror", args.mnist,
-               "--set", "train.epochs=1", "--set", "data.val_size=0", "--set", "train.warmup_epochs=0"]
+               "--set", "train.epochs=1", "--set", "data.val_size=0",
+               "--set", "train.warmup_epochs=0"]
         ref = [args.torch_python, args.reference, args.mnist, "--epochs", "1"]
 
         cold = timed(fit, env)
@@ -64,7 +67,8 @@ def main():
             ours.append(timed(fit, env))
             theirs.append(timed(ref, env))
             if theirs[-1][2] != 0:
-                sys.exit(f"the reference failed (exit {theirs[-1][2]}); is torch installed in {args.torch_python}?")
+                sys.exit(f"the reference failed (exit {theirs[-1][2]}); is torch installed in "
+                         f"{args.torch_python}?")
 
         def median(runs, k):
             return statistics.median(r[k] for r in runs)

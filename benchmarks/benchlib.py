@@ -15,7 +15,8 @@ def pin_threads(threads, script):
     """Set BLAS/OpenMP threads (default: the CPUs this process may use) before numpy loads."""
     threads = threads or len(os.sched_getaffinity(0))
     if "numpy" in sys.modules:
-        sys.exit(f"{script} must set the thread counts before numpy is imported; run it as a script")
+        sys.exit(f"{script} must set the thread counts before numpy is imported; run it as a "
+                 "script")
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = str(threads)
     return threads

@@ -22,7 +22,8 @@ NETWORKS = {
     "wide-conv": "conv 64 5 pad=2 / relu / maxpool 2 / conv 128 5 / relu / maxpool 2 / flatten / "
                  "dense 512 / relu / dense 10",
     "conv32-3x3": "conv 32 3 pad=1 / relu / maxpool 2 / flatten / dense 10",
-    "conv-tanh": "conv 32 3 pad=1 / tanh / conv 32 3 pad=1 / tanh / meanpool 2 / flatten / dense 10",
+    "conv-tanh": "conv 32 3 pad=1 / tanh / conv 32 3 pad=1 / tanh / meanpool 2 / flatten / dense "
+                 "10",
     "big-dense": "flatten / dense 20000 / relu / dense 10",
 }
 

@@ -21,8 +21,13 @@ import os
 import re
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
-from cnntrain.constants import (INIT_SCHEMES, INPUT_SHAPE, MNIST_TEST_IMAGES,
-                                MNIST_TRAIN_IMAGES, SCHEDULES)
+from cnntrain.constants import (
+    INIT_SCHEMES,
+    INPUT_SHAPE,
+    MNIST_TEST_IMAGES,
+    MNIST_TRAIN_IMAGES,
+    SCHEDULES,
+)
 from cnntrain.errors import ConfigError
 
 # A name that no `[header]` line can produce (headers are single lines), so configparser's

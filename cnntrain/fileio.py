@@ -31,6 +31,7 @@ from typing import Optional
 
 from cnntrain.errors import ConfigError
 
+
 def fsync_dir(folder):
     """Persist a rename in `folder`; a no-op where a directory cannot be opened or fsynced
     (the rename itself is still atomic)."""
@@ -175,7 +176,7 @@ def _replacing(output, mode):
     except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
         if isinstance(exc, OSError):
-            raise _naming(exc, output.given, tmp, str(target))
+            raise _naming(exc, output.given, tmp, str(target))  # noqa: B904 (exc is its context)
         raise
     fsync_dir(target.parent)
 
@@ -188,7 +189,7 @@ def _writing_through(output, mode):
             yield f
             f.flush()
     except OSError as exc:
-        raise _naming(exc, output.given, str(output.target))
+        raise _naming(exc, output.given, str(output.target))  # noqa: B904 (as above)
 
 
 def _flush_console():

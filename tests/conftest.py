@@ -1,4 +1,5 @@
-"""Shared fixtures: data and servers. Helpers they build on live in tests/support/mnist_server.py."""
+"""Shared fixtures: data and servers. Helpers they build on live in
+tests/support/mnist_server.py."""
 
 import os
 from pathlib import Path
@@ -24,8 +25,8 @@ def _no_proxy_for_loopback(mp: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture(scope="session")
 def synthetic_mnist():
-    """A small deterministic MNIST look-alike (tests.support.mnist_server.SyntheticMnist): 600 train,
-    200 test; pass `.table` as `files=` to ensure_mnist."""
+    """A small deterministic MNIST look-alike (tests.support.mnist_server.SyntheticMnist):
+    600 train, 200 test; pass `.table` as `files=` to ensure_mnist."""
     return make_synthetic_mnist()
 
 
@@ -90,8 +91,8 @@ def digit_checkpoint(real_mnist_dir, tmp_path_factory):
     """best.npz of a LeNet-5 trained here on the real MNIST: configs/quick.ini on 12,000
     training images for 3 epochs (about 97% test accuracy on the first 2,000 test images, a
     few seconds). For tests that need a model that reads real handwriting."""
-    from cnntrain.runs.fit import fit
     from cnntrain.config import load_config
+    from cnntrain.runs.fit import fit
 
     repo = Path(__file__).resolve().parents[1]
     cfg = load_config(repo / "configs" / "quick.ini",

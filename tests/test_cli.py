@@ -12,8 +12,13 @@ import pytest
 
 from cnntrain import __version__
 from cnntrain.runs.checkpoint import FORMAT_VERSION, load_checkpoint
-from tests.support.clitools import (SMALL_LAYERS, assert_one_line_error, invoke, small_config,
-                            small_run_env)
+from tests.support.clitools import (
+    SMALL_LAYERS,
+    assert_one_line_error,
+    invoke,
+    small_config,
+    small_run_env,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 EPOCH_LINE = re.compile(r"^epoch (\d+)/(\d+) train_loss \d+\.\d{4} train_acc \d+\.\d\d% "
@@ -35,7 +40,8 @@ def test_fit_writes_a_complete_run_folder(env):
         assert (run / name).is_file(), name
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [m["epoch"] for m in metrics] == [1, 2]
-    assert set(metrics[0]) == {"epoch", "step", "lr", "train_loss", "train_acc", "val_loss", "val_acc",
+    assert set(metrics[0]) == {"epoch", "step", "lr", "train_loss", "train_acc", "val_loss",
+                               "val_acc",
                                "test_loss", "test_acc", "seconds", "images_per_s"}
     assert metrics[1]["step"] == 2 * 16 and 0 <= metrics[1]["test_acc"] <= 1
     assert len(EPOCH_LINE.findall((run / "train.log").read_text())) == 2
@@ -51,7 +57,8 @@ def test_fit_writes_a_complete_run_folder(env):
 def test_quiet_prints_only_the_epoch_lines(env):
     result = invoke("fit", "--config", env["config"], "--quiet")
     assert result.exit_code == 0
-    assert result.stdout.strip().splitlines() == [m.group(0) for m in EPOCH_LINE.finditer(result.stdout)]
+    assert result.stdout.strip().splitlines() == [
+        m.group(0) for m in EPOCH_LINE.finditer(result.stdout)]
 
 
 def test_set_overrides_reach_the_run_and_its_config(env):
@@ -70,7 +77,8 @@ def test_clean_epochs_leave_the_last_epochs_undistorted(env, monkeypatch, clean_
     distorted = []
     real_call = Augmenter.__call__
     monkeypatch.setattr(Augmenter, "__call__",
-                        lambda self, images, rng: distorted.append(1) or real_call(self, images, rng))
+                        lambda self, images, rng: distorted.append(1) or real_call(self, images,
+                                                                                   rng))
     result = invoke("fit", "--config", env["config"], "--set", "train.epochs=3",
                     "--set", "augment.translate=2", "--set", f"augment.clean_epochs={clean_epochs}")
     assert result.exit_code == 0, result.output
@@ -119,7 +127,8 @@ def test_eval_json_matches_the_training_metrics(env):
     assert confusion.shape == (10, 10) and confusion.sum() == report["n"] == 200
     assert report["per_class"] == pytest.approx((confusion.diagonal() / confusion.sum(1)).tolist())
     val = json.loads(invoke("eval", best, "--json", "--split", "val", "--batch-size", "7").stdout)
-    assert val["n"] == 100 and val["accuracy"] == pytest.approx(summary["best"]["val_acc"], abs=1e-12)
+    assert val["n"] == 100 and val["accuracy"] == pytest.approx(summary["best"]["val_acc"],
+                                                                abs=1e-12)
 
 
 def test_eval_prints_tables(env):
@@ -138,7 +147,8 @@ def test_a_run_is_never_overwritten_by_accident(env):
     result = invoke("fit", "--config", env["config"], "-q")
     assert_one_line_error(result, 2, "already holds a run", "--resume", "--overwrite")
     assert (env["run"] / "checkpoints" / "last.npz").read_bytes() == before
-    result = invoke("fit", "--config", env["config"], "-q", "--overwrite", "--set", "train.epochs=1")
+    result = invoke("fit", "--config", env["config"], "-q", "--overwrite", "--set",
+                    "train.epochs=1")
     assert result.exit_code == 0
     assert len((env["run"] / "metrics.jsonl").read_text().splitlines()) == 1
 
@@ -148,7 +158,8 @@ def test_divergence_exits_1_and_keeps_the_last_good_checkpoint(env):
                   "--set", "train.lr_schedule=constant").exit_code == 0
     last = env["run"] / "checkpoints" / "last.npz"
     # Continue the finished run for more epochs at an absurd rate: it diverges in epoch 4.
-    result = invoke("fit", "--resume", last, "-q", "--set", "train.epochs=5", "--set", "train.lr=1e9")
+    result = invoke("fit", "--resume", last, "-q", "--set", "train.epochs=5", "--set",
+                    "train.lr=1e9")
     assert_one_line_error(result, 1, "diverged at epoch 4", "lower the learning rate",
                           f"last good checkpoint is {last}")
     assert load_checkpoint(last).meta["epoch"] == 3
@@ -184,7 +195,8 @@ def test_unknown_key_in_the_file(env):
 def test_resume_with_a_different_network_is_refused(env):
     invoke("fit", "--config", env["config"], "-q", "--set", "train.epochs=1")
     other = env["tmp"] / "other.ini"
-    other.write_text(small_config(layers=[line.replace("dense 32", "dense 64") for line in SMALL_LAYERS],
+    other.write_text(small_config(layers=[line.replace("dense 32",
+                                                       "dense 64") for line in SMALL_LAYERS],
                                   run={"dir": env["run"]}))
     result = invoke("fit", "--config", other, "--resume", env["run"] / "checkpoints" / "last.npz")
     assert_one_line_error(result, 2, "different network")
@@ -220,7 +232,8 @@ def bad_checkpoints(env):
     }
 
 
-@pytest.mark.parametrize("kind", ["missing", "truncated", "foreign", "text", "newer", "objects", "folder"])
+@pytest.mark.parametrize("kind", ["missing", "truncated", "foreign", "text", "newer", "objects",
+                                  "folder"])
 def test_bad_checkpoints_get_one_line_and_exit_1(bad_checkpoints, env, kind):
     (env["tmp"] / "notes.npz").write_text("not a checkpoint")
     path, fragment = bad_checkpoints[kind]
@@ -252,7 +265,8 @@ def test_help_is_fast_and_imports_no_numpy():
 def run_cnntrain_process(env, *args, interrupt_after_line=None):
     """Run cnntrain in a child process (synthetic checksums); optionally press Ctrl-C once
     train.log shows `interrupt_after_line`."""
-    cmd = [sys.executable, str(REPO / "tests" / "support" / "synthetic_cnntrain.py"), *map(str, args)]
+    cmd = [sys.executable, str(REPO / "tests" / "support" / "synthetic_cnntrain.py"), *map(str,
+                                                                                           args)]
     child_env = {**__import__("os").environ, "CNNTRAIN_DATA_DIR": str(env["data_dir"]),
                  "CNNTRAIN_TEST_MNIST_TABLE": json.dumps(env["table"]),
                  "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
@@ -272,7 +286,8 @@ def run_cnntrain_process(env, *args, interrupt_after_line=None):
 
 
 def test_ctrl_c_saves_the_exact_position_and_resume_matches_an_uninterrupted_run(env):
-    long_run = ["--config", env["config"], "-q", "--set", "train.epochs=4", "--set", "train.batch_size=8"]
+    long_run = ["--config", env["config"], "-q", "--set", "train.epochs=4", "--set",
+                "train.batch_size=8"]
     code, _, _ = run_cnntrain_process(env, "fit", *long_run, "--out", env["tmp"] / "straight")
     assert code == 0
 
@@ -293,7 +308,7 @@ def test_ctrl_c_saves_the_exact_position_and_resume_matches_an_uninterrupted_run
     resumed = load_checkpoint(last)
     for name, value in straight.params.items():
         np.testing.assert_array_equal(resumed.params[name], value, err_msg=name)
-    metrics = [json.loads(l) for l in (stopped / "metrics.jsonl").read_text().splitlines()]
+    metrics = [json.loads(line) for line in (stopped / "metrics.jsonl").read_text().splitlines()]
     assert [m["epoch"] for m in metrics] == [1, 2, 3, 4]
 
 
@@ -302,18 +317,21 @@ def test_download_command_fetches_and_verifies(env, mnist_server, tmp_path):
     result = invoke("download", "--data-dir", target, "--mirror", mnist_server.mirror("m"), "-q")
     assert result.exit_code == 0, result.output
     assert f"MNIST verified in {target}" in result.stdout
-    assert sorted(p.name for p in target.iterdir() if not p.name.startswith(".")) == sorted(env["table"])
+    shown = sorted(p.name for p in target.iterdir() if not p.name.startswith("."))
+    assert shown == sorted(env["table"])
 
 
 def test_download_failure_is_reported_with_exit_1(env, mnist_server, tmp_path):
     mnist_server.add_fault("/dead/*", "status", code=404)
-    result = invoke("download", "--data-dir", tmp_path / "fresh", "--mirror", mnist_server.mirror("dead"), "-q")
+    result = invoke("download", "--data-dir", tmp_path / "fresh", "--mirror",
+                    mnist_server.mirror("dead"), "-q")
     assert result.exit_code == 1
     assert "Traceback" not in result.output and "error: " in result.stderr
     assert not list((tmp_path / "fresh").glob("*.part"))
 
 
-def test_a_failed_download_leaves_nothing_that_blocks_the_next_attempt(env, mnist_server, tmp_path, monkeypatch):
+def test_a_failed_download_leaves_nothing_that_blocks_the_next_attempt(env, mnist_server, tmp_path,
+                                                                       monkeypatch):
     monkeypatch.setenv("CNNTRAIN_DATA_DIR", str(tmp_path / "empty-cache"))
     mnist_server.add_fault("/dead/*", "status", code=404)
     dead = mnist_server.mirror("dead")
@@ -339,7 +357,8 @@ def test_resuming_a_finished_run_for_more_epochs_drops_its_summary_until_done(en
     summary = env["run"] / "summary.json"
     assert json.loads(summary.read_text())["epochs"] == 1
     last = env["run"] / "checkpoints" / "last.npz"
-    stopped = invoke("fit", "--resume", last, "-q", "--set", "train.epochs=3", "--set", "train.lr=1e9")
+    stopped = invoke("fit", "--resume", last, "-q", "--set", "train.epochs=3", "--set",
+                     "train.lr=1e9")
     assert stopped.exit_code == 1 and not summary.exists()  # diverged: the run is not done
     assert invoke("fit", "--resume", last, "-q", "--set", "train.epochs=2").exit_code == 0
     assert json.loads(summary.read_text())["epochs"] == 2

@@ -15,8 +15,13 @@ import pytest
 from cnntrain import config as C
 from cnntrain.cli import cli
 from cnntrain.runs.fit import divergence_advice
-from tests.support.clitools import (assert_one_line_error, invoke, small_config, small_run_env,
-                            use_synthetic_mnist)
+from tests.support.clitools import (
+    assert_one_line_error,
+    invoke,
+    small_config,
+    small_run_env,
+    use_synthetic_mnist,
+)
 
 QUICK = Path(__file__).resolve().parents[1] / "configs" / "quick.ini"
 

@@ -20,10 +20,10 @@ import json
 import numpy as np
 
 from cnntrain import __version__
-from cnntrain.nn import layers as L
+from cnntrain.apps.inference import CLASS_NAMES, load_predictor
 from cnntrain.errors import CnnTrainError
 from cnntrain.fileio import atomic_writer, check_output, refuse_overwriting
-from cnntrain.apps.inference import CLASS_NAMES, load_predictor
+from cnntrain.nn import layers as L
 
 OPSET = 17       # Conv, MaxPool, AveragePool, Gemm, Flatten, BatchNormalization and
                  # Softmax(axis) as used here

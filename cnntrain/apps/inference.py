@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from cnntrain.nn import functional as fn
 from cnntrain.constants import NUM_CLASSES
 from cnntrain.errors import CnnTrainError
+from cnntrain.nn import functional as fn
 
 CLASS_NAMES = tuple(str(digit) for digit in range(NUM_CLASSES))
 

@@ -15,9 +15,9 @@ import math
 
 import numpy as np
 
-from cnntrain.nn import layers as L
-from cnntrain.errors import ConfigError
 from cnntrain.apps.plots import _figure, _save, check_output, require_matplotlib
+from cnntrain.errors import ConfigError
+from cnntrain.nn import layers as L
 
 WIDTH = 1200
 HEADER = 70
@@ -184,10 +184,10 @@ def load_field(*, image=None, input_path=None, raw=False, data_dir=None, mirrors
     when it holds one input file); `image` then picks one picture of a stack (default the
     first). Otherwise MNIST test image `image` (default 0).
     """
+    from cnntrain.apps.predict import to_field
     from cnntrain.constants import TEST_IMAGES_FILE, TEST_LABELS_FILE
     from cnntrain.data.download import fetch_mnist
     from cnntrain.data.mnist import read_idx
-    from cnntrain.apps.predict import to_field
     from cnntrain.data.preprocess import display_name, grey_levels, read_single_input
 
     if input_path is not None:
@@ -213,8 +213,8 @@ def load_field(*, image=None, input_path=None, raw=False, data_dir=None, mirrors
 def draw_maps(checkpoint, output, *, image=None, input_path=None, raw=False, data_dir=None,
               mirrors=()):
     """`cnntrain plot --maps`: load the checkpoint and the picture, draw; -> (digit, p)."""
-    from cnntrain.fileio import refuse_overwriting
     from cnntrain.apps.inference import load_predictor
+    from cnntrain.fileio import refuse_overwriting
 
     check_output(output)
     refuse_overwriting(output, checkpoint, input_path)

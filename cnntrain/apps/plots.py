@@ -152,7 +152,7 @@ def plot_curves(run_dirs, output):
     most_epochs = max(rows[-1]["epoch"] for _, rows in runs)
     marker = "o" if most_epochs <= 30 else None  # dots help few epochs, clutter many
     accuracies = []
-    for (label, rows), colour in zip(runs, colours):
+    for (_label, rows), colour in zip(runs, colours):
         for split, style, _ in SPLIT_STYLES:
             for ax, key in ((loss_ax, f"{split}_loss"), (acc_ax, f"{split}_acc")):
                 epochs, values = _series(rows, key)

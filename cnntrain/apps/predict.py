@@ -10,10 +10,16 @@ import json
 
 import numpy as np
 
-from cnntrain.errors import CnnTrainError
 from cnntrain.apps.inference import CLASS_NAMES, load_predictor
-from cnntrain.data.preprocess import (FIELD, display_name, expand_inputs, grey_levels, read_input,
-                                 to_mnist_field)
+from cnntrain.data.preprocess import (
+    FIELD,
+    display_name,
+    expand_inputs,
+    grey_levels,
+    read_input,
+    to_mnist_field,
+)
+from cnntrain.errors import CnnTrainError
 
 CHUNK = 256  # pictures preprocessed and predicted at a time
 

@@ -186,7 +186,8 @@ def grey_from_png(request):
     if text.startswith("data:"):
         header, _, text = text.partition(",")
         if not header.endswith(";base64"):
-            raise RequestError(400, "a data: URL in 'png' must be base64 (data:image/png;base64,...)")
+            raise RequestError(
+                400, "a data: URL in 'png' must be base64 (data:image/png;base64,...)")
     try:
         data = base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):

@@ -32,9 +32,21 @@ from cnntrain.config import peek_value
 from cnntrain.errors import ConfigError
 from cnntrain.fileio import atomic_write_text
 from cnntrain.runs.metrics import best_epoch
-from cnntrain.runs.runfolder import (CONFIG, EMPTY, LOG, METRICS, OVERRIDES, RUN_MARKERS, SUMMARY,
-                                SWEEP_STATUS, BadMetricsLine, folder_state, is_run_folder,
-                                parse_json_object, parse_metrics)
+from cnntrain.runs.runfolder import (
+    CONFIG,
+    EMPTY,
+    LOG,
+    METRICS,
+    OVERRIDES,
+    RUN_MARKERS,
+    SUMMARY,
+    SWEEP_STATUS,
+    BadMetricsLine,
+    folder_state,
+    is_run_folder,
+    parse_json_object,
+    parse_metrics,
+)
 from cnntrain.runs.stopsignals import STOP_SIGNALS
 
 ACCURACY_KEYS = ("best_val_acc", "best_test_acc", "final_val_acc", "final_test_acc")

@@ -31,8 +31,13 @@ import urllib3
 from tqdm import tqdm
 
 from cnntrain import __version__
-from cnntrain.constants import (IDX_UBYTE, TEST_IMAGES_FILE, TEST_LABELS_FILE,
-                                TRAIN_IMAGES_FILE, TRAIN_LABELS_FILE)
+from cnntrain.constants import (
+    IDX_UBYTE,
+    TEST_IMAGES_FILE,
+    TEST_LABELS_FILE,
+    TRAIN_IMAGES_FILE,
+    TRAIN_LABELS_FILE,
+)
 from cnntrain.errors import DataError
 from cnntrain.fileio import atomic_writer, fsync_dir
 
@@ -826,7 +831,8 @@ def ensure_mnist(data_dir, mirrors, *, progress=True, files=None, timeout=(10, 3
     """Make sure every file of `files` is in `data_dir`, decompressed and verified.
 
     `files` maps a decompressed file name to (size, sha256), MNIST_FILES when None (looked up
-    at each call, so tests can put a table of small synthetic files in its place); each is fetched as `<name>.gz`
+    at each call, so tests can put a table of small synthetic files in its place); each is
+    fetched as `<name>.gz`
     from the `mirrors` in order (http(s) base URLs, file:// URLs or folders holding the .gz or
     decompressed files; a `<name>.gz` already in `data_dir` is used first). Transient failures
     (5xx, connection errors, timeouts, truncated bodies) are retried `retries` times, waiting

@@ -13,8 +13,15 @@ from pathlib import Path
 
 import numpy as np
 
-from cnntrain.constants import (IDX_UBYTE, IMAGE_HW, NUM_CLASSES, TEST_IMAGES_FILE,
-                                TEST_LABELS_FILE, TRAIN_IMAGES_FILE, TRAIN_LABELS_FILE)
+from cnntrain.constants import (
+    IDX_UBYTE,
+    IMAGE_HW,
+    NUM_CLASSES,
+    TEST_IMAGES_FILE,
+    TEST_LABELS_FILE,
+    TRAIN_IMAGES_FILE,
+    TRAIN_LABELS_FILE,
+)
 from cnntrain.errors import DataError
 
 __all__ = ["read_idx", "read_idx_dims", "read_idx_stream", "Split", "MnistSplits",

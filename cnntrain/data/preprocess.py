@@ -194,7 +194,8 @@ def resample_matrix(n_in, n_out):
 
 def resize(image, height, width):
     """(H, W) -> (height, width), separably, with resample_matrix along each axis."""
-    return resample_matrix(image.shape[0], height) @ image @ resample_matrix(image.shape[1], width).T
+    rows, columns = resample_matrix(image.shape[0], height), resample_matrix(image.shape[1], width)
+    return rows @ image @ columns.T
 
 
 def fit_box(height, width, box=BOX):
@@ -487,8 +488,8 @@ def load_array_stack(path):
 def load_idx_stack(path):
     """An MNIST IDX image file (e.g. t10k-images-idx3-ubyte) -> (N, H, W) uint8, its header
     checked (cnntrain.data.mnist.read_idx_dims) before its payload is read."""
-    from cnntrain.errors import DataError
     from cnntrain.data.mnist import read_idx_dims
+    from cnntrain.errors import DataError
 
     name = display_name(path)
     with open_input(path) as f:

@@ -100,7 +100,8 @@ def conv_kernel_grad(cols, dout, kernel_shape):
 
     dW[f, c, i, j] = sum_{n, p, q} x_padded[n, c, stride*p + i, stride*q + j] * dout[n, f, p, q]
 
-    cols: (N*out_h*out_w, C*kh*kw) from conv_forward; dout: (N, F, out_h, out_w) -> dW: (F, C, kh, kw).
+    cols: (N*out_h*out_w, C*kh*kw) from conv_forward; dout: (N, F, out_h, out_w)
+    -> dW: (F, C, kh, kw).
     """
     return (_rows(dout).T @ cols).reshape(kernel_shape)
 

@@ -10,7 +10,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from cnntrain.errors import ConfigError
-from cnntrain.nn.model import build_network
 
 
 def numeric_gradient(f, a, eps=1e-6, indices=None, kinks=None):

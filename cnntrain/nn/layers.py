@@ -264,7 +264,8 @@ class Conv2D(Layer):
         self.add_param("W", init_weights((out_channels, in_channels, kh, kw), fan_in, fan_out,
                                          rng=rng, dtype=dtype, scheme=init))
         self.add_param("b", np.zeros(out_channels, dtype=dtype), decay="bias")
-        self._work = {True: {}, False: {}}  # the fast kernels' scratch arrays (see cnntrain.nn.fast)
+        # the fast kernels' scratch arrays (see cnntrain.nn.fast)
+        self._work = {True: {}, False: {}}
 
     @classmethod
     def build(cls, line, input_shape, context):

@@ -10,17 +10,15 @@ are named "conv1.W", "dense3.b", and so on.
 """
 
 import difflib
-import math
 from dataclasses import dataclass
 
 import numpy as np
 
-from cnntrain.nn import footprint
-from cnntrain.nn import layers as L
 from cnntrain.constants import INPUT_SHAPE as MNIST_SHAPE
 from cnntrain.constants import NUM_CLASSES
 from cnntrain.errors import ConfigError
-from cnntrain.nn.functional import conv_output_size
+from cnntrain.nn import footprint
+from cnntrain.nn import layers as L
 
 
 class LayerLineError(ConfigError):
@@ -70,7 +68,8 @@ def split_layer_lines(text_or_lines):
 
 
 def parse_layer_line(line_no, line):
-    """'conv 6 5 pad=2' -> LayerLine(kind='conv', values={filters: 6, kernel: (5, 5), stride: 1, pad: 2})."""
+    """'conv 6 5 pad=2' -> LayerLine(kind='conv',
+    values={filters: 6, kernel: (5, 5), stride: 1, pad: 2})."""
     def fail(reason):
         raise LayerLineError(line_no, line, reason)
 
@@ -93,7 +92,8 @@ def parse_layer_line(line_no, line):
         for word in (w for w in words[1:] if "=" in w):
             key, _, text = word.partition("=")
             if key not in options:
-                fail(f"unknown option '{key}' for {kind} (allowed: {', '.join(options) or 'none'}); "
+                allowed = ", ".join(options) or "none"
+                fail(f"unknown option '{key}' for {kind} (allowed: {allowed}); "
                      f"usage: {cls.usage()}")
             if key in given:
                 fail(f"option '{key}' is given twice; keep one")
@@ -168,7 +168,8 @@ def execution_order(kinds):
 
 
 def resolve_init(init, lines):
-    """'auto' -> He for networks with a layer that asks for it (ReLU), else Glorot (tanh/sigmoid)."""
+    """'auto' -> He for networks with a layer that asks for it (ReLU), else Glorot
+    (tanh/sigmoid)."""
     if init != "auto":
         return init
     return "he" if any(L.REGISTRY[line.kind].init_hint == "he" for line in lines) else "glorot"

@@ -11,10 +11,10 @@ import onnxruntime
 import pytest
 
 from cnntrain.apps import export
-from cnntrain.nn import model
-from cnntrain.data.mnist import read_idx
 from cnntrain.apps.inference import Predictor
+from cnntrain.data.mnist import read_idx
 from cnntrain.nn import layers as L
+from cnntrain.nn import model
 from cnntrain.nn.layers import Layer
 from cnntrain.nn.losses import SoftmaxCrossEntropy
 from cnntrain.runs.build import build_optimizer

@@ -19,12 +19,12 @@ import pytest
 from PIL import Image
 
 from cnntrain.data import preprocess as pp
-from cnntrain.errors import DataError
 from cnntrain.data.mnist import read_idx
+from cnntrain.errors import DataError
+from tests.data.test_preprocess import SEVEN, canvas
 from tests.support.checkpoints import write_checkpoint
 from tests.support.clitools import assert_one_line_error, invoke
 from tests.support.proctools import child_env
-from tests.data.test_preprocess import SEVEN, canvas
 
 MEMORY_CAP = 1 << 30  # a picture at the cap needs about half of this; the 100 MP bomb 2.8 GB
 

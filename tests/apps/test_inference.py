@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from cnntrain.errors import CheckpointError
 from cnntrain.apps.inference import Predictor, load_predictor
+from cnntrain.errors import CheckpointError
 from tests.support.checkpoints import write_checkpoint
 
 

@@ -5,13 +5,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cnntrain.nn import functional as fn
 from cnntrain.apps import maps
 from cnntrain.apps.inference import Predictor
-from tests.support.checkpoints import make_network, save_network, write_checkpoint
-from tests.support.clitools import assert_one_line_error, invoke
+from cnntrain.nn import functional as fn
 from tests.apps.test_plots import not_blank, png_size
 from tests.data.test_preprocess import SEVEN, canvas
+from tests.support.checkpoints import make_network, save_network, write_checkpoint
+from tests.support.clitools import assert_one_line_error, invoke
 
 
 def test_maps_are_each_conv_and_pooling_layer_after_the_activation_behind_it():

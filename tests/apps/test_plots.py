@@ -15,6 +15,7 @@ from cnntrain.apps import plots
 from cnntrain.errors import CnnTrainError
 from tests.support.clitools import assert_one_line_error, invoke, small_config, use_synthetic_mnist
 
+
 def png_size(path):
     """(width, height) of a PNG, after checking it is whole: signature, IHDR first, every
     chunk's CRC, IEND last, and pixel data that inflates."""

@@ -8,9 +8,9 @@ from PIL import Image
 
 from cnntrain.apps.inference import Predictor
 from cnntrain.data.preprocess import to_mnist_field
+from tests.data.test_preprocess import SEVEN, canvas
 from tests.support.checkpoints import write_checkpoint
 from tests.support.clitools import assert_one_line_error, invoke
-from tests.data.test_preprocess import SEVEN, canvas
 
 
 @pytest.fixture

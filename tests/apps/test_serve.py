@@ -26,9 +26,9 @@ import numpy as np
 import pytest
 
 from cnntrain.apps import serve
+from cnntrain.apps.inference import Predictor
 from cnntrain.data.preprocess import to_mnist_field
 from tests.support.clitools import invoke
-from cnntrain.apps.inference import Predictor
 from tests.support.servetools import LogLines, RunningServer, as_paper_scan, mnist_test_digits
 
 REPO = Path(__file__).resolve().parents[2]
@@ -210,7 +210,8 @@ def test_ipv6_loopback_works_when_the_machine_has_it(digit_checkpoint):
         pytest.skip(f"no IPv6 loopback here: {exc}")
     with server:
         assert server.url == f"http://[::1]:{server.port}/"
-        status, _, body = request(server, "GET", "/api/model", headers={"Host": f"[::1]:{server.port}"})
+        status, _, body = request(server, "GET", "/api/model",
+                                  headers={"Host": f"[::1]:{server.port}"})
         assert status == 200 and json.loads(body)["name"] == "quick"
         status, _, _ = request(server, "GET", "/", headers={"Host": "example.com"})
         assert status == 421
@@ -269,7 +270,8 @@ BAD_JSON_BODIES = [
     ("pixels not a list", json.dumps(dict(ZEROS_4, pixels="0000")).encode(), 400, "flat list"),
     ("nested pixels", json.dumps(dict(ZEROS_4, pixels=[[0, 0], [0, 0], [0, 0], [0, 0]])).encode(),
      400, "only numbers"),
-    ("ragged pixels", json.dumps(dict(ZEROS_4, pixels=[[0], 0, 0, 0])).encode(), 400, "only numbers"),
+    ("ragged pixels", json.dumps(dict(ZEROS_4, pixels=[[0], 0, 0, 0])).encode(), 400,
+     "only numbers"),
     ("text pixels", json.dumps(dict(ZEROS_4, pixels=["0", "0", "0", "0"])).encode(), 400,
      "only numbers"),
     ("null pixels", json.dumps(dict(ZEROS_4, pixels=[None] * 4)).encode(), 400, "only numbers"),

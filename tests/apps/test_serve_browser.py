@@ -113,7 +113,8 @@ def page_state(driver):
           prediction: document.getElementById('prediction').textContent,
           p: [...document.querySelectorAll('#bars li')].map(li => Number(li.dataset.p)),
           pct: [...document.querySelectorAll('#bars li .pct')].map(s => s.textContent),
-          widths: [...document.querySelectorAll('#bars li .fill')].map(s => s.getBoundingClientRect().width),
+          widths: [...document.querySelectorAll('#bars li .fill')]
+              .map(s => s.getBoundingClientRect().width),
           track: document.querySelector('#bars li .track').getBoundingClientRect().width,
         };""")
 
@@ -270,7 +271,8 @@ def test_drawing_real_digits_in_chromium(browser, digit_checkpoint, real_mnist_d
         phone_png = browser.get_screenshot_as_png()
         (tmp_path / "phone.png").write_bytes(phone_png)
         if os.environ.get("CNNTRAIN_SCREENSHOT"):
-            with open(os.environ["CNNTRAIN_SCREENSHOT"].replace(".png", "-phone.png"), "wb") as keep:
+            with open(os.environ["CNNTRAIN_SCREENSHOT"].replace(".png", "-phone.png"),
+                      "wb") as keep:
                 keep.write(phone_png)
 
     errors = [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]

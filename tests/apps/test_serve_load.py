@@ -100,7 +100,8 @@ def test_50_clients_each_sending_20_requests_all_get_right_answers(digit_checkpo
         predicted = np.argmax(expected, axis=1)
         assert (predicted == labels).mean() >= 0.8
         deadline = time.monotonic() + 10  # a log line is written just after its answer
-        while len(answer_lines(server, mark)) < CLIENTS * PER_CLIENT and time.monotonic() < deadline:
+        while len(answer_lines(server,
+                               mark)) < CLIENTS * PER_CLIENT and time.monotonic() < deadline:
             time.sleep(0.01)
         lines = server.log.since(mark)
     assert len(answer_lines(server, mark)) == CLIENTS * PER_CLIENT, len(lines)

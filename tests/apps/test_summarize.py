@@ -151,7 +151,8 @@ def test_a_path_that_is_no_run_nor_sweep_is_a_one_line_config_error(tmp_path, ma
 
 def test_default_sort_is_best_validation_first_with_unfinished_runs_last(sweep):
     rows = summarize.sort_rows(summarize.collect_runs([sweep]), "best_val_acc")
-    assert [r.run for r in rows] == ["lr-0.1", "lr-0.05", "lr-0.001", "lr-0.02", "lr-oops", "lr-0.5"]
+    assert [r.run for r in rows] == ["lr-0.1", "lr-0.05", "lr-0.001", "lr-0.02", "lr-oops",
+                                     "lr-0.5"]
 
 
 def test_sort_by_other_columns_and_by_an_override(sweep):
@@ -231,7 +232,8 @@ def test_the_summarize_command(sweep, tmp_path):
 
 
 def test_summarize_imports_no_numpy():
-    out = subprocess.run([sys.executable, "-X", "importtime", "-c", "import cnntrain.apps.summarize"],
+    out = subprocess.run([sys.executable, "-X", "importtime", "-c",
+                          "import cnntrain.apps.summarize"],
                          capture_output=True, text=True, check=True)
     imported = {line.split("|")[-1].strip() for line in out.stderr.splitlines() if "|" in line}
     assert "cnntrain.apps.summarize" in imported and "numpy" not in imported
@@ -241,7 +243,8 @@ def test_runs_of_several_sweeps_with_the_same_names_say_whose_they_are(tmp_path)
     for sweep in ("plain", "augmented"):
         make_done(tmp_path / sweep / "seed-0", [0.9], [0.9], overrides=["train.seed=0"])
     make_done(tmp_path / "plain" / "seed-1", [0.8], [0.8], overrides=["train.seed=1"])
-    names = sorted(row.run for row in summarize.collect_runs([tmp_path / "plain", tmp_path / "augmented"]))
+    names = sorted(row.run for row in summarize.collect_runs([tmp_path / "plain",
+                                                              tmp_path / "augmented"]))
     assert names == ["augmented/seed-0", "plain/seed-0", "seed-1"]
 
 
@@ -264,7 +267,8 @@ DAMAGE = {
         lambda f: _break_metrics(f, "[1, 2]\n" + _GOOD + "\n"),
         "metrics.jsonl line 1: a JSON list, expected an object"),
     "metrics accuracy a string": (
-        lambda f: _break_metrics(f, json.dumps({**_metrics(1, 0.9, 0.9), "val_acc": "high"}) + "\n"),
+        lambda f: _break_metrics(f, json.dumps({**_metrics(1, 0.9, 0.9),
+                                                "val_acc": "high"}) + "\n"),
         'metrics.jsonl line 1: val_acc is "high", expected a number'),
     "metrics epoch a string": (
         lambda f: _break_metrics(f, json.dumps({**_metrics(1, 0.9, 0.9), "epoch": "one"}) + "\n"),

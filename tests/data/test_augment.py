@@ -6,8 +6,15 @@ import numpy as np
 import pytest
 
 from cnntrain.data import augment
-from cnntrain.data.augment import (Augmenter, elastic_field, elastic_modes, field_from_modes,
-                               gaussian_matrix, smooth, warp)
+from cnntrain.data.augment import (
+    Augmenter,
+    elastic_field,
+    elastic_modes,
+    field_from_modes,
+    gaussian_matrix,
+    smooth,
+    warp,
+)
 from cnntrain.runs.checkpoint import load_checkpoint
 from tests.support.clitools import invoke, small_config, use_synthetic_mnist
 

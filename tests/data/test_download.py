@@ -16,8 +16,13 @@ from pathlib import Path
 import pytest
 
 from cnntrain.data import download
-from cnntrain.data.download import (DEFAULT_MIRRORS, MNIST_FILES, ensure_mnist, resolve_data_dir,
-                               resolve_mirrors)
+from cnntrain.data.download import (
+    DEFAULT_MIRRORS,
+    MNIST_FILES,
+    ensure_mnist,
+    resolve_data_dir,
+    resolve_mirrors,
+)
 from cnntrain.errors import DataError
 from tests.support.mnist_server import (
     TEST_IMAGES,
@@ -495,7 +500,11 @@ def test_in_place_change_with_mtime_restored_is_noticed(mnist_server, synthetic_
 def test_training_refuses_a_cache_changed_in_place(monkeypatch, synthetic_mnist, tmp_path):
     """`cnntrain download` records the files; one is then changed in place with its mtime
     restored; `cnntrain fit` must not train on it (no mirror is reachable to repair it)."""
-    from tests.support.clitools import assert_one_line_error, invoke, small_config, use_synthetic_mnist
+    from tests.support.clitools import (
+        invoke,
+        small_config,
+        use_synthetic_mnist,
+    )
 
     data_dir = synthetic_mnist.write(tmp_path / "mnist")
     use_synthetic_mnist(monkeypatch, synthetic_mnist, data_dir)
@@ -665,7 +674,7 @@ def test_a_silent_mirror_is_reported_as_given_up(mnist_server, synthetic_mnist, 
     with pytest.raises(DataError) as info:
         fetch(tmp_path, [mnist_server.mirror("silent")], synthetic_mnist, timeout=(5, 10),
               retries=3, patience=0.5)
-    line = next(l for l in str(info.value).splitlines() if "/silent/" in l)
+    line = next(text for text in str(info.value).splitlines() if "/silent/" in text)
     assert "timed out" in line and "gave up on this mirror" in line
     assert mnist_server.hits("/silent/*") == 1
 

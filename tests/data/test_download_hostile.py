@@ -16,8 +16,13 @@ from cnntrain.data import download
 from cnntrain.data.download import MIN_RATE, RATE_WINDOW, ensure_mnist
 from cnntrain.errors import DataError
 from tests.support.clitools import invoke, use_synthetic_mnist
-from tests.support.mnist_server import (TEST_IMAGES, TEST_LABELS, TRAIN_IMAGES, TRAIN_LABELS,
-                                make_synthetic_mnist)
+from tests.support.mnist_server import (
+    TEST_IMAGES,
+    TEST_LABELS,
+    TRAIN_IMAGES,
+    TRAIN_LABELS,
+    make_synthetic_mnist,
+)
 
 FLOOR = f"below the {MIN_RATE / 1024:g} KiB/s floor"
 

@@ -227,9 +227,9 @@ def check_case(path):
     """Read one file as predict does -> ("read" or "refused", None) if it gave pictures
     within the cap, each made into a field or refused in one line, or a proper one-line
     error; else (None, what went wrong)."""
-    from cnntrain.errors import CnnTrainError
     from cnntrain.apps.predict import to_field
-    from cnntrain.data.preprocess import InputError, MAX_PIXELS, display_name, read_input
+    from cnntrain.data.preprocess import MAX_PIXELS, InputError, display_name, read_input
+    from cnntrain.errors import CnnTrainError
 
     try:
         entries = read_input(path)

@@ -7,11 +7,16 @@ import numpy as np
 import pytest
 
 from cnntrain.data.download import MNIST_FILES, ensure_mnist
-from cnntrain.errors import DataError
 from cnntrain.data.mnist import MnistSplits, Split, load_mnist, read_idx
-from tests.support.mnist_server import (TEST_IMAGES, TEST_LABELS, TRAIN_IMAGES, TRAIN_LABELS, idx_bytes,
-                                make_synthetic_mnist)
-
+from cnntrain.errors import DataError
+from tests.support.mnist_server import (
+    TEST_IMAGES,
+    TEST_LABELS,
+    TRAIN_IMAGES,
+    TRAIN_LABELS,
+    idx_bytes,
+    make_synthetic_mnist,
+)
 
 # --------------------------------------------------------------------------- IDX
 
@@ -192,7 +197,7 @@ TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
 
 def test_real_mnist_end_to_end(real_mnist_dir):
     """Downloaded through the real code with the real checksum table (fixture), then loaded."""
-    for name, (size, sha) in MNIST_FILES.items():
+    for name, (size, _sha) in MNIST_FILES.items():
         assert (real_mnist_dir / name).stat().st_size == size
     assert np.bincount(read_idx(real_mnist_dir / TRAIN_LABELS)).tolist() == TRAIN_COUNTS
     assert np.bincount(read_idx(real_mnist_dir / TEST_LABELS)).tolist() == TEST_COUNTS

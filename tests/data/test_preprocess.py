@@ -178,7 +178,8 @@ def test_read_input_reads_npy_stacks_and_idx_files(tmp_path):
     np.save(tmp_path / "channels.npy", stack[:, None].astype(np.float32) / 255)
     header = b"\0\0\x08\x03" + np.array([2, 28, 28], ">u4").tobytes()
     (tmp_path / "digits-idx3-ubyte").write_bytes(header + stack.tobytes())
-    assert [label for label, _ in pp.read_input(tmp_path / "one.npy")] == [str(tmp_path / "one.npy")]
+    assert [label for label,
+            _ in pp.read_input(tmp_path / "one.npy")] == [str(tmp_path / "one.npy")]
     for name in ("stack.npy", "channels.npy", "digits-idx3-ubyte"):
         entries = pp.read_input(tmp_path / name)
         assert [label for label, _ in entries] == [f"{tmp_path / name}[{i}]" for i in range(2)]

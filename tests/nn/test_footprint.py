@@ -8,8 +8,14 @@ import numpy as np
 import pytest
 
 from cnntrain.nn import footprint
-from cnntrain.nn.model import (LayerLineError, build_network, check_layers, check_memory,
-                            plan_layers, parse_layers)
+from cnntrain.nn.model import (
+    LayerLineError,
+    build_network,
+    check_layers,
+    check_memory,
+    parse_layers,
+    plan_layers,
+)
 from tests.support.clitools import assert_one_line_error, invoke
 
 REPO = Path(__file__).resolve().parents[2]

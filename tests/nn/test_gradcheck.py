@@ -6,7 +6,13 @@ import pytest
 
 from cnntrain.nn import gradcheck
 from cnntrain.nn import layers as L
-from tests.support.clitools import SMALL_LAYERS, assert_one_line_error, invoke, small_config, use_synthetic_mnist
+from tests.support.clitools import (
+    SMALL_LAYERS,
+    assert_one_line_error,
+    invoke,
+    small_config,
+    use_synthetic_mnist,
+)
 
 
 @pytest.fixture
@@ -30,7 +36,7 @@ def test_every_layer_of_the_configured_network_passes(config):
     assert list(rows) == ["conv1", "relu1", "maxpool1", "conv2", "relu2", "maxpool2", "flatten1",
                           "dense1", "relu3", "dense2"]
     assert len(rows) == len(SMALL_LAYERS)
-    for name, words in rows.items():
+    for _name, words in rows.items():
         assert "ok" in words, words
         assert float(words[words.index("ok") - 3]) < 1e-6
     assert "input" in " ".join(rows["conv1"]) and " W " in " ".join(rows["conv1"]) + " "
@@ -139,7 +145,10 @@ def test_the_textbook_kernels_are_checked_when_the_config_picks_them(config, mon
                   "train.kernels=reference").exit_code == 0
     correct = functional.conv_bias_grad
     monkeypatch.setattr(functional, "conv_bias_grad", lambda dout: 1.01 * correct(dout))
-    result = invoke("gradcheck", "--config", config, "--probes", 10, "--set", "train.kernels=reference")
+    result = invoke("gradcheck", "--config", config, "--probes", 10, "--set",
+                    "train.kernels=reference")
     assert result.exit_code == 1
-    assert sorted(n for n, words in table_rows(result.stdout).items() if "FAIL" in words) == ["conv1", "conv2"]
+    assert sorted(n for n,
+                  words in table_rows(result.stdout).items() if "FAIL" in words) == ["conv1",
+                                                                                     "conv2"]
     assert invoke("gradcheck", "--config", config, "--probes", 10).exit_code == 0

@@ -60,7 +60,8 @@ def twin_layers(make):
 
 # (make(kernels) -> layer, input shape, exact): exact when both paths do the same arithmetic
 LAYER_CASES = {
-    "conv": (lambda k: L.Conv2D(3, 4, 3, padding=1, dtype=np.float64, kernels=k), (5, 3, 9, 8), False),
+    "conv": (lambda k: L.Conv2D(3, 4, 3, padding=1, dtype=np.float64, kernels=k), (5, 3, 9, 8),
+             False),
     "conv-strided": (lambda k: L.Conv2D(2, 3, (5, 3), stride=2, padding=2, dtype=np.float64,
                                         kernels=k), (3, 2, 11, 10), False),
     "maxpool": (lambda k: L.MaxPool2D(2, kernels=k), (4, 3, 8, 9), True),
@@ -130,12 +131,14 @@ def training_step(layers, kernels, weights, x, labels):
         logits = net.forward(x)
         value = loss.forward(logits, labels)
         dx = net.backward(loss.backward(), input_grad=True)
-        results.append((value, logits.copy(), dx.copy(), {k: g.copy() for k, g in net.grads.items()}))
+        results.append((value, logits.copy(), dx.copy(), {k: g.copy() for k,
+                                                          g in net.grads.items()}))
         optimizer.step(net.grads)
     return results, net.params
 
 
-@pytest.mark.parametrize("layers", [LENET5, CLASSIC, BATCHNORM], ids=["lenet5", "classic", "batchnorm"])
+@pytest.mark.parametrize("layers", [LENET5, CLASSIC, BATCHNORM], ids=["lenet5", "classic",
+                                                                      "batchnorm"])
 def test_a_whole_training_step_agrees_on_both_paths(layers):
     rng = np.random.default_rng(3)
     weights = {k: v.astype(np.float64) for k, v in
@@ -176,7 +179,8 @@ def test_unknown_kernels_are_refused():
         build_network(LENET5, kernels="slow")
 
 
-def test_training_on_the_textbook_path_learns_as_the_fast_one(tmp_path, monkeypatch, synthetic_mnist,
+def test_training_on_the_textbook_path_learns_as_the_fast_one(tmp_path, monkeypatch,
+                                                              synthetic_mnist,
                                                              synthetic_mnist_dir):
     """`[train] kernels = reference` trains a whole run through the CLI to the accuracy of the
     fast path (float32: the trajectories drift apart by rounding, so not to the same bits)."""
@@ -197,4 +201,5 @@ def test_training_on_the_textbook_path_learns_as_the_fast_one(tmp_path, monkeypa
         finals[kernels] = json.loads((out / "summary.json").read_text())["final"]
     assert finals["fast"]["test_acc"] > 0.5  # ten classes: chance is 0.1
     assert abs(finals["reference"]["test_acc"] - finals["fast"]["test_acc"]) <= 0.03
-    assert finals["reference"]["train_loss"] == pytest.approx(finals["fast"]["train_loss"], rel=0.02)
+    assert finals["reference"]["train_loss"] == pytest.approx(finals["fast"]["train_loss"],
+                                                              rel=0.02)

@@ -17,7 +17,8 @@ def kernels(request):
     """Each test that takes it runs on both paths: the fast kernels and the textbook ones."""
     return request.param
 
-# N, C, H, W, F, kernel, stride, pad: odd sizes, non-square inputs and kernels, strides 1-3, pads 0-2
+# N, C, H, W, F, kernel, stride, pad: odd sizes, non-square inputs and kernels, strides 1-3,
+# pads 0-2
 CONV_CASES = [
     (2, 3, 7, 5, 4, (3, 3), 1, 0),
     (2, 2, 8, 9, 3, (3, 2), 2, 1),
@@ -72,13 +73,15 @@ def test_conv_matches_loop_oracle_forward_and_backward(N, C, H, W, F, kernel, st
     x = rng.standard_normal((N, C, H, W))
     y = layer.forward(x)
     Wt, b = layer.params["W"], layer.params["b"]
-    np.testing.assert_allclose(y, oracle.conv_forward(x, Wt, b, stride, pad), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(y, oracle.conv_forward(x, Wt, b, stride, pad), rtol=1e-12,
+                               atol=1e-12)
 
     dout = rng.standard_normal(y.shape)
     dx = layer.backward(dout)
     np.testing.assert_allclose(dx, oracle.conv_input_grad(dout, Wt, x.shape, stride, pad),
                                rtol=1e-12, atol=1e-12)
-    np.testing.assert_allclose(layer.grads["W"], oracle.conv_weight_grad(x, dout, Wt.shape, stride, pad),
+    np.testing.assert_allclose(layer.grads["W"], oracle.conv_weight_grad(x, dout, Wt.shape, stride,
+                                                                         pad),
                                rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(layer.grads["b"], dout.sum(axis=(0, 2, 3)), rtol=1e-12)
 
@@ -97,9 +100,11 @@ def test_pooling_matches_loop_oracle(N, C, H, W, kernel, stride, mode, kernels):
     layer = (L.MaxPool2D if mode == "max" else L.MeanPool2D)(kernel, stride, kernels=kernels)
     x = tie_free(rng, (N, C, H, W))
     y = layer.forward(x)
-    np.testing.assert_allclose(y, oracle.pool_forward(x, kernel, stride, mode), rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(y, oracle.pool_forward(x, kernel, stride, mode), rtol=1e-12,
+                               atol=1e-15)
     dout = rng.standard_normal(y.shape)
-    np.testing.assert_allclose(layer.backward(dout), oracle.pool_backward(x, dout, kernel, stride, mode),
+    np.testing.assert_allclose(layer.backward(dout), oracle.pool_backward(x, dout, kernel, stride,
+                                                                          mode),
                                rtol=1e-12, atol=1e-15)
 
 
@@ -138,7 +143,8 @@ def test_dense_matches_its_definition():
     rng = np.random.default_rng(7)
     layer = L.Dense(3, 2, rng=rng, dtype=np.float64)
     x = rng.standard_normal((4, 3))
-    expected = np.array([[sum(x[n, i] * layer.params["W"][i, o] for i in range(3)) + layer.params["b"][o]
+    W, b = layer.params["W"], layer.params["b"]
+    expected = np.array([[sum(x[n, i] * W[i, o] for i in range(3)) + b[o]
                           for o in range(2)] for n in range(4)])
     np.testing.assert_allclose(layer.forward(x), expected, rtol=1e-12)
 
@@ -148,7 +154,8 @@ def test_activation_values():
     np.testing.assert_array_equal(L.ReLU().forward(x), [0, 0, 0, 3, 800])
     with np.errstate(over="raise"):
         sig = L.Sigmoid().forward(x)
-    np.testing.assert_allclose(sig, [0.0, 1 / (1 + np.exp(2.0)), 0.5, 1 / (1 + np.exp(-3.0)), 1.0], atol=1e-15)
+    np.testing.assert_allclose(sig, [0.0, 1 / (1 + np.exp(2.0)), 0.5, 1 / (1 + np.exp(-3.0)), 1.0],
+                               atol=1e-15)
     np.testing.assert_allclose(L.Tanh().forward(x), np.tanh(x))
 
 
@@ -240,7 +247,8 @@ def test_worked_example_mean_pool_upsampling(kernels):
 
 def test_worked_example_max_pool_upsampling(kernels):
     # The maxima of the four windows sit bottom-right, top-right, top-left and bottom-left:
-    # windows in row-major order are top-left (delta 1), top-right (3), bottom-left (2), bottom-right (4).
+    # windows in row-major order are top-left (delta 1), top-right (3), bottom-left (2),
+    # bottom-right (4).
     x = np.zeros((1, 1, 4, 4))
     x[0, 0, 1, 1] = 9  # top-left window: maximum at its bottom-right
     x[0, 0, 0, 3] = 9  # top-right window: maximum at its top-right
@@ -290,7 +298,8 @@ def test_worked_example_conv_delta_is_the_full_convolution_summed_over_kernels(p
         for s in range(3):
             assert dx[0, 0, r, s] == expected[r, s], (r, s)
     # Element (1, 1) written out: every kernel tap that reads x[1, 1], times its delta.
-    assert dx[0, 0, 1, 1] == (1 * 4 + -2 * 3 + 0.5 * 2 + 3 * 1) + (2 * -3 + 1 * 2 + -1 * 0.5 + 4 * -1)
+    assert dx[0, 0, 1,
+              1] == (1 * 4 + -2 * 3 + 0.5 * 2 + 3 * 1) + (2 * -3 + 1 * 2 + -1 * 0.5 + 4 * -1)
     # The bias gradient is the sum of each delta.
     np.testing.assert_array_equal(layer.grads["b"], [1 - 2 + 0.5 + 3, 2 + 1 - 1 + 4])
 

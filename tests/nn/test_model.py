@@ -35,18 +35,21 @@ def test_lenet5_layers_names_and_parameter_counts():
         "dense1", "relu3", "dense2", "relu4", "dense3"]
     assert list(net.params) == ["conv1.W", "conv1.b", "conv2.W", "conv2.b", "dense1.W", "dense1.b",
                                 "dense2.W", "dense2.b", "dense3.W", "dense3.b"]
-    assert net.params["conv2.W"].shape == (16, 6, 5, 5) and net.params["dense1.W"].shape == (400, 120)
+    assert net.params["conv2.W"].shape == (16, 6, 5, 5) and net.params["dense1.W"].shape == (400,
+                                                                                             120)
     rows = {r.name: r for r in net.summary()}
     assert rows["conv1"].output_shape == (6, 28, 28) and rows["maxpool2"].output_shape == (16, 5, 5)
     # (kernel weights + bias) per layer, counted by hand
-    assert net.n_params == (6 * 25 + 6) + (16 * 6 * 25 + 16) + (400 * 120 + 120) + (120 * 84 + 84) + (84 * 10 + 10)
+    assert net.n_params == ((6 * 25 + 6) + (16 * 6 * 25 + 16) + (400 * 120 + 120)
+                            + (120 * 84 + 84) + (84 * 10 + 10))
     assert rows["conv1"].multiply_adds == 6 * 28 * 28 * 25
     assert rows["conv2"].multiply_adds == 16 * 10 * 10 * 6 * 25
     assert rows["dense1"].multiply_adds == 400 * 120 and rows["relu1"].multiply_adds == 0
 
 
 def test_layer_list_separators_are_equivalent():
-    one_line = "conv 6 5 pad=2 / relu / maxpool 2 / conv 16 5 / relu / maxpool 2 / flatten / dense 120 / relu / dense 84 / relu / dense 10"
+    one_line = ("conv 6 5 pad=2 / relu / maxpool 2 / conv 16 5 / relu / maxpool 2 / flatten / "
+                "dense 120 / relu / dense 84 / relu / dense 10")
     a = build_network(one_line, rng=np.random.default_rng(3))
     b = build_network(LENET5, rng=np.random.default_rng(3))
     assert a.lines == b.lines
@@ -129,15 +132,19 @@ def test_load_params_checks_names_and_shapes():
 
 
 @pytest.mark.parametrize("layers,line_no,message", [
-    ("conv 6 5 / relu / maxpol 2 / flatten / dense 10", 3, "unknown layer 'maxpol' (did you mean 'maxpool'?)"),
+    ("conv 6 5 / relu / maxpol 2 / flatten / dense 10", 3,
+     "unknown layer 'maxpol' (did you mean 'maxpool'?)"),
     ("conv 6 / flatten / dense 10", 1, "expected 2 number(s), got 1; usage: conv FILTERS KERNEL"),
     ("conv 6 five / flatten / dense 10", 1, "kernel must be a whole number, got 'five'"),
     ("conv 6 5 pad=-1 / flatten / dense 10", 1, "pad must be >= 0, got -1"),
-    ("conv 6 5 padding=2 / flatten / dense 10", 1, "unknown option 'padding' for conv (allowed: stride, pad)"),
+    ("conv 6 5 padding=2 / flatten / dense 10", 1,
+     "unknown option 'padding' for conv (allowed: stride, pad)"),
     ("maxpool 0 / flatten / dense 10", 1, "kernel must be >= 1, got 0"),
-    ("conv 6 5 / relu / dense 10", 3, "dense needs a flat input but gets (6, 24, 24); add a 'flatten' line"),
+    ("conv 6 5 / relu / dense 10", 3,
+     "dense needs a flat input but gets (6, 24, 24); add a 'flatten' line"),
     ("flatten / conv 6 5 / dense 10", 2, "conv needs a (C, H, W) input but gets (784,)"),
-    ("conv 6 5 / maxpool 2 / conv 16 13 / flatten / dense 10", 3, "does not fit the input (6, 12, 12)"),
+    ("conv 6 5 / maxpool 2 / conv 16 13 / flatten / dense 10", 3,
+     "does not fit the input (6, 12, 12)"),
     ("conv 6 5 / flatten / dense 120", 3, "must output 10 class scores, but outputs (120,)"),
     ("", 0, "the layer list is empty"),
 ])
@@ -152,7 +159,8 @@ def test_layer_list_mistakes_name_the_line_and_the_shapes(layers, line_no, messa
 def test_network_of_hand_made_layers():
     rng = np.random.default_rng(0)
     net = Network([("conv", L.Conv2D(1, 2, 3, rng=rng, dtype=np.float64)), ("flat", L.Flatten()),
-                   ("out", L.Dense(2 * 4 * 4, 3, rng=rng, dtype=np.float64))], input_shape=(1, 6, 6))
+                   ("out", L.Dense(2 * 4 * 4, 3, rng=rng, dtype=np.float64))], input_shape=(1, 6,
+                                                                                            6))
     assert set(net.params) == {"conv.W", "conv.b", "out.W", "out.b"}
     assert net.params["conv.W"] is net.layers[0][1].params["W"]
     assert net.summary()[-1].output_shape == (3,)

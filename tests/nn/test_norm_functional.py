@@ -13,7 +13,8 @@ from tests.support.gradcheck import numeric_gradient, relative_error
 if os.environ.get("CNNTRAIN_REQUIRE_TORCH") == "1":
     import torch  # a hard failure in CI, never a skip
 else:
-    torch = pytest.importorskip("torch", reason="torch is not installed (pip install torch==2.13.0)")
+    torch = pytest.importorskip("torch",
+                                reason="torch is not installed (pip install torch==2.13.0)")
 
 TOL = 1e-7
 SHAPES = [(4, 3, 5, 6), (2, 5, 3, 3), (7, 4), (2, 6)]
@@ -217,7 +218,8 @@ def test_dropout_matches_torch_given_the_same_mask():
     # and torch's dropout keeps the same expected value and zero pattern semantics
     torch.manual_seed(0)
     t_out = torch.nn.functional.dropout(torch.ones(400, 400, dtype=torch.float64), 0.3)
-    assert set(np.unique(t_out.numpy())) == set(np.unique(fn.dropout_mask((5, 400), 0.3, rng, np.float64)))
+    assert set(np.unique(t_out.numpy())) == set(np.unique(fn.dropout_mask((5, 400), 0.3, rng,
+                                                                          np.float64)))
 
 
 @pytest.mark.parametrize("p", [-0.1, 1.0, 1.5])

@@ -9,19 +9,25 @@ import numpy as np
 import pytest
 
 from cnntrain.nn import layers as L
-from cnntrain.runs.checkpoint import load_checkpoint
-from cnntrain.nn.model import LayerLineError, build_network, check_layers
 from cnntrain.nn.losses import SoftmaxCrossEntropy
+from cnntrain.nn.model import LayerLineError, build_network, check_layers
 from cnntrain.nn.optim import SGD
 from cnntrain.runs.build import layer_seeds
-from tests.support.clitools import (assert_one_line_error, invoke, logged_metrics, small_config,
-                             use_synthetic_mnist)
+from cnntrain.runs.checkpoint import load_checkpoint
+from tests.support.clitools import (
+    assert_one_line_error,
+    invoke,
+    logged_metrics,
+    small_config,
+    use_synthetic_mnist,
+)
 from tests.support.gradcheck import numeric_gradient, relative_error
 
 if os.environ.get("CNNTRAIN_REQUIRE_TORCH") == "1":
     import torch  # a hard failure in CI, never a skip
 else:
-    torch = pytest.importorskip("torch", reason="torch is not installed (pip install torch==2.13.0)")
+    torch = pytest.importorskip("torch",
+                                reason="torch is not installed (pip install torch==2.13.0)")
 
 KERNELS = ["fast", "reference"]
 
@@ -66,7 +72,8 @@ def test_batchnorm_layer_matches_torch_in_training_then_evaluation(shape, kernel
         np.testing.assert_allclose(dx, tx.grad.numpy(), rtol=1e-9, atol=1e-12)
         np.testing.assert_allclose(layer.grads["gamma"], module.weight.grad.numpy(), rtol=1e-10)
         np.testing.assert_allclose(layer.grads["beta"], module.bias.grad.numpy(), rtol=1e-10)
-    np.testing.assert_allclose(layer.buffers["running_mean"], module.running_mean.numpy(), rtol=1e-12)
+    np.testing.assert_allclose(layer.buffers["running_mean"], module.running_mean.numpy(),
+                               rtol=1e-12)
     np.testing.assert_allclose(layer.buffers["running_var"], module.running_var.numpy(), rtol=1e-12)
 
     x = shifted_batch(rng, shape)
@@ -93,7 +100,8 @@ def test_batchnorm_layer_finite_differences_including_gamma_and_beta(kernels):
 
     assert relative_error(dx, numeric_gradient(objective, x)) < 1e-7
     for key in ("gamma", "beta"):
-        assert relative_error(layer.grads[key], numeric_gradient(objective, layer.params[key])) < 1e-7
+        assert relative_error(layer.grads[key], numeric_gradient(objective,
+                                                                 layer.params[key])) < 1e-7
 
 
 def test_batchnorm_train_and_eval_switching():
@@ -130,7 +138,8 @@ def test_batchnorm_on_a_single_example_per_feature_is_refused_in_training_only()
 
 
 def test_gamma_and_beta_are_not_decayed_unless_asked_and_running_stats_are_buffers():
-    net = build_network(["conv 4 3", "batchnorm", "relu", "flatten", "dense 10", "batchnorm decay=1"],
+    net = build_network(["conv 4 3", "batchnorm", "relu", "flatten", "dense 10",
+                         "batchnorm decay=1"],
                         input_shape=(1, 6, 6), rng=np.random.default_rng(0))
     assert set(net.buffers) == {"batchnorm1.running_mean", "batchnorm1.running_var",
                                 "batchnorm2.running_mean", "batchnorm2.running_var"}
@@ -163,7 +172,8 @@ def test_grammar_errors_name_the_line_and_the_fix(line, message):
 
 
 def test_batchnorm_after_dense_and_after_conv_builds_the_right_torch_module():
-    net = build_network(["conv 4 3", "batchnorm", "flatten", "dense 10", "batchnorm eps=0.001 momentum=0.3"],
+    net = build_network(["conv 4 3", "batchnorm", "flatten", "dense 10",
+                         "batchnorm eps=0.001 momentum=0.3"],
                         input_shape=(1, 6, 6))
     first, second = net.layers[1][1], net.layers[4][1]
     assert isinstance(first.torch_module(torch.nn), torch.nn.BatchNorm2d)
@@ -221,7 +231,8 @@ def test_dropout_matches_torch_given_its_mask():
     G = rng.standard_normal(x.shape)
     ty.backward(torch.from_numpy(G))
     torch_mask = ty.detach().numpy() / x  # 0 or 1 / (1 - p)
-    np.testing.assert_allclose(layer.kernels.dropout(x, torch_mask), ty.detach().numpy(), rtol=1e-15)
+    np.testing.assert_allclose(layer.kernels.dropout(x, torch_mask), ty.detach().numpy(),
+                               rtol=1e-15)
     np.testing.assert_allclose(layer.kernels.dropout_backward(G, torch_mask), tx.grad.numpy(),
                                rtol=1e-12)
     assert set(np.round(np.unique(torch_mask), 12)) == {0.0, round(1 / 0.6, 12)}
@@ -275,7 +286,8 @@ def test_a_run_with_dropout_and_batchnorm_resumes_bit_identical(
         for name, value in getattr(a, kind).items():
             np.testing.assert_array_equal(getattr(b, kind)[name], value, err_msg=name)
     assert a.meta["layer_rngs"] == b.meta["layer_rngs"]
-    assert not np.array_equal(a.buffers["batchnorm1.running_var"], saved.buffers["batchnorm1.running_var"])
+    assert not np.array_equal(a.buffers["batchnorm1.running_var"],
+                              saved.buffers["batchnorm1.running_var"])
     metrics = [logged_metrics(run) for run in (straight, stopped)]
     assert metrics[0] == metrics[1] and len(metrics[0]) == 3
 
@@ -340,7 +352,8 @@ def test_a_network_with_batchnorm_and_dropout_trains_as_pytorchs(kernels):
         net.backward(loss.backward())
         opt.step(net.grads)
         topt.zero_grad()
-        torch.nn.functional.cross_entropy(torch_forward(torch.from_numpy(x)), torch.from_numpy(y)).backward()
+        torch.nn.functional.cross_entropy(torch_forward(torch.from_numpy(x)),
+                                          torch.from_numpy(y)).backward()
         topt.step()
     for (name, layer), module in zip(net.layers, modules):
         for key, value in layer.params.items():
@@ -356,7 +369,8 @@ def test_a_network_with_batchnorm_and_dropout_trains_as_pytorchs(kernels):
     given.mask = None
     x = rng.standard_normal((6, 1, 12, 12))
     with torch.no_grad():
-        np.testing.assert_allclose(net.forward(x, train=False), torch_forward(torch.from_numpy(x)).numpy(),
+        np.testing.assert_allclose(net.forward(x, train=False),
+                                   torch_forward(torch.from_numpy(x)).numpy(),
                                    rtol=1e-9, atol=1e-12)
 
 

@@ -73,7 +73,8 @@ def test_optimizer_state_round_trip_by_name():
         fresh.load_state_dict({"fc.W.v": state["fc.W.v"]})
 
 
-@pytest.mark.parametrize("kwargs", [dict(lr=0), dict(lr=0.1, momentum=1.0), dict(lr=0.1, weight_decay=-1),
+@pytest.mark.parametrize("kwargs", [dict(lr=0), dict(lr=0.1, momentum=1.0), dict(lr=0.1,
+                                                                                 weight_decay=-1),
                                     dict(lr=0.1, nesterov=True)])
 def test_sgd_rejects_bad_settings(kwargs):
     with pytest.raises(ValueError):

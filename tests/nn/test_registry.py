@@ -15,12 +15,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from cnntrain.config import parse_config
 from cnntrain.nn import fast, functional
 from cnntrain.nn import layers as L
-from cnntrain.runs.checkpoint import load_checkpoint
-from cnntrain.config import parse_config
 from cnntrain.nn.model import LayerLineError, build_network, check_layers, grammar_table
 from cnntrain.nn.optim import SGD
+from cnntrain.runs.checkpoint import load_checkpoint
 from tests.support.clitools import invoke, small_config, use_synthetic_mnist
 from tests.support.gradcheck import numeric_gradient, relative_error
 
@@ -69,7 +69,8 @@ def test_the_readme_example_layer_is_one_class_plus_its_maths(leaky_relu, regist
     assert [r.output_shape for r in rows][:3] == [(4, 24, 24), (4, 24, 24), (4, 12, 12)]
     net = build_network("flatten / dense 16 / leakyrelu / dense 10", rng=np.random.default_rng(0))
     assert net.layers[2][0] == "leakyrelu1" and net.layers[2][1].slope == 0.01
-    assert net.params["dense1.W"].std() == pytest.approx(np.sqrt(2 / 784), rel=0.05)  # He: init_hint
+    assert net.params["dense1.W"].std() == pytest.approx(np.sqrt(2 / 784),
+                                                         rel=0.05)  # He: init_hint
     assert list(net.params) == ["dense1.W", "dense1.b", "dense2.W", "dense2.b"]
     cfg = parse_config("[model]\nlayers =\n    flatten\n    leakyrelu slope=0.5\n    dense 10\n")
     assert cfg.model.layers == ("flatten", "leakyrelu slope=0.5", "dense 10")
@@ -103,7 +104,8 @@ def test_the_example_layers_gradient_matches_finite_differences(leaky_relu, kern
     numeric = numeric_gradient(lambda: float(np.sum(layer.forward(x, train=False) * G)), x)
     assert relative_error(dx, numeric) < 1e-8
     x32 = x.astype(np.float32)
-    assert layer.forward(x32).dtype == np.float32 and layer.backward(G.astype(np.float32)).dtype == np.float32
+    assert layer.forward(x32).dtype == np.float32
+    assert layer.backward(G.astype(np.float32)).dtype == np.float32
 
 
 def test_a_kind_cannot_be_registered_twice(registry):
@@ -230,7 +232,8 @@ def test_random_and_buffered_layers_resume_bit_identical(env, tmp_path):
 
     a = load_checkpoint(straight / "checkpoints" / "last.npz")
     b = load_checkpoint(stopped / "checkpoints" / "last.npz")
-    assert set(a.buffers) == {"centre1.mean", "centre1.batches"} and a.buffers["centre1.batches"][0] == 48
+    assert set(a.buffers) == {"centre1.mean",
+                              "centre1.batches"} and a.buffers["centre1.batches"][0] == 48
     for kind in ("params", "buffers", "optimizer"):
         for name, value in getattr(a, kind).items():
             np.testing.assert_array_equal(getattr(b, kind)[name], value, err_msg=name)

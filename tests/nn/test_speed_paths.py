@@ -43,14 +43,17 @@ def first_maximum_offsets(x, kernel, stride):
 @pytest.mark.parametrize("kernel,stride", [(2, 2), (3, 3), (3, 2), (2, 1), (17, 1)])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("layout", [lambda a: a, lambda a: batch_innermost(a)])
-def test_max_pooling_records_the_first_maximum_with_ties_and_any_layout(kernel, stride, dtype, layout):
+def test_max_pooling_records_the_first_maximum_with_ties_and_any_layout(kernel, stride, dtype,
+                                                                        layout):
     # The argmax update is max(argmax, larger * offset) rather than a masked assignment; with
     # many tied windows (small integers) it must still name the first maximum.
     rng = np.random.default_rng(0)
-    for x in (with_ties(rng, (3, 2, 19, 18), dtype), rng.standard_normal((3, 2, 19, 18)).astype(dtype)):
+    for x in (with_ties(rng, (3, 2, 19, 18), dtype), rng.standard_normal((3, 2, 19,
+                                                                          18)).astype(dtype)):
         x = layout(x)
         y, argmax = fn.maxpool2d(x, kernel, stride)
-        assert y.dtype == dtype and argmax.dtype == (np.uint8 if kernel * kernel <= 256 else np.uint16)
+        assert y.dtype == dtype
+        assert argmax.dtype == (np.uint8 if kernel * kernel <= 256 else np.uint16)
         np.testing.assert_array_equal(argmax, first_maximum_offsets(np.asarray(x), kernel, stride))
         np.testing.assert_array_equal(y, oracle.pool_forward(np.asarray(x), kernel, stride, "max"))
 
@@ -65,11 +68,14 @@ def test_pooling_backward_routes_like_the_oracle_with_ties_and_any_layout(kernel
     dout = layout(rng.standard_normal(y.shape))
     dx = layer.backward(dout)
     # Overlapping windows add up their routed values, possibly in another order than the oracle.
-    np.testing.assert_allclose(dx, oracle.pool_backward(np.asarray(x), np.asarray(dout), kernel, stride, "max"),
+    np.testing.assert_allclose(dx, oracle.pool_backward(np.asarray(x), np.asarray(dout), kernel,
+                                                        stride, "max"),
                                rtol=1e-12, atol=1e-15)
     mean = L.MeanPool2D(kernel, stride)
     mean.forward(x)
-    np.testing.assert_allclose(mean.backward(dout), oracle.pool_backward(np.asarray(x), np.asarray(dout), kernel, stride, "mean"),
+    np.testing.assert_allclose(mean.backward(dout),
+                               oracle.pool_backward(np.asarray(x), np.asarray(dout), kernel,
+                                                    stride, "mean"),
                                rtol=1e-12, atol=1e-15)
 
 

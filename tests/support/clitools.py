@@ -5,8 +5,8 @@ import json
 
 from click.testing import CliRunner
 
-from cnntrain.data import download
 from cnntrain.cli import cli
+from cnntrain.data import download
 
 # A LeNet-5 with fewer maps: the same layer kinds and shapes, a fraction of the work.
 SMALL_LAYERS = ["conv 4 5 pad=2", "relu", "maxpool 2", "conv 8 5", "relu", "maxpool 2",

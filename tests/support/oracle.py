@@ -87,7 +87,8 @@ def conv_weight_grad(x, dout, kernel_shape, stride, pad):
                     for n in range(N):
                         for p in range(oh):
                             for q in range(ow):
-                                dW[f, c, i, j] += xp[n, c, stride * p + i, stride * q + j] * dout[n, f, p, q]
+                                x_in = xp[n, c, stride * p + i, stride * q + j]
+                                dW[f, c, i, j] += x_in * dout[n, f, p, q]
     return dW
 
 
@@ -118,7 +119,8 @@ def pool_backward(x, dout, kernel, stride, mode):
                         best = None
                         for i in range(kernel):
                             for j in range(kernel):
-                                if best is None or x[n, c, r0 + i, s0 + j] > x[n, c, best[0], best[1]]:
+                                if best is None or x[n, c, r0 + i, s0 + j] > x[n, c, best[0],
+                                                                               best[1]]:
                                     best = (r0 + i, s0 + j)
                         dx[n, c, best[0], best[1]] += dout[n, c, p, q]
                     else:

@@ -5,9 +5,9 @@ import threading
 
 import numpy as np
 
-from cnntrain.data.mnist import read_idx
 from cnntrain.apps.inference import Predictor
 from cnntrain.apps.serve import DigitServer
+from cnntrain.data.mnist import read_idx
 
 
 class LogLines:

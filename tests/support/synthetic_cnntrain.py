@@ -1,5 +1,5 @@
-"""`python tests/support/synthetic_cnntrain.py ARGS...` is `cnntrain ARGS...` for the child processes of
-tests: it takes MNIST's checksum table from $CNNTRAIN_TEST_MNIST_TABLE (JSON, as
+"""`python tests/support/synthetic_cnntrain.py ARGS...` is `cnntrain ARGS...` for the child
+processes of tests: it takes MNIST's checksum table from $CNNTRAIN_TEST_MNIST_TABLE (JSON, as
 tests.support.mnist_server.SyntheticMnist.table), so those processes accept the synthetic MNIST the
 tests serve on loopback."""
 
