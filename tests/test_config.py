@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-import cnntrain
+import cnntrain.nn
 from cnntrain import config as C
 from cnntrain.errors import ConfigError
 
@@ -69,7 +69,7 @@ def fake_model(monkeypatch):
     fake = types.ModuleType("cnntrain.nn.model")
     fake.check_layers, fake.LayerLineError = check_layers, FakeLayerLineError
     monkeypatch.setitem(sys.modules, "cnntrain.nn.model", fake)
-    monkeypatch.setattr(cnntrain, "model", fake, raising=False)
+    monkeypatch.setattr(cnntrain.nn, "model", fake, raising=False)
     return calls
 
 
