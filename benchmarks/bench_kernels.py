@@ -1,4 +1,4 @@
-"""Time each kernel of the fast path against its textbook version, and the fast path's choices.
+"""Time each kernel of the fast path against its reference kernel, and the fast path's choices.
 
     python benchmarks/bench_kernels.py --threads 1
 
@@ -55,7 +55,7 @@ def ms(call, repeat=None):
 
 
 def kernel_cases(rng, N):
-    """(layer, function name, args and keywords for fast, args and keywords for the textbook
+    """(layer, function name, args and keywords for fast, args and keywords for the reference
     path), at LeNet-5's shapes."""
     f32 = np.float32
 
@@ -99,7 +99,7 @@ def kernel_cases(rng, N):
 
 def kernels_table(rng, N):
     print(f"1. each kernel at LeNet-5's shapes, batch {N}, float32: ms per call")
-    print(f"  {'layer':10s} {'function':20s} {'fast':>8s} {'textbook':>9s} {'ratio':>6s}")
+    print(f"  {'layer':10s} {'function':20s} {'fast':>8s} {'reference':>9s} {'ratio':>6s}")
     for layer, fname, args_f, kw_f, args_r, kw_r in kernel_cases(rng, N):
         # ms() calls each lambda before the loop moves on, so the loop variables are current
         t_fast = ms(lambda: getattr(fast, fname)(*args_f, **kw_f))  # noqa: B023

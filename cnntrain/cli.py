@@ -218,17 +218,19 @@ def download(data_dir, mirrors, config_path, quiet, verify):
 @click.option("--config", "config_path", required=True, metavar="FILE", help="The INI config.")
 @set_option
 def info(config_path, overrides):
-    """Show each layer's output shape, parameter count and multiply-adds per image.
+    """Show each layer's output shape, parameter count and multiply-adds per image, and the
+    order the layers run in when the fast kernels reorder them.
 
     \b
     Example:
       cnntrain info --config configs/lenet5.ini
     """
     from cnntrain.constants import INPUT_SHAPE
-    from cnntrain.nn.model import check_layers
+    from cnntrain.nn.model import check_layers, execution_order_note, parse_layers
 
     cfg = _load_config(config_path, overrides)
     rows = check_layers(cfg.model.layers)
+    kinds = [line.kind for line in parse_layers(cfg.model.layers)]
     click.echo(f"{cfg.source}: input {INPUT_SHAPE}, {cfg.train.dtype}")
     click.echo(f"{'layer':<12}{'definition':<40}{'output':>16}{'params':>10}{'mult-adds':>12}")
     for row in rows:
@@ -237,6 +239,11 @@ def info(config_path, overrides):
     total_params = sum(r.params for r in rows)
     total_macs = sum(r.multiply_adds for r in rows)
     click.echo(f"{'total':<12}{'':<40}{'':>16}{total_params:>10,}{total_macs:>12,}")
+    note = execution_order_note(kinds, rows, cfg.train.kernels)
+    if note:
+        order, why = note
+        click.echo(f"runs as: {' > '.join(order)}")
+        click.echo(f"  why: {why}")
 
 
 def _checked_tolerance(value):

@@ -299,8 +299,8 @@ SCHEMA: Dict[str, Dict[str, Key]] = {
         "seed": Key(Int(0), 0, "seed of every random choice (init, shuffling, augmentation)"),
         "dtype": Key(Choice("float32", "float64"), "float32", "floating-point precision"),
         "kernels": Key(Choice("fast", "reference"), "fast",
-                       "the layers' maths: fast (cnntrain/nn/fast.py) or the plain textbook "
-                       "functions (cnntrain/nn/functional.py): the same maths, slower"),
+                       "the layers' maths: fast (cnntrain/nn/fast.py) or reference, the reference "
+                       "kernels (cnntrain/nn/functional.py): the same maths, slower"),
     },
     "run": {
         "dir": Key(Text(allow_empty=False), "runs/lenet5",

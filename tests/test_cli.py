@@ -244,8 +244,10 @@ def test_bad_checkpoints_get_one_line_and_exit_1(bad_checkpoints, env, kind):
 def test_info_version_and_help():
     result = invoke("info", "--config", REPO / "configs" / "lenet5.ini")
     assert result.exit_code == 0
-    total = result.stdout.strip().splitlines()[-1].split()
+    lines = result.stdout.strip().splitlines()
+    total = next(line for line in lines if line.startswith("total")).split()
     assert total == ["total", "61,706", "416,520"]
+    assert lines[-2].startswith("runs as: conv1 > maxpool1 > relu1 >")  # the fast path's order
     assert invoke("--version").stdout.strip() == f"cnntrain, version {__version__}"
     for command in ("fit", "eval", "download", "info"):
         text = invoke(command, "--help").stdout

@@ -1,11 +1,12 @@
 """The fast kernels: the maths of cnntrain.nn.functional rearranged for speed, same signatures.
 
-`[train] kernels = fast` (the default) runs these; `kernels = reference` runs the textbook
-functions of cnntrain.nn.functional. Every function here computes the same equation as the
+`[train] kernels = fast` (the default) runs these; `kernels = reference` runs the reference
+kernels of cnntrain.nn.functional. Every function here computes the same equation as the
 function of the same name there, and tests/nn/test_kernels.py checks each pair against each
 other (bit for bit where the arithmetic is the same) and both against loop oracles, finite
-differences and PyTorch. A function this module does not define is the textbook one
-(see __getattr__ at the end), so a new layer's maths needs no fast version to run here.
+differences and PyTorch. A kernel this module has no faster version of is bound by name to
+the reference one at the end of the module (`relu = functional.relu`, with why), so every
+call a layer makes can be followed to its equation; a new layer's maths needs one such line.
 
 Shape names: N batch, C input channels, H x W input size, F filters (output channels),
 kh x kw kernel size, out_h x out_w output size. Gradients are dout, dx, dW, db.
@@ -31,7 +32,6 @@ import math
 import numpy as np
 
 from cnntrain.nn import functional
-from cnntrain.nn.functional import conv_output_size
 
 # OpenBLAS (0.3.x, x86-64) computes a product with M*N*K <= 1e6 by kernels that read the
 # operands where they lie; bigger products are first copied into packed panels. When the
@@ -239,7 +239,7 @@ def conv_bias_grad(dout):
     """
     rows = _as_filter_rows(dout)
     # The row sums as a product with a vector of ones: BLAS sums these long rows faster than
-    # ndarray.sum, and about as accurately (not bit for bit: the textbook path uses sum).
+    # ndarray.sum, and about as accurately (not bit for bit: the reference kernel uses sum).
     return rows @ np.ones(rows.shape[1], dtype=rows.dtype)
 
 
@@ -438,9 +438,25 @@ def batchnorm_backward(dout, cache, gamma):
     return _as_input_shape(dx, dout), dgamma, dbeta
 
 
-def __getattr__(name):
-    """Every function not defined here is the textbook one: only what is faster here differs."""
-    try:
-        return getattr(functional, name)
-    except AttributeError:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+# --- the kernels this module has no faster version of. Each is bound here by name, so that
+# grep and an IDE follow a layer's call to its equation, and tests/test_visible_path.py fails
+# when cnntrain.nn.functional gains a kernel that is not listed here (fast or bound).
+
+conv_output_size = functional.conv_output_size  # shape arithmetic, no array work
+im2col = functional.im2col  # the reference column layout; conv_forward here uses _im2col
+col2im = functional.col2im  # the reference column layout; conv_input_grad here uses _col2im
+relu = functional.relu  # already one NumPy pass
+relu_backward = functional.relu_backward  # already one comparison and one product
+tanh = functional.tanh  # already one NumPy pass
+sigmoid = functional.sigmoid  # two passes through np.tanh, which dominates either way
+dense = functional.dense  # one BLAS product plus the bias, nothing to rearrange
+dropout_mask = functional.dropout_mask  # the random draw dominates; the same draws keep runs equal
+dropout = functional.dropout  # already one NumPy pass
+dropout_backward = functional.dropout_backward  # already one NumPy pass
+batchnorm_inference = functional.batchnorm_inference  # evaluation only, not the training step
+update_running_statistics = functional.update_running_statistics  # (C,) vectors, negligible
+values_per_channel = functional.values_per_channel  # shape arithmetic, no array work
+log_softmax = functional.log_softmax  # (N, 10) logits: negligible beside the layers
+softmax = functional.softmax  # (N, 10) logits: negligible beside the layers
+cross_entropy = functional.cross_entropy  # (N, 10) logits: negligible beside the layers
+softmax_cross_entropy_backward = functional.softmax_cross_entropy_backward  # (N, 10), negligible

@@ -1,10 +1,10 @@
-"""The textbook maths of a CNN: every forward and backward equation, each in one plain function.
+"""The reference kernels: every forward and backward equation of a CNN, each in one plain function.
 
 No state and no I/O: functions take NCHW arrays and return arrays, so each equation can be
 read beside the README's table, tested against a loop oracle and checked by finite
 differences on its own. `[train] kernels = reference` trains with these; the default,
 `kernels = fast`, runs cnntrain.nn.fast, which computes the same equations with the same
-signatures, rearranged for speed (and takes the functions it does not speed up from here).
+signatures, rearranged for speed (and binds by name the functions it does not speed up).
 
 Shape names: N batch, C input channels, H x W input size, F filters (output channels),
 kh x kw kernel size, out_h x out_w output size. Gradients are dout, dx, dW, db.

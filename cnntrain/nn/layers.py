@@ -12,10 +12,11 @@ A layer class is the whole definition of a kind of layer. It declares
   buffers (add_buffer: saved in checkpoints, never trained or decayed), and, when
   needs_rng is set, its own generator `rng`, which the network builder draws from the run's
   seed and whose state checkpoints keep;
-- torch_module(nn): the equivalent torch.nn module (the benchmark's PyTorch reference);
+- torch_module(nn): the equivalent torch.nn module (the benchmark's PyTorch counterpart);
 - forward(x, train=True) -> y and backward(dout, input_grad=True) -> dx, which remember
   only what backward needs and call the maths in `self.kernels`: cnntrain.nn.fast (default)
-  or cnntrain.nn.functional (`kernels = reference`), the same functions in both.
+  or the reference kernels of cnntrain.nn.functional (`kernels = reference`), the same
+  functions by name in both.
 
 @register adds a class to REGISTRY, the kinds the layer grammar knows.
 """
@@ -443,17 +444,22 @@ class Dense(Layer):
 
 
 class Activation(Layer):
-    """An element-wise activation y = f(x), named by `function`: the kernels module has
-    `function(x) -> y` and `function_backward(dout, y) -> dx`, the delta times f' written with
-    the output, which is all the layer keeps."""
+    """An element-wise activation y = f(x). Each subclass names its two kernels on both paths,
+    `f(x) -> y` and `f_backward(dout, y) -> dx` (the delta times f' written with the output,
+    which is all the layer keeps), so a reader can follow the call to its equation."""
 
-    function = None   # e.g. "relu": kernels.relu and kernels.relu_backward
-    torch_name = None  # e.g. "ReLU": torch.nn.ReLU
+    fast_kernels = ()       # e.g. (fast.relu, fast.relu_backward)
+    reference_kernels = ()  # e.g. (functional.relu, functional.relu_backward)
 
     def __init__(self, *, kernels="fast"):
         super().__init__(kernels=kernels)
-        self._forward = getattr(self.kernels, self.function)
-        self._backward = getattr(self.kernels, f"{self.function}_backward")
+        if self.kernels is fast:
+            self._forward, self._backward = self.fast_kernels
+        elif self.kernels is functional:
+            self._forward, self._backward = self.reference_kernels
+        else:
+            raise ValueError(f"{type(self).__name__} runs on cnntrain.nn.fast or "
+                             f"cnntrain.nn.functional, got {self.kernels!r}")
 
     def forward(self, x, train=True):
         y = self._forward(x)
@@ -464,36 +470,45 @@ class Activation(Layer):
         (y,) = self._kept()
         return self._backward(dout, y)
 
-    def torch_module(self, nn):
-        return getattr(nn, self.torch_name)()
-
 
 @register
 class ReLU(Activation):
     """max(x, 0); the derivative is 1 exactly where the output is positive."""
 
-    kind = function = "relu"
-    torch_name = "ReLU"
+    kind = "relu"
+    fast_kernels = (fast.relu, fast.relu_backward)
+    reference_kernels = (functional.relu, functional.relu_backward)
     about = "activation max(x, 0)"
     init_hint = "he"
+
+    def torch_module(self, nn):
+        return nn.ReLU()
 
 
 @register
 class Tanh(Activation):
     """tanh(x); the derivative is 1 - y**2."""
 
-    kind = function = "tanh"
-    torch_name = "Tanh"
+    kind = "tanh"
+    fast_kernels = (fast.tanh, fast.tanh_backward)
+    reference_kernels = (functional.tanh, functional.tanh_backward)
     about = "activation tanh(x)"
+
+    def torch_module(self, nn):
+        return nn.Tanh()
 
 
 @register
 class Sigmoid(Activation):
     """The logistic function 1 / (1 + exp(-x)); the derivative is y * (1 - y)."""
 
-    kind = function = "sigmoid"
-    torch_name = "Sigmoid"
+    kind = "sigmoid"
+    fast_kernels = (fast.sigmoid, fast.sigmoid_backward)
+    reference_kernels = (functional.sigmoid, functional.sigmoid_backward)
     about = "activation 1 / (1 + exp(-x))"
+
+    def torch_module(self, nn):
+        return nn.Sigmoid()
 
 
 @register

@@ -10,6 +10,7 @@ are named "conv1.W", "dense3.b", and so on.
 """
 
 import difflib
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -157,7 +158,7 @@ def _make_layer(line, input_shape, context):
 
 def execution_order(kinds):
     """Layer kinds ('relu', 'maxpool', ...) as they run on the fast kernels (None for a layer
-    on the textbook kernels) -> the indices in the order forward runs them: as listed, except
+    on the reference kernels) -> the indices in the order forward runs them: as listed, except
     that a ReLU directly before a max pooling runs after it (see Network._execution_order for
     why that is exact)."""
     order = list(range(len(kinds)))
@@ -165,6 +166,24 @@ def execution_order(kinds):
         if kinds[order[i]] == "relu" and kinds[order[i + 1]] == "maxpool":
             order[i], order[i + 1] = order[i + 1], order[i]
     return order
+
+
+def execution_order_note(kinds, rows, kernels):
+    """What `cnntrain info` says when forward runs the layers in another order than listed:
+    kinds (one per layer, as listed), rows (their LayerSummary) and kernels ('fast' or
+    'reference') -> (the layer names in the order they run, why) or None when the order is
+    the listed one."""
+    order = execution_order(kinds) if kernels == "fast" else list(range(len(kinds)))
+    if order == sorted(order):
+        return None
+    # A swapped ReLU runs on the pooling's output instead of its input.
+    factors = sorted({math.prod(rows[i].output_shape) / math.prod(rows[i + 1].output_shape)
+                      for i in range(len(kinds) - 1)
+                      if order[i] == i + 1 and order[i + 1] == i})
+    cheaper = " or ".join(f"{factor:.3g}x" for factor in factors)
+    why = (f"a relu directly before a maxpool runs after it on the fast kernels: "
+           f"max(relu(x)) == relu(max(x)), and pooling first makes the ReLU {cheaper} cheaper")
+    return [rows[i].name for i in order], why
 
 
 def resolve_init(init, lines):
@@ -206,17 +225,17 @@ class Network:
         self.layers = list(named_layers)
         self.input_shape = tuple(input_shape)
         self.lines = tuple(lines)
-        self.params = self._named("params")
-        self.grads = self._named("grads")
-        self.buffers = self._named("buffers")
+        self.params = self._named(lambda layer: layer.params)
+        self.grads = self._named(lambda layer: layer.grads)
+        self.buffers = self._named(lambda layer: layer.buffers)
         self.decay_groups = {f"{name}.{k}": group for name, layer in self.layers
                              for k, group in layer.decay.items()}
         self.random_layers = {name: layer for name, layer in self.layers if layer.needs_rng}
         self._order = self._execution_order()
 
-    def _named(self, kind):
+    def _named(self, arrays_of):
         return {f"{name}.{k}": v for name, layer in self.layers
-                for k, v in getattr(layer, kind).items()}
+                for k, v in arrays_of(layer).items()}
 
     @property
     def dtype(self):
@@ -231,7 +250,6 @@ class Network:
         window's maximum is positive, both orders send the delta to the same first maximum
         with a ReLU slope of 1; where it is not, both send zero to the whole window.
         """
-        layers = [layer for _, layer in self.layers]
         layers = [layer for _, layer in self.layers]
         kinds = [layer.kind if layer.kernels is L.KERNELS["fast"] else None for layer in layers]
         return [layers[i] for i in execution_order(kinds)]

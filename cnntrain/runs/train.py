@@ -76,6 +76,20 @@ def evaluate(network, images, labels, batch_size=1000, n_classes=NUM_CLASSES,
     return result
 
 
+def train_step(network, loss_fn, optimizer, images, labels, lr):
+    """One step of minibatch gradient descent on (images, labels) at learning rate lr ->
+    (the batch's mean loss, its logits). A loss that is not finite raises DivergedError
+    before the backward pass, so such a step changes no weight."""
+    optimizer.lr = lr
+    logits = network.forward(images)
+    loss = loss_fn.forward(logits, labels)
+    if not math.isfinite(loss):
+        raise DivergedError(f"the loss is {loss}")
+    network.backward(loss_fn.backward())
+    optimizer.step(network.grads)
+    return loss, logits
+
+
 class Trainer:
     """Minibatch SGD over `splits.train`, evaluating `splits.val` and `splits.test` each epoch.
 
@@ -132,15 +146,13 @@ class Trainer:
             x, y = images[batch], labels[batch]
             if self.augment is not None and state.epoch < self.epochs - self.clean_epochs:
                 x = self.augment(x, self.rng)
-            self.optimizer.lr = self.schedule(state.step)
-            logits = self.network.forward(x)
-            loss = self.loss.forward(logits, y)
-            if not math.isfinite(loss):
+            try:
+                loss, logits = train_step(self.network, self.loss, self.optimizer, x, y,
+                                          self.schedule(state.step))
+            except DivergedError as exc:
                 # What to change is the run's to say: it knows the config behind the numbers.
                 raise DivergedError(f"training diverged at epoch {state.epoch + 1}, step "
-                                    f"{state.step + 1}: the loss is {loss}")
-            self.network.backward(self.loss.backward())
-            self.optimizer.step(self.network.grads)
+                                    f"{state.step + 1}: {exc}") from None
 
             state.loss_sum += loss * len(y)
             state.correct += int(np.count_nonzero(logits.argmax(axis=1) == y))
