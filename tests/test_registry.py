@@ -1,6 +1,6 @@
 """The layer registry: a layer class is the whole definition of a kind of layer.
 
-The README's worked example (a leaky ReLU: one class plus its maths) is executed here as
+The worked example of docs/layers.md (a leaky ReLU: one class plus its maths) is executed here as
 written, and toy layers that need randomness and keep buffers are trained, checkpointed,
 resumed and evaluated through the real CLI.
 """
@@ -24,7 +24,8 @@ from cnntrain.optim import SGD
 from tests.clitools import invoke, small_config, use_synthetic_mnist
 from tests.gradcheck import numeric_gradient, relative_error
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+# The page that documents the grammar and the worked example.
+LAYERS_DOC = Path(__file__).resolve().parents[1] / "docs" / "layers.md"
 
 
 @pytest.fixture
@@ -35,27 +36,28 @@ def registry(monkeypatch):
 
 
 def readme_example_blocks():
-    section = README.read_text().split("## Adding a layer", 1)[1].split("\n## ", 1)[0]
+    section = LAYERS_DOC.read_text().split("## Adding a layer", 1)[1].split("\n## ", 1)[0]
     blocks = re.findall(r"```python\n(.*?)```", section, re.S)
-    return {block.splitlines()[0].lstrip("# ").strip(): block for block in blocks}
+    # Keyed by file name: the path the page gives them follows the package's folders.
+    return {Path(block.splitlines()[0].lstrip("# ").strip()).name: block for block in blocks}
 
 
 @pytest.fixture
 def leaky_relu(registry, monkeypatch):
-    """The README's LeakyReLU, executed as written into the two files it names."""
+    """docs/layers.md's LeakyReLU, executed as written into the two files it names."""
     blocks = readme_example_blocks()
-    assert set(blocks) == {"cnntrain/functional.py", "cnntrain/layers.py"}
+    assert set(blocks) == {"functional.py", "layers.py"}
     maths = {}
-    exec(blocks["cnntrain/functional.py"], {**vars(functional)}, maths)
+    exec(blocks["functional.py"], {**vars(functional)}, maths)
     for name, function in maths.items():
         monkeypatch.setattr(functional, name, function, raising=False)
     namespace = {**vars(L)}
-    exec(blocks["cnntrain/layers.py"], namespace)
+    exec(blocks["layers.py"], namespace)
     return namespace["LeakyReLU"]
 
 
 def test_readme_grammar_table_is_the_registrys():
-    assert textwrap.indent(grammar_table(), "    ") in README.read_text()
+    assert textwrap.indent(grammar_table(), "    ") in LAYERS_DOC.read_text()
     assert grammar_table().splitlines()[0].startswith("conv FILTERS KERNEL [stride=S] [pad=P]")
     assert len(grammar_table().splitlines()) == len(L.REGISTRY)
 
