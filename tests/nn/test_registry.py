@@ -1,6 +1,6 @@
 """The layer registry: a layer class is the whole definition of a kind of layer.
 
-The README's worked example (a leaky ReLU: one class plus its maths) is executed here as
+The worked example of docs/layers.md (a leaky ReLU: one class plus its maths) is executed here as
 written, and toy layers that need randomness and keep buffers are trained, checkpointed,
 resumed and evaluated through the real CLI.
 """
@@ -24,7 +24,8 @@ from cnntrain.runs.checkpoint import load_checkpoint
 from tests.support.clitools import invoke, small_config, use_synthetic_mnist
 from tests.support.gradcheck import numeric_gradient, relative_error
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+# The page that documents the grammar and the worked example.
+LAYERS_DOC = Path(__file__).resolve().parents[2] / "docs" / "layers.md"
 
 
 @pytest.fixture
@@ -35,24 +36,15 @@ def registry(monkeypatch):
 
 
 def readme_example_blocks():
-    section = README.read_text().split("## Adding a layer", 1)[1].split("\n## ", 1)[0]
+    section = LAYERS_DOC.read_text().split("## Adding a layer", 1)[1].split("\n## ", 1)[0]
     blocks = re.findall(r"```python\n(.*?)```", section, re.S)
     return {block.splitlines()[0].lstrip("# ").strip(): block for block in blocks}
 
 
-# fast.py names every kernel a layer may call, so the example's maths needs these two lines
-# there too. Until the README shows them as a third block, the fixture adds them itself.
-FAST_LINES = """# cnntrain/nn/fast.py
-leaky_relu = functional.leaky_relu  # already one NumPy pass
-leaky_relu_backward = functional.leaky_relu_backward  # already one NumPy pass
-"""
-
-
 @pytest.fixture
 def leaky_relu(registry, monkeypatch):
-    """The README's LeakyReLU, executed as written into the files it names."""
+    """docs/layers.md's LeakyReLU, executed as written into the files it names."""
     blocks = readme_example_blocks()
-    blocks.setdefault("cnntrain/nn/fast.py", FAST_LINES)
     assert set(blocks) == {"cnntrain/nn/functional.py", "cnntrain/nn/fast.py",
                            "cnntrain/nn/layers.py"}
     for module in (functional, fast):
@@ -67,7 +59,7 @@ def leaky_relu(registry, monkeypatch):
 
 
 def test_readme_grammar_table_is_the_registrys():
-    assert textwrap.indent(grammar_table(), "    ") in README.read_text()
+    assert textwrap.indent(grammar_table(), "    ") in LAYERS_DOC.read_text()
     assert grammar_table().splitlines()[0].startswith("conv FILTERS KERNEL [stride=S] [pad=P]")
     assert len(grammar_table().splitlines()) == len(L.REGISTRY)
 
