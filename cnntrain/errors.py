@@ -37,3 +37,21 @@ class Interrupted(CnnTrainError):
         self.state = state
         self.signum = signum
         self.exit_code = 128 + signum
+
+
+class MissingExtra(CnnTrainError):
+    """An optional dependency is not installed: a usage problem fixed by one pip command."""
+
+    exit_code = 2
+
+
+def require_extra(module, what, extra):
+    """Import and return `module` (e.g. "PIL.Image"), or raise MissingExtra: '{what} needs
+    {package}: pip install 'cnntrain[{extra}]''. The one place that words this error."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        package = {"PIL": "Pillow"}.get(module.split(".")[0], module.split(".")[0])
+        raise MissingExtra(f"{what} needs {package}: pip install 'cnntrain[{extra}]'") from None
