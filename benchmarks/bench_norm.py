@@ -39,8 +39,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from cnntrain.config import load_config  # noqa: E402
-from cnntrain.nn import layers as L  # noqa: E402
 from cnntrain.nn.model import build_network  # noqa: E402
+from cnntrain.nn.norm import BatchNorm, Dropout  # noqa: E402
 from cnntrain.runs.build import layer_seeds  # noqa: E402
 
 
@@ -66,7 +66,7 @@ def cases(cfg):
                 for kernels in ("fast", "reference")}
     shape, rng = networks["fast"].input_shape, np.random.default_rng(1)
     for index, (name, layer) in enumerate(networks["fast"].layers):
-        if isinstance(layer, (L.BatchNorm, L.Dropout)):
+        if isinstance(layer, (BatchNorm, Dropout)):
             x = batch_innermost(rng.standard_normal((ARGS.batch,) + shape).astype(np.float32))
             yield name, {k: net.layers[index][1] for k, net in networks.items()}, x
         shape = layer.output_shape(shape)

@@ -24,7 +24,6 @@ OVER_500 = {
     "cnntrain/apps/serve.py",
     "cnntrain/data/download.py",
     "cnntrain/data/preprocess.py",
-    "cnntrain/nn/layers.py",
     "cnntrain/runs/checkpoint.py",
     "cnntrain/runs/runfolder.py",
 }

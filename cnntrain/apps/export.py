@@ -23,7 +23,12 @@ from cnntrain import __version__
 from cnntrain.apps.inference import CLASS_NAMES, load_predictor
 from cnntrain.errors import CnnTrainError
 from cnntrain.fileio import atomic_writer, check_output, refuse_overwriting
-from cnntrain.nn import layers as L
+from cnntrain.nn.activations import ReLU, Sigmoid, Tanh
+from cnntrain.nn.conv import Conv2D
+from cnntrain.nn.dense import Dense
+from cnntrain.nn.flatten import Flatten
+from cnntrain.nn.norm import BatchNorm, Dropout
+from cnntrain.nn.pooling import MaxPool2D, MeanPool2D
 
 OPSET = 17       # Conv, MaxPool, AveragePool, Gemm, Flatten, BatchNormalization and
                  # Softmax(axis) as used here
@@ -127,16 +132,16 @@ def _batchnorm(g, name, layer, x):
 
 
 EXPORTERS = {
-    L.Conv2D: _conv,
-    L.MaxPool2D: _pool("MaxPool"),
-    L.MeanPool2D: _pool("AveragePool"),
-    L.Dense: _dense,
-    L.ReLU: _elementwise("Relu"),
-    L.Tanh: _elementwise("Tanh"),
-    L.Sigmoid: _elementwise("Sigmoid"),
-    L.Flatten: _flatten,
-    L.Dropout: _dropout,
-    L.BatchNorm: _batchnorm,
+    Conv2D: _conv,
+    MaxPool2D: _pool("MaxPool"),
+    MeanPool2D: _pool("AveragePool"),
+    Dense: _dense,
+    ReLU: _elementwise("Relu"),
+    Tanh: _elementwise("Tanh"),
+    Sigmoid: _elementwise("Sigmoid"),
+    Flatten: _flatten,
+    Dropout: _dropout,
+    BatchNorm: _batchnorm,
 }
 
 

@@ -17,7 +17,8 @@ import numpy as np
 
 from cnntrain.apps.plots import _figure, _save, check_output, require_matplotlib
 from cnntrain.errors import ConfigError
-from cnntrain.nn import layers as L
+from cnntrain.nn.conv import Conv2D
+from cnntrain.nn.pooling import _Pool2D
 
 WIDTH = 1200
 HEADER = 70
@@ -32,7 +33,7 @@ LABEL_LINE = 16     # pixels between the lines of a band's label
 
 def _makes_maps(layer):
     """Convolution and pooling layers: the ones whose outputs are drawn."""
-    return isinstance(layer, (L.Conv2D, L._Pool2D))
+    return isinstance(layer, (Conv2D, _Pool2D))
 
 
 def activation_maps(network, field_input):

@@ -15,8 +15,11 @@ from cnntrain.apps.inference import Predictor
 from cnntrain.data.mnist import read_idx
 from cnntrain.nn import layers as L
 from cnntrain.nn import model
+from cnntrain.nn.dense import Dense
 from cnntrain.nn.layers import Layer
 from cnntrain.nn.losses import SoftmaxCrossEntropy
+from cnntrain.nn.norm import BatchNorm
+from cnntrain.nn.pooling import MaxPool2D
 from cnntrain.runs.build import build_optimizer
 from tests.support.checkpoints import make_network, save_network, write_checkpoint
 from tests.support.clitools import assert_one_line_error, invoke, small_config
@@ -78,7 +81,7 @@ def trained_checkpoint(path, config_text, train, labels):
         optimizer.step(network.grads)
     rng = np.random.default_rng(7)
     for _, layer in network.layers:
-        if isinstance(layer, L.BatchNorm):
+        if isinstance(layer, BatchNorm):
             n = layer.channels
             layer.params["gamma"][...] *= rng.uniform(0.5, 2.0, n)
             layer.params["beta"][...] += rng.normal(0.0, 0.5, n)
@@ -166,7 +169,7 @@ def test_a_new_layer_kind_without_exporter_fails_the_coverage_check(registry, mo
     monkeypatch.setitem(export.EXPORTERS, Swish, export._elementwise("Identity"))
     assert uncovered_layer_kinds() == []
     # An example that builds another kind without a translation is caught too.
-    monkeypatch.delitem(export.EXPORTERS, L.Dense)
+    monkeypatch.delitem(export.EXPORTERS, Dense)
     assert "swish: dense1 (Dense) has no exporter entry" in uncovered_layer_kinds()
     # And the registry is the one the test reads its kinds from: the real one knows no swish.
     monkeypatch.undo()
@@ -208,7 +211,7 @@ def test_metadata_holds_classes_normalisation_and_source(tmp_path):
 
 def test_a_layer_without_translation_is_a_one_line_error_naming_it(tmp_path, monkeypatch):
     write_checkpoint(tmp_path / "m.npz")
-    monkeypatch.delitem(export.EXPORTERS, L.MaxPool2D)
+    monkeypatch.delitem(export.EXPORTERS, MaxPool2D)
     result = invoke("export", tmp_path / "m.npz", "-o", tmp_path / "m.onnx")
     assert_one_line_error(result, 1, "m.npz", "cannot export layer maxpool1 (MaxPool2D)")
     assert not (tmp_path / "m.onnx").exists()
@@ -232,7 +235,7 @@ def test_without_onnx_the_error_names_the_extra(tmp_path, monkeypatch):
 def test_export_keeps_an_existing_file_when_it_fails(tmp_path, monkeypatch):
     write_checkpoint(tmp_path / "m.npz")
     (tmp_path / "m.onnx").write_bytes(b"the user's older model")
-    monkeypatch.delitem(export.EXPORTERS, L.Dense)
+    monkeypatch.delitem(export.EXPORTERS, Dense)
     assert invoke("export", tmp_path / "m.npz", "-o", tmp_path / "m.onnx").exit_code == 1
     assert (tmp_path / "m.onnx").read_bytes() == b"the user's older model"
 

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from cnntrain.nn import gradcheck
-from cnntrain.nn import layers as L
+from cnntrain.nn.activations import ReLU
+from cnntrain.nn.pooling import MaxPool2D
 from tests.support.clitools import (
     SMALL_LAYERS,
     assert_one_line_error,
@@ -45,8 +46,8 @@ def test_every_layer_of_the_configured_network_passes(config):
 
 def test_a_wrong_backward_fails_its_row_and_exits_1(config, monkeypatch):
     """ReLU's derivative off by a little (the slope 1.01): only the ReLU rows fail."""
-    backward = L.ReLU.backward
-    monkeypatch.setattr(L.ReLU, "backward", lambda self, dout, input_grad=True:
+    backward = ReLU.backward
+    monkeypatch.setattr(ReLU, "backward", lambda self, dout, input_grad=True:
                         1.01 * backward(self, dout, input_grad))
     result = invoke("gradcheck", "--config", config, "--probes", 20)
     assert result.exit_code == 1
@@ -88,7 +89,7 @@ def test_ties_in_max_pooling_are_counted_as_kinks_not_errors():
     many, and the windows with a clear maximum still agree."""
     x = np.arange(16.0).reshape(1, 1, 4, 4)
     x[0, 0, :2, :2] = 5.0  # one tied window, three with a clear maximum
-    result = gradcheck.check_layer("maxpool1", L.MaxPool2D(2), x, np.random.default_rng(0))
+    result = gradcheck.check_layer("maxpool1", MaxPool2D(2), x, np.random.default_rng(0))
     assert result.kinks == 4
     assert result.passed and result.errors["input"] < 1e-9
 
@@ -96,7 +97,7 @@ def test_ties_in_max_pooling_are_counted_as_kinks_not_errors():
 def test_a_layer_that_is_mostly_kinks_fails_rather_than_passing_on_what_is_left():
     x = np.zeros((1, 1, 4, 4))
     x[0, 0, 2:, 2:] = [[1.0, 2.0], [3.0, 4.0]]  # three tied windows: 12 of 16 probes are kinks
-    result = gradcheck.check_layer("maxpool1", L.MaxPool2D(2), x, np.random.default_rng(0))
+    result = gradcheck.check_layer("maxpool1", MaxPool2D(2), x, np.random.default_rng(0))
     assert result.kinks == 12 and result.errors["input"] == float("inf") and not result.passed
 
 

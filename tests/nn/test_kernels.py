@@ -14,9 +14,15 @@ import pytest
 
 from cnntrain.nn import fast, functional
 from cnntrain.nn import layers as L
+from cnntrain.nn.activations import ReLU, Sigmoid, Tanh
+from cnntrain.nn.conv import Conv2D
+from cnntrain.nn.dense import Dense
+from cnntrain.nn.flatten import Flatten
 from cnntrain.nn.losses import SoftmaxCrossEntropy
 from cnntrain.nn.model import build_network
+from cnntrain.nn.norm import BatchNorm, Dropout
 from cnntrain.nn.optim import SGD
+from cnntrain.nn.pooling import MaxPool2D, MeanPool2D
 
 LENET5 = ("conv 6 5 pad=2 / relu / maxpool 2 / conv 16 5 / relu / maxpool 2 / flatten / "
           "dense 120 / relu / dense 84 / relu / dense 10")
@@ -60,23 +66,23 @@ def twin_layers(make):
 
 # (make(kernels) -> layer, input shape, exact): exact when both paths do the same arithmetic
 LAYER_CASES = {
-    "conv": (lambda k: L.Conv2D(3, 4, 3, padding=1, dtype=np.float64, kernels=k), (5, 3, 9, 8),
+    "conv": (lambda k: Conv2D(3, 4, 3, padding=1, dtype=np.float64, kernels=k), (5, 3, 9, 8),
              False),
-    "conv-strided": (lambda k: L.Conv2D(2, 3, (5, 3), stride=2, padding=2, dtype=np.float64,
-                                        kernels=k), (3, 2, 11, 10), False),
-    "maxpool": (lambda k: L.MaxPool2D(2, kernels=k), (4, 3, 8, 9), True),
-    "maxpool-overlapping": (lambda k: L.MaxPool2D(3, 2, kernels=k), (4, 3, 9, 8), True),
-    "meanpool": (lambda k: L.MeanPool2D(2, kernels=k), (4, 3, 8, 8), False),
-    "meanpool-overlapping": (lambda k: L.MeanPool2D(3, 1, kernels=k), (2, 3, 7, 6), False),
-    "dense": (lambda k: L.Dense(12, 5, dtype=np.float64, kernels=k), (6, 12), True),
-    "relu": (lambda k: L.ReLU(kernels=k), (4, 3, 5, 5), True),
-    "tanh": (lambda k: L.Tanh(kernels=k), (4, 3, 5, 5), True),
-    "sigmoid": (lambda k: L.Sigmoid(kernels=k), (4, 3, 5, 5), True),
-    "flatten": (lambda k: L.Flatten(kernels=k), (4, 3, 5, 5), True),
-    "batchnorm": (lambda k: L.BatchNorm(3, dtype=np.float64, kernels=k), (4, 3, 5, 6), False),
-    "batchnorm-dense": (lambda k: L.BatchNorm(7, spatial=False, dtype=np.float64, kernels=k),
+    "conv-strided": (lambda k: Conv2D(2, 3, (5, 3), stride=2, padding=2, dtype=np.float64,
+                                      kernels=k), (3, 2, 11, 10), False),
+    "maxpool": (lambda k: MaxPool2D(2, kernels=k), (4, 3, 8, 9), True),
+    "maxpool-overlapping": (lambda k: MaxPool2D(3, 2, kernels=k), (4, 3, 9, 8), True),
+    "meanpool": (lambda k: MeanPool2D(2, kernels=k), (4, 3, 8, 8), False),
+    "meanpool-overlapping": (lambda k: MeanPool2D(3, 1, kernels=k), (2, 3, 7, 6), False),
+    "dense": (lambda k: Dense(12, 5, dtype=np.float64, kernels=k), (6, 12), True),
+    "relu": (lambda k: ReLU(kernels=k), (4, 3, 5, 5), True),
+    "tanh": (lambda k: Tanh(kernels=k), (4, 3, 5, 5), True),
+    "sigmoid": (lambda k: Sigmoid(kernels=k), (4, 3, 5, 5), True),
+    "flatten": (lambda k: Flatten(kernels=k), (4, 3, 5, 5), True),
+    "batchnorm": (lambda k: BatchNorm(3, dtype=np.float64, kernels=k), (4, 3, 5, 6), False),
+    "batchnorm-dense": (lambda k: BatchNorm(7, spatial=False, dtype=np.float64, kernels=k),
                         (6, 7), False),
-    "dropout": (lambda k: seeded(L.Dropout(0.3, kernels=k)), (4, 3, 5, 5), True),
+    "dropout": (lambda k: seeded(Dropout(0.3, kernels=k)), (4, 3, 5, 5), True),
 }
 
 

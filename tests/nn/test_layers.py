@@ -4,8 +4,12 @@ import numpy as np
 import pytest
 
 from cnntrain.nn import functional as fn
-from cnntrain.nn import layers as L
+from cnntrain.nn.activations import ReLU, Sigmoid, Tanh
+from cnntrain.nn.conv import Conv2D
+from cnntrain.nn.dense import Dense
+from cnntrain.nn.flatten import Flatten
 from cnntrain.nn.losses import SoftmaxCrossEntropy
+from cnntrain.nn.pooling import MaxPool2D, MeanPool2D
 from tests.support import oracle
 from tests.support.gradcheck import numeric_gradient, relative_error
 
@@ -60,8 +64,8 @@ def check_layer_gradients(layer, x, rng):
 
 
 def conv_layer(C, F, kernel, stride, pad, rng, kernels="fast"):
-    layer = L.Conv2D(C, F, kernel, stride=stride, padding=pad, rng=rng, dtype=np.float64,
-                     kernels=kernels)
+    layer = Conv2D(C, F, kernel, stride=stride, padding=pad, rng=rng, dtype=np.float64,
+                   kernels=kernels)
     layer.params["b"][...] = rng.standard_normal(F)
     return layer
 
@@ -97,7 +101,7 @@ def test_conv_finite_differences(N, C, H, W, F, kernel, stride, pad, kernels):
 @pytest.mark.parametrize("mode", ["max", "mean"])
 def test_pooling_matches_loop_oracle(N, C, H, W, kernel, stride, mode, kernels):
     rng = np.random.default_rng(3)
-    layer = (L.MaxPool2D if mode == "max" else L.MeanPool2D)(kernel, stride, kernels=kernels)
+    layer = (MaxPool2D if mode == "max" else MeanPool2D)(kernel, stride, kernels=kernels)
     x = tie_free(rng, (N, C, H, W))
     y = layer.forward(x)
     np.testing.assert_allclose(y, oracle.pool_forward(x, kernel, stride, mode), rtol=1e-12,
@@ -112,19 +116,19 @@ def test_pooling_matches_loop_oracle(N, C, H, W, kernel, stride, mode, kernels):
 @pytest.mark.parametrize("mode", ["max", "mean"])
 def test_pooling_finite_differences(N, C, H, W, kernel, stride, mode, kernels):
     rng = np.random.default_rng(4)
-    layer = (L.MaxPool2D if mode == "max" else L.MeanPool2D)(kernel, stride, kernels=kernels)
+    layer = (MaxPool2D if mode == "max" else MeanPool2D)(kernel, stride, kernels=kernels)
     check_layer_gradients(layer, tie_free(rng, (N, C, H, W)), rng)
 
 
 def test_max_pool_routes_ties_to_the_first_maximum_in_row_major_order(kernels):
     x = np.array([[[[1.0, 5.0], [5.0, 5.0]]]])  # three equal maxima: the top-right one is first
-    layer = L.MaxPool2D(2, kernels=kernels)
+    layer = MaxPool2D(2, kernels=kernels)
     layer.forward(x)
     dx = layer.backward(np.array([[[[7.0]]]]))
     np.testing.assert_array_equal(dx[0, 0], [[0.0, 7.0], [0.0, 0.0]])
 
 
-@pytest.mark.parametrize("cls", [L.ReLU, L.Tanh, L.Sigmoid, L.Flatten])
+@pytest.mark.parametrize("cls", [ReLU, Tanh, Sigmoid, Flatten])
 def test_parameter_free_layers_finite_differences(cls, kernels):
     rng = np.random.default_rng(5)
     x = rng.standard_normal((3, 2, 5, 4))
@@ -134,14 +138,14 @@ def test_parameter_free_layers_finite_differences(cls, kernels):
 
 def test_dense_finite_differences(kernels):
     rng = np.random.default_rng(6)
-    layer = L.Dense(7, 5, rng=rng, dtype=np.float64, kernels=kernels)
+    layer = Dense(7, 5, rng=rng, dtype=np.float64, kernels=kernels)
     layer.params["b"][...] = rng.standard_normal(5)
     check_layer_gradients(layer, rng.standard_normal((4, 7)), rng)
 
 
 def test_dense_matches_its_definition():
     rng = np.random.default_rng(7)
-    layer = L.Dense(3, 2, rng=rng, dtype=np.float64)
+    layer = Dense(3, 2, rng=rng, dtype=np.float64)
     x = rng.standard_normal((4, 3))
     W, b = layer.params["W"], layer.params["b"]
     expected = np.array([[sum(x[n, i] * W[i, o] for i in range(3)) + b[o]
@@ -151,12 +155,12 @@ def test_dense_matches_its_definition():
 
 def test_activation_values():
     x = np.array([-800.0, -2.0, 0.0, 3.0, 800.0])
-    np.testing.assert_array_equal(L.ReLU().forward(x), [0, 0, 0, 3, 800])
+    np.testing.assert_array_equal(ReLU().forward(x), [0, 0, 0, 3, 800])
     with np.errstate(over="raise"):
-        sig = L.Sigmoid().forward(x)
+        sig = Sigmoid().forward(x)
     np.testing.assert_allclose(sig, [0.0, 1 / (1 + np.exp(2.0)), 0.5, 1 / (1 + np.exp(-3.0)), 1.0],
                                atol=1e-15)
-    np.testing.assert_allclose(L.Tanh().forward(x), np.tanh(x))
+    np.testing.assert_allclose(Tanh().forward(x), np.tanh(x))
 
 
 # --- softmax + cross-entropy -------------------------------------------------------------
@@ -238,7 +242,7 @@ POOLED_DELTA = np.array([[1.0, 3.0], [2.0, 4.0]])
 
 
 def test_worked_example_mean_pool_upsampling(kernels):
-    layer = L.MeanPool2D(2, kernels=kernels)
+    layer = MeanPool2D(2, kernels=kernels)
     layer.forward(np.zeros((1, 1, 4, 4)))
     dx = layer.backward(POOLED_DELTA[None, None])
     expected = np.array([[1, 1, 3, 3], [1, 1, 3, 3], [2, 2, 4, 4], [2, 2, 4, 4]]) / 4
@@ -254,7 +258,7 @@ def test_worked_example_max_pool_upsampling(kernels):
     x[0, 0, 0, 3] = 9  # top-right window: maximum at its top-right
     x[0, 0, 2, 0] = 9  # bottom-left window: maximum at its top-left
     x[0, 0, 3, 2] = 9  # bottom-right window: maximum at its bottom-left
-    layer = L.MaxPool2D(2, kernels=kernels)
+    layer = MaxPool2D(2, kernels=kernels)
     layer.forward(x)
     dx = layer.backward(POOLED_DELTA[None, None])
     expected = np.array([[0, 0, 0, 3],
@@ -269,7 +273,7 @@ def test_worked_example_conv_delta_is_the_full_convolution_summed_over_kernels(p
     # A 3x3 input, two 2x2 kernels, hence two 2x2 output deltas.
     x = np.arange(9.0).reshape(1, 1, 3, 3)
     kernels = np.array([[[[1.0, 2.0], [3.0, 4.0]]], [[[-1.0, 0.5], [2.0, -3.0]]]])
-    layer = L.Conv2D(1, 2, 2, dtype=np.float64, kernels=path)
+    layer = Conv2D(1, 2, 2, dtype=np.float64, kernels=path)
     layer.params["W"][...] = kernels
     layer.forward(x)
     delta = np.array([[[[1.0, -2.0], [0.5, 3.0]], [[2.0, 1.0], [-1.0, 4.0]]]])
@@ -307,13 +311,13 @@ def test_worked_example_conv_delta_is_the_full_convolution_summed_over_kernels(p
 # --- the layer contract ------------------------------------------------------------------
 
 ALL_LAYERS = [
-    lambda dt: L.Conv2D(2, 3, 3, padding=1, rng=np.random.default_rng(0), dtype=dt),
-    lambda dt: L.MaxPool2D(2),
-    lambda dt: L.MeanPool2D(3, stride=2),
-    lambda dt: L.ReLU(),
-    lambda dt: L.Tanh(),
-    lambda dt: L.Sigmoid(),
-    lambda dt: L.Flatten(),
+    lambda dt: Conv2D(2, 3, 3, padding=1, rng=np.random.default_rng(0), dtype=dt),
+    lambda dt: MaxPool2D(2),
+    lambda dt: MeanPool2D(3, stride=2),
+    lambda dt: ReLU(),
+    lambda dt: Tanh(),
+    lambda dt: Sigmoid(),
+    lambda dt: Flatten(),
 ]
 
 
@@ -329,7 +333,7 @@ def test_dtype_is_preserved_end_to_end(make, dtype):
 
 
 def test_dense_dtype_and_mixed_dtypes_are_refused():
-    layer = L.Dense(4, 3, rng=np.random.default_rng(0), dtype=np.float32)
+    layer = Dense(4, 3, rng=np.random.default_rng(0), dtype=np.float32)
     y = layer.forward(np.ones((2, 4), np.float32))
     assert y.dtype == np.float32 and layer.backward(np.ones_like(y)).dtype == np.float32
     with pytest.raises(TypeError, match="float32 parameters but got a float64 input"):
@@ -349,7 +353,7 @@ def test_backward_without_training_forward_is_a_clear_error(make):
 
 def test_backward_overwrites_gradients_instead_of_accumulating():
     rng = np.random.default_rng(9)
-    layer = L.Conv2D(2, 3, 3, rng=rng, dtype=np.float64)
+    layer = Conv2D(2, 3, 3, rng=rng, dtype=np.float64)
     x = rng.standard_normal((2, 2, 5, 5))
     dout = rng.standard_normal((2, 3, 3, 3))
     layer.forward(x)
@@ -362,18 +366,18 @@ def test_backward_overwrites_gradients_instead_of_accumulating():
 
 
 def test_parameters_assigned_in_place_are_used():
-    layer = L.Dense(2, 1, dtype=np.float64)
+    layer = Dense(2, 1, dtype=np.float64)
     layer.params["W"][...] = [[2.0], [3.0]]
     layer.params["b"][...] = [1.0]
     np.testing.assert_array_equal(layer.forward(np.array([[1.0, 1.0]])), [[6.0]])
 
 
 def test_shapes_and_parameter_layout_follow_the_public_api():
-    conv = L.Conv2D(3, 8, (5, 3), rng=np.random.default_rng(0))
-    dense = L.Dense(10, 4, rng=np.random.default_rng(0))
+    conv = Conv2D(3, 8, (5, 3), rng=np.random.default_rng(0))
+    dense = Dense(10, 4, rng=np.random.default_rng(0))
     assert conv.params["W"].shape == (8, 3, 5, 3) and conv.params["b"].shape == (8,)
     assert dense.params["W"].shape == (10, 4) and dense.params["b"].shape == (4,)
     assert conv.params["W"].dtype == np.float32
-    assert set(conv.grads) == set(conv.params) and L.ReLU().params == {} == L.ReLU().grads
-    assert L.MaxPool2D(3).stride == 3 and L.MeanPool2D(3, stride=1).stride == 1
+    assert set(conv.grads) == set(conv.params) and ReLU().params == {} == ReLU().grads
+    assert MaxPool2D(3).stride == 3 and MeanPool2D(3, stride=1).stride == 1
     assert conv.output_shape((3, 12, 9)) == (8, 8, 7)

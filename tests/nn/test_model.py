@@ -3,7 +3,9 @@
 import numpy as np
 import pytest
 
-from cnntrain.nn import layers as L
+from cnntrain.nn.conv import Conv2D
+from cnntrain.nn.dense import Dense
+from cnntrain.nn.flatten import Flatten
 from cnntrain.nn.losses import SoftmaxCrossEntropy
 from cnntrain.nn.model import LayerLineError, Network, build_network, check_layers
 from tests.support.gradcheck import numeric_gradient, relative_error
@@ -158,9 +160,9 @@ def test_layer_list_mistakes_name_the_line_and_the_shapes(layers, line_no, messa
 
 def test_network_of_hand_made_layers():
     rng = np.random.default_rng(0)
-    net = Network([("conv", L.Conv2D(1, 2, 3, rng=rng, dtype=np.float64)), ("flat", L.Flatten()),
-                   ("out", L.Dense(2 * 4 * 4, 3, rng=rng, dtype=np.float64))], input_shape=(1, 6,
-                                                                                            6))
+    net = Network([("conv", Conv2D(1, 2, 3, rng=rng, dtype=np.float64)), ("flat", Flatten()),
+                   ("out", Dense(2 * 4 * 4, 3, rng=rng, dtype=np.float64))],
+                  input_shape=(1, 6, 6))
     assert set(net.params) == {"conv.W", "conv.b", "out.W", "out.b"}
     assert net.params["conv.W"] is net.layers[0][1].params["W"]
     assert net.summary()[-1].output_shape == (3,)

@@ -8,9 +8,10 @@ import signal
 import numpy as np
 import pytest
 
-from cnntrain.nn import layers as L
+from cnntrain.nn.dense import Dense
 from cnntrain.nn.losses import SoftmaxCrossEntropy
 from cnntrain.nn.model import LayerLineError, build_network, check_layers
+from cnntrain.nn.norm import BatchNorm, Dropout
 from cnntrain.nn.optim import SGD
 from cnntrain.runs.build import layer_seeds
 from cnntrain.runs.checkpoint import load_checkpoint
@@ -50,7 +51,7 @@ def test_batchnorm_layer_matches_torch_in_training_then_evaluation(shape, kernel
     """Five training steps (outputs, input and parameter gradients, running statistics with
     PyTorch's unbiased variance), then evaluation (outputs and input gradients), in float64."""
     rng = np.random.default_rng(0)
-    layer = L.BatchNorm(shape[1], spatial=len(shape) == 4, dtype=np.float64, kernels=kernels)
+    layer = BatchNorm(shape[1], spatial=len(shape) == 4, dtype=np.float64, kernels=kernels)
     layer.params["gamma"][...] = rng.uniform(0.5, 2, shape[1])
     layer.params["beta"][...] = rng.normal(0, 1, shape[1])
     module = layer.torch_module(torch.nn).double()
@@ -87,7 +88,7 @@ def test_batchnorm_layer_matches_torch_in_training_then_evaluation(shape, kernel
 @pytest.mark.parametrize("kernels", KERNELS)
 def test_batchnorm_layer_finite_differences_including_gamma_and_beta(kernels):
     rng = np.random.default_rng(1)
-    layer = L.BatchNorm(3, dtype=np.float64, kernels=kernels)
+    layer = BatchNorm(3, dtype=np.float64, kernels=kernels)
     layer.params["gamma"][...] = rng.uniform(0.5, 2, 3)
     layer.params["beta"][...] = rng.normal(0, 1, 3)
     x = shifted_batch(rng, (4, 3, 5, 4))
@@ -109,7 +110,7 @@ def test_batchnorm_train_and_eval_switching():
     running ones, moves nothing, and scores each image on its own; back in training the
     batch statistics are used again."""
     rng = np.random.default_rng(2)
-    layer = L.BatchNorm(3, dtype=np.float64)
+    layer = BatchNorm(3, dtype=np.float64)
     x = shifted_batch(rng, (8, 3, 4, 4))
     y = layer.forward(x, train=True)
     np.testing.assert_allclose(y.mean(axis=(0, 2, 3)), 0, atol=1e-12)  # normalised by the batch
@@ -131,7 +132,7 @@ def test_batchnorm_train_and_eval_switching():
 
 
 def test_batchnorm_on_a_single_example_per_feature_is_refused_in_training_only():
-    layer = L.BatchNorm(4, spatial=False, dtype=np.float64)
+    layer = BatchNorm(4, spatial=False, dtype=np.float64)
     layer.forward(np.ones((1, 4)), train=False)
     with pytest.raises(ValueError, match="more than one value per channel"):
         layer.forward(np.ones((1, 4)), train=True)
@@ -211,7 +212,7 @@ def test_dropout_layer_train_and_eval(kernels):
 def test_dropout_without_a_generator_runs_inference_but_refuses_to_train():
     assert [row.name for row in check_layers(["flatten", "dropout 0.5", "dense 10"])] == [
         "flatten1", "dropout1", "dense1"]
-    layer = L.Dropout(0.5)
+    layer = Dropout(0.5)
     x = np.ones((2, 3), dtype=np.float32)
     assert layer.forward(x, train=False) is x
     with pytest.raises(RuntimeError, match="needs a random generator"):
@@ -222,7 +223,7 @@ def test_dropout_matches_torch_given_its_mask():
     """torch draws its own masks, so compare the maths: torch.nn.Dropout's kept values are
     x / (1 - p), and its gradient is the same mask; ours, given the mask torch drew."""
     rng = np.random.default_rng(3)
-    layer = L.Dropout(0.4)
+    layer = Dropout(0.4)
     layer.rng = np.random.default_rng(0)
     x = rng.standard_normal((16, 30))
     torch.manual_seed(0)
@@ -248,7 +249,7 @@ LAYERS = ["conv 4 5 pad=2", "batchnorm", "relu", "maxpool 2", "conv 8 3", "batch
 def interrupt_in_dropout(monkeypatch):
     """Ctrl-C (a real SIGINT) during the STOP["at"]-th training forward of the dropout layer."""
     stop = {"at": None, "calls": 0}
-    forward = L.Dropout.forward
+    forward = Dropout.forward
 
     def counting_forward(self, x, train=True):
         if train:
@@ -257,7 +258,7 @@ def interrupt_in_dropout(monkeypatch):
                 os.kill(os.getpid(), signal.SIGINT)
         return forward(self, x, train)
 
-    monkeypatch.setattr(L.Dropout, "forward", counting_forward)
+    monkeypatch.setattr(Dropout, "forward", counting_forward)
     return stop
 
 
@@ -330,7 +331,7 @@ def test_a_network_with_batchnorm_and_dropout_trains_as_pytorchs(kernels):
             param = getattr(module, torch_key)
             with torch.no_grad():
                 param.copy_(torch.from_numpy(np.ascontiguousarray(
-                    value.T if isinstance(layer, L.Dense) and key == "W" else value)))
+                    value.T if isinstance(layer, Dense) and key == "W" else value)))
             (decayed if f"{name}.{key}" in net.decayed() else undecayed).append(param)
     assert len(undecayed) == 4  # the two batch norms' gamma and beta
 
@@ -359,7 +360,7 @@ def test_a_network_with_batchnorm_and_dropout_trains_as_pytorchs(kernels):
         for key, value in layer.params.items():
             torch_key = {"W": "weight", "b": "bias", "gamma": "weight", "beta": "bias"}[key]
             theirs = getattr(module, torch_key).detach().numpy()
-            ours = value.T if isinstance(layer, L.Dense) and key == "W" else value
+            ours = value.T if isinstance(layer, Dense) and key == "W" else value
             np.testing.assert_allclose(ours, theirs, rtol=1e-9, atol=1e-12, err_msg=f"{name}.{key}")
         for key in layer.buffers:
             np.testing.assert_allclose(layer.buffers[key], getattr(module, key).numpy(), rtol=1e-10,

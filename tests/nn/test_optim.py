@@ -103,6 +103,7 @@ def test_only_what_the_layers_declare_is_decayed():
     """Biases are decayed unless decay_biases is off; a layer's buffers never reach SGD, and a
     parameter declared decay=None is left alone even by a large weight decay."""
     from cnntrain.nn import layers as L
+    from cnntrain.nn.dense import Dense
     from cnntrain.nn.model import Network
 
     class Scaled(L.Layer):  # a parameter that weight decay must not touch
@@ -112,7 +113,7 @@ def test_only_what_the_layers_declare_is_decayed():
             self.add_buffer("count", np.zeros(1))
 
     rng = np.random.default_rng(0)
-    net = Network([("dense", L.Dense(2, 3, rng=rng, dtype=np.float64)), ("s", Scaled())],
+    net = Network([("dense", Dense(2, 3, rng=rng, dtype=np.float64)), ("s", Scaled())],
                   input_shape=(2,))
     assert net.decayed() == ["dense.W", "dense.b"]
     assert net.decayed(decay_biases=False) == ["dense.W"]

@@ -9,6 +9,8 @@ import json
 import os
 import re
 import signal
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
@@ -24,8 +26,9 @@ from cnntrain.runs.checkpoint import load_checkpoint
 from tests.support.clitools import invoke, small_config, use_synthetic_mnist
 from tests.support.gradcheck import numeric_gradient, relative_error
 
+REPO = Path(__file__).resolve().parents[2]
 # The page that documents the grammar and the worked example.
-LAYERS_DOC = Path(__file__).resolve().parents[2] / "docs" / "layers.md"
+LAYERS_DOC = REPO / "docs" / "layers.md"
 
 
 @pytest.fixture
@@ -118,6 +121,42 @@ def test_a_kind_cannot_be_registered_twice(registry):
 
     with pytest.raises(ValueError, match="already ReLU"):
         L.register(Other)
+
+
+# The grammar table's order (docs/layers.md), which the error messages naming the known layers
+# follow too.
+GRAMMAR_ORDER = ["conv", "maxpool", "meanpool", "dense", "relu", "tanh", "sigmoid", "flatten",
+                 "dropout", "batchnorm"]
+
+REGISTRY_PROBE = """
+import importlib, inspect, json, pkgutil, sys
+importlib.import_module(sys.argv[1])
+from cnntrain.nn import layers
+first = list(layers.REGISTRY)
+import cnntrain.nn
+for module in pkgutil.iter_modules(cnntrain.nn.__path__):
+    importlib.import_module(f"cnntrain.nn.{module.name}")
+kinds = sorted({cls.kind for name, module in sys.modules.items()
+                if name.startswith("cnntrain.nn.")
+                for cls in vars(module).values()
+                if inspect.isclass(cls) and issubclass(cls, layers.Layer) and cls.kind})
+print(json.dumps([first, list(layers.REGISTRY), kinds]))
+"""
+
+
+@pytest.mark.parametrize("first", ["cnntrain.nn.model", "cnntrain.nn.norm", "cnntrain.nn.layers",
+                                   "cnntrain.nn.functional", "cnntrain.apps.export"])
+def test_every_layer_kind_is_registered_in_grammar_order_whatever_is_imported_first(first):
+    """The kinds live one module per concept; whichever module a fresh interpreter imports
+    first, the registry already holds every layer class of cnntrain/nn, in the grammar's order."""
+    result = subprocess.run([sys.executable, "-c", REGISTRY_PROBE, first], capture_output=True,
+                            text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    registered_first, registered_after_all, defined = json.loads(result.stdout)
+    assert registered_first == GRAMMAR_ORDER
+    assert registered_after_all == GRAMMAR_ORDER
+    assert defined == sorted(GRAMMAR_ORDER)
 
 
 # --- randomness and buffers -----------------------------------------------------------------

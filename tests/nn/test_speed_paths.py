@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from cnntrain.nn import fast as fn
-from cnntrain.nn import layers as L
+from cnntrain.nn.conv import Conv2D
+from cnntrain.nn.pooling import MaxPool2D, MeanPool2D
 from tests.support import oracle
 
 
@@ -63,7 +64,7 @@ def test_max_pooling_records_the_first_maximum_with_ties_and_any_layout(kernel, 
 def test_pooling_backward_routes_like_the_oracle_with_ties_and_any_layout(kernel, stride, layout):
     rng = np.random.default_rng(1)
     x = layout(with_ties(rng, (2, 3, 9, 8), np.float64))
-    layer = L.MaxPool2D(kernel, stride)
+    layer = MaxPool2D(kernel, stride)
     y = layer.forward(x)
     dout = layout(rng.standard_normal(y.shape))
     dx = layer.backward(dout)
@@ -71,7 +72,7 @@ def test_pooling_backward_routes_like_the_oracle_with_ties_and_any_layout(kernel
     np.testing.assert_allclose(dx, oracle.pool_backward(np.asarray(x), np.asarray(dout), kernel,
                                                         stride, "max"),
                                rtol=1e-12, atol=1e-15)
-    mean = L.MeanPool2D(kernel, stride)
+    mean = MeanPool2D(kernel, stride)
     mean.forward(x)
     np.testing.assert_allclose(mean.backward(dout),
                                oracle.pool_backward(np.asarray(x), np.asarray(dout), kernel,
@@ -85,7 +86,7 @@ def test_pooling_backward_leaves_no_stale_values_where_no_window_reaches():
     rng = np.random.default_rng(2)
     for _ in range(3):
         x = rng.standard_normal((2, 2, 7, 5))
-        layer = L.MaxPool2D(2)
+        layer = MaxPool2D(2)
         y = layer.forward(x)
         dx = layer.backward(np.full(y.shape, np.nan))
         assert np.all(dx[:, :, 6, :] == 0) and np.all(dx[:, :, :, 4] == 0)
@@ -123,12 +124,12 @@ def test_reused_scratch_arrays_across_steps_with_different_batch_sizes(pad):
     """One layer, called step after step as in training (the last batch of an epoch is
     smaller) with inference passes in between, matches a fresh layer per step."""
     rng = np.random.default_rng(5)
-    reused = L.Conv2D(2, 3, 5, padding=pad, rng=np.random.default_rng(6), dtype=np.float64)
+    reused = Conv2D(2, 3, 5, padding=pad, rng=np.random.default_rng(6), dtype=np.float64)
     for n in (4, 4, 3, 4, 1, 4):
         x = rng.standard_normal((n, 2, 9, 9))
         out = reused.output_shape((2, 9, 9))
         dout = rng.standard_normal((n,) + out)
-        fresh = L.Conv2D(2, 3, 5, padding=pad, dtype=np.float64)
+        fresh = Conv2D(2, 3, 5, padding=pad, dtype=np.float64)
         fresh.params["W"][...] = reused.params["W"]
         y_ref, dx_ref, grads_ref = conv_step(fresh, x, dout)
 
@@ -143,7 +144,7 @@ def test_reused_scratch_arrays_across_steps_with_different_batch_sizes(pad):
 
 def test_outputs_are_not_overwritten_by_later_calls():
     rng = np.random.default_rng(7)
-    layer = L.Conv2D(1, 2, 3, padding=1, rng=rng, dtype=np.float64)
+    layer = Conv2D(1, 2, 3, padding=1, rng=rng, dtype=np.float64)
     x1, x2 = rng.standard_normal((2, 2, 1, 6, 6))
     y1 = layer.forward(x1)
     dx1 = layer.backward(np.ones_like(y1))

@@ -10,10 +10,13 @@ import os
 import numpy as np
 import pytest
 
-from cnntrain.nn import layers as L
+from cnntrain.nn.activations import ReLU, Sigmoid, Tanh
+from cnntrain.nn.conv import Conv2D
+from cnntrain.nn.dense import Dense
 from cnntrain.nn.losses import SoftmaxCrossEntropy
 from cnntrain.nn.model import build_network
 from cnntrain.nn.optim import SGD, LRSchedule
+from cnntrain.nn.pooling import MaxPool2D, MeanPool2D
 
 if os.environ.get("CNNTRAIN_REQUIRE_TORCH") == "1":
     import torch  # noqa: E402  (a hard failure in CI, never a skip)
@@ -46,8 +49,8 @@ def t(a, grad=True):
     (2, 1, 28, 28, 6, (5, 5), 1, 2), (3, 3, 10, 7, 2, (2, 2), 3, 1)])
 def test_conv2d(N, C, H, W, F, kernel, stride, pad, kernels):
     rng = np.random.default_rng(0)
-    layer = L.Conv2D(C, F, kernel, stride=stride, padding=pad, rng=rng, dtype=np.float64,
-                     kernels=kernels)
+    layer = Conv2D(C, F, kernel, stride=stride, padding=pad, rng=rng, dtype=np.float64,
+                   kernels=kernels)
     layer.params["b"][...] = rng.standard_normal(F)
     x = rng.standard_normal((N, C, H, W))
     y = layer.forward(x)
@@ -67,7 +70,7 @@ def test_conv2d(N, C, H, W, F, kernel, stride, pad, kernels):
 def test_pooling(kernel, stride, mode, kernels):
     rng = np.random.default_rng(1)
     x = rng.standard_normal((3, 4, 13, 10))
-    layer = (L.MaxPool2D if mode == "max" else L.MeanPool2D)(kernel, stride, kernels=kernels)
+    layer = (MaxPool2D if mode == "max" else MeanPool2D)(kernel, stride, kernels=kernels)
     y = layer.forward(x)
     G = rng.standard_normal(y.shape)
     dx = layer.backward(G)
@@ -81,7 +84,7 @@ def test_pooling(kernel, stride, mode, kernels):
 
 def test_dense_and_activations(kernels):
     rng = np.random.default_rng(2)
-    dense = L.Dense(7, 5, rng=rng, dtype=np.float64, kernels=kernels)
+    dense = Dense(7, 5, rng=rng, dtype=np.float64, kernels=kernels)
     dense.params["b"][...] = rng.standard_normal(5)
     x = rng.standard_normal((6, 7))
     G = rng.standard_normal((6, 5))
@@ -94,9 +97,8 @@ def test_dense_and_activations(kernels):
     close(dx, tx.grad)
     close(dense.grads["W"], tW.grad.T)
     close(dense.grads["b"], tb.grad)
-    for ours, theirs in [(L.ReLU(kernels=kernels), torch.relu), (L.Tanh(kernels=kernels),
-                                                                 torch.tanh),
-                         (L.Sigmoid(kernels=kernels), torch.sigmoid)]:
+    for ours, theirs in [(ReLU(kernels=kernels), torch.relu), (Tanh(kernels=kernels), torch.tanh),
+                         (Sigmoid(kernels=kernels), torch.sigmoid)]:
         a = rng.standard_normal((4, 3, 5, 5)) * 3
         G = rng.standard_normal(a.shape)
         ta = t(a)

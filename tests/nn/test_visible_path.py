@@ -16,6 +16,7 @@ import pytest
 from cnntrain.errors import DivergedError
 from cnntrain.nn import fast, functional
 from cnntrain.nn import layers as L
+from cnntrain.nn.activations import Activation, ReLU
 from cnntrain.nn.losses import SoftmaxCrossEntropy
 from cnntrain.nn.model import build_network
 from cnntrain.nn.optim import SGD
@@ -80,7 +81,9 @@ def test_each_reference_kernel_fast_runs_is_bound_by_name_with_why():
     assert {"conv_forward", "maxpool2d", "dense_backward", "batchnorm"} <= own
 
 
-@pytest.mark.parametrize("module", ["layers.py", "model.py", "losses.py", "fast.py"])
+@pytest.mark.parametrize("module", ["layers.py", "conv.py", "pooling.py", "dense.py",
+                                    "activations.py", "flatten.py", "norm.py", "model.py",
+                                    "losses.py", "fast.py"])
 def test_no_lookup_by_string(module):
     tree = ast.parse((PACKAGE / module).read_text())
     calls = [node.lineno for node in ast.walk(tree) if isinstance(node, ast.Call)
@@ -88,7 +91,7 @@ def test_no_lookup_by_string(module):
     assert not calls, f"cnntrain/{module} looks a name up by string at lines {calls}"
 
 
-ACTIVATIONS = [cls for cls in L.REGISTRY.values() if issubclass(cls, L.Activation)]
+ACTIVATIONS = [cls for cls in L.REGISTRY.values() if issubclass(cls, Activation)]
 
 
 @pytest.mark.parametrize("cls", ACTIVATIONS, ids=lambda cls: cls.kind)
@@ -105,7 +108,7 @@ def test_each_activation_names_its_kernels_on_both_paths(cls):
 
 def test_an_activation_refuses_a_kernels_module_it_has_no_kernels_for():
     with pytest.raises(ValueError, match="ReLU runs on cnntrain.nn.fast or cnntrain.nn.functional"):
-        L.ReLU(kernels=np)
+        ReLU(kernels=np)
 
 
 # --- cnntrain info shows the order the layers run in ----------------------------------------
