@@ -66,7 +66,8 @@ def real_mnist(mirror, cfg, dtype):
     the config's mean and std; no validation hold-out. Returns (splits, data folder)."""
     import numpy as np
 
-    from cnntrain.data.download import ensure_mnist, resolve_data_dir
+    from cnntrain.data.download import ensure_mnist
+    from cnntrain.data.mirrors import resolve_data_dir
     from cnntrain.data.mnist import load_mnist
 
     folder = resolve_data_dir(None, cfg.data.dir or None)

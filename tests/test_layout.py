@@ -22,8 +22,6 @@ NN_MAY_IMPORT = ("cnntrain.nn", "cnntrain.errors", "cnntrain.constants")
 OVER_500 = {
     "cnntrain/config.py",
     "cnntrain/apps/serve.py",
-    "cnntrain/data/download.py",
-    "cnntrain/data/preprocess.py",
     "cnntrain/runs/checkpoint.py",
     "cnntrain/runs/runfolder.py",
 }

@@ -188,8 +188,9 @@ def load_field(*, image=None, input_path=None, raw=False, data_dir=None, mirrors
     from cnntrain.apps.predict import to_field
     from cnntrain.constants import TEST_IMAGES_FILE, TEST_LABELS_FILE
     from cnntrain.data.download import fetch_mnist
+    from cnntrain.data.inputs import display_name, read_single_input
     from cnntrain.data.mnist import read_idx
-    from cnntrain.data.preprocess import display_name, grey_levels, read_single_input
+    from cnntrain.data.preprocess import grey_levels
 
     if input_path is not None:
         entries = read_single_input(input_path)

@@ -2,7 +2,7 @@
 
 Every input is read and preprocessed on its own: a file that cannot be read, or a picture
 without ink, gets its one-line error and the others go on. The caller turns "some failed"
-into exit code 1. Files are named as cnntrain.data.preprocess.display_name shows them, so a name
+into exit code 1. Files are named as cnntrain.data.inputs.display_name shows them, so a name
 with a newline or a quote still gives one unambiguous line.
 """
 
@@ -11,14 +11,8 @@ import json
 import numpy as np
 
 from cnntrain.apps.inference import CLASS_NAMES, load_predictor
-from cnntrain.data.preprocess import (
-    FIELD,
-    display_name,
-    expand_inputs,
-    grey_levels,
-    read_input,
-    to_mnist_field,
-)
+from cnntrain.data.inputs import display_name, expand_inputs, read_input
+from cnntrain.data.preprocess import FIELD, grey_levels, to_mnist_field
 from cnntrain.errors import CnnTrainError
 
 CHUNK = 256  # pictures preprocessed and predicted at a time

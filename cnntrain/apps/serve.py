@@ -202,7 +202,7 @@ def grey_from_png(request):
         from PIL import Image
     except ImportError:
         raise RequestError(415, PILLOW_MISSING) from None
-    from cnntrain.data.preprocess import error_reason, picture_grey
+    from cnntrain.data.inputs import error_reason, picture_grey
 
     try:
         with warnings.catch_warnings():

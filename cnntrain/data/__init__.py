@@ -1,2 +1,2 @@
-"""MNIST: the verified download, the IDX reader and splits, augmentation, and the
-preprocessing of user images."""
+"""MNIST: the verified download (download.py and its parts), the IDX reader and splits,
+augmentation, and the reading and preprocessing of user images."""

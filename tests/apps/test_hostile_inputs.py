@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cnntrain.data import preprocess as pp
+from cnntrain.data import inputs
 from cnntrain.data.mnist import read_idx
 from cnntrain.errors import DataError
 from tests.data.test_preprocess import SEVEN, canvas
@@ -142,9 +142,9 @@ def test_open_input_refuses_a_fifo_swapped_in_after_the_check(tmp_path, monkeypa
     os.mkfifo(tmp_path / "f.png")
     seven_png(tmp_path / "plain.png")
     real_stat = os.stat
-    monkeypatch.setattr(pp.os, "stat", lambda path, *a, **k: real_stat(tmp_path / "plain.png"))
-    with pytest.raises(pp.InputError, match=r"f.png: is a FIFO \(named pipe\), not a regular"):
-        pp.open_input(tmp_path / "f.png")
+    monkeypatch.setattr(inputs.os, "stat", lambda path, *a, **k: real_stat(tmp_path / "plain.png"))
+    with pytest.raises(inputs.InputError, match=r"f.png: is a FIFO \(named pipe\), not a regular"):
+        inputs.open_input(tmp_path / "f.png")
 
 
 # --------------------------------------------------------------------------- empty path
@@ -248,8 +248,8 @@ def test_a_header_past_pillows_own_limit_is_refused_before_any_pixel(tmp_path):
     header = struct.pack(">IIBBBBB", 20_000, 20_000, 8, 0, 0, 0, 0)
     (tmp_path / "huge.png").write_bytes(b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", header)
                                         + png_chunk(b"IDAT", b"garbage"))
-    with pytest.raises(pp.InputError) as caught:
-        pp.load_image(tmp_path / "huge.png")
+    with pytest.raises(inputs.InputError) as caught:
+        inputs.load_image(tmp_path / "huge.png")
     message = str(caught.value)
     assert message.startswith(f"{tmp_path / 'huge.png'}: too large to read safely (Image size "
                               "(400000000 pixels) exceeds limit")
@@ -258,11 +258,11 @@ def test_a_header_past_pillows_own_limit_is_refused_before_any_pixel(tmp_path):
 
 def test_a_picture_at_the_cap_is_read(tmp_path):
     """The cap refuses only what is over it: 4096x4096 is read, 4097x4096 is not."""
-    white_png(tmp_path / "at.png", pp.MAX_SIDE, pp.MAX_SIDE)
-    white_png(tmp_path / "over.png", pp.MAX_SIDE + 1, pp.MAX_SIDE)
-    assert pp.load_image(tmp_path / "at.png").shape == (pp.MAX_SIDE, pp.MAX_SIDE)
-    with pytest.raises(pp.InputError, match="a 4097x4096 picture"):
-        pp.load_image(tmp_path / "over.png")
+    white_png(tmp_path / "at.png", inputs.MAX_SIDE, inputs.MAX_SIDE)
+    white_png(tmp_path / "over.png", inputs.MAX_SIDE + 1, inputs.MAX_SIDE)
+    assert inputs.load_image(tmp_path / "at.png").shape == (inputs.MAX_SIDE, inputs.MAX_SIDE)
+    with pytest.raises(inputs.InputError, match="a 4097x4096 picture"):
+        inputs.load_image(tmp_path / "over.png")
 
 
 # --------------------------------------------------------------------------- names
@@ -299,14 +299,14 @@ def test_a_name_with_a_newline_keeps_its_result_on_one_line(tmp_path, checkpoint
     ("", "''"),
 ])
 def test_display_name_quotes_exactly_the_names_that_need_it(name, shown):
-    assert pp.display_name(name) == shown
-    assert "\n" not in pp.display_name(name)
+    assert inputs.display_name(name) == shown
+    assert "\n" not in inputs.display_name(name)
 
 
 def test_error_reason_drops_object_reprs():
     exc = OSError("cannot identify image file <_io.BytesIO object at 0x7f3a2c1b9e50>")
-    assert pp.error_reason(exc) == "cannot identify image file"
-    assert pp.error_reason(SyntaxError("x <_io.BufferedReader name=5> y")) == "x y"
+    assert inputs.error_reason(exc) == "cannot identify image file"
+    assert inputs.error_reason(SyntaxError("x <_io.BufferedReader name=5> y")) == "x y"
 
 
 # --------------------------------------------------------------------------- maps = predict

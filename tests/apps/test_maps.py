@@ -106,7 +106,8 @@ def test_plot_maps_of_a_picture_file(tmp_path):
                     "-o", tmp_path / "maps.png")
     assert result.exit_code == 0, result.output
     predictor = Predictor.from_checkpoint(checkpoint)
-    from cnntrain.data.preprocess import load_image, to_mnist_field
+    from cnntrain.data.inputs import load_image
+    from cnntrain.data.preprocess import to_mnist_field
     field = to_mnist_field(load_image(tmp_path / "seven.png"))
     probabilities = predictor.probabilities(field[None])[0]
     digit = int(probabilities.argmax())

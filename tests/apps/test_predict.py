@@ -39,7 +39,7 @@ def pictures(tmp_path):
 
 
 def expected_digits(checkpoint, paths):
-    from cnntrain.data.preprocess import load_image
+    from cnntrain.data.inputs import load_image
     fields = np.stack([to_mnist_field(load_image(p)) for p in paths])
     return Predictor.from_checkpoint(checkpoint).probabilities(fields)
 

@@ -1,4 +1,5 @@
-"""cnntrain.data.download: mirror/folder resolution and the verified download.
+"""cnntrain.data.download and the parts it drives (mirrors, cache, attempts, stream,
+verifier, patience): mirror/folder resolution and the verified download.
 
 Downloads go to a loopback server (tests/support/mnist_server.py) serving small synthetic IDX files
 with the checksum table overridden for them; faults are injected per path and request count.
@@ -15,14 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from cnntrain.data import download
-from cnntrain.data.download import (
-    DEFAULT_MIRRORS,
-    MNIST_FILES,
-    ensure_mnist,
-    resolve_data_dir,
-    resolve_mirrors,
-)
+from cnntrain.data import attempts, cache, download, mirrors, patience, stream
+from cnntrain.data.download import MNIST_FILES, ensure_mnist
+from cnntrain.data.mirrors import DEFAULT_MIRRORS, resolve_data_dir, resolve_mirrors
 from cnntrain.errors import DataError
 from tests.support.mnist_server import (
     TEST_IMAGES,
@@ -40,7 +36,7 @@ MANIFEST = ".cnntrain-verified.json"
 def sleeps(monkeypatch):
     """Record the backoff waits instead of waiting."""
     waited = []
-    monkeypatch.setattr(download, "_sleep", waited.append)
+    monkeypatch.setattr(attempts, "_sleep", waited.append)
     return waited
 
 
@@ -48,13 +44,13 @@ def sleeps(monkeypatch):
 def hash_calls(monkeypatch):
     """Count the re-hashing of cached files."""
     calls = []
-    real = download._sha256_file
+    real = cache._sha256_file
 
     def counting(path):
         calls.append(Path(path).name)
         return real(path)
 
-    monkeypatch.setattr(download, "_sha256_file", counting)
+    monkeypatch.setattr(cache, "_sha256_file", counting)
     return calls
 
 
@@ -114,7 +110,7 @@ def test_resolve_mirrors_precedence(monkeypatch):
 def test_fetch_mnist_takes_the_flags_before_the_config(monkeypatch, tmp_path, synthetic_mnist,
                                                       mnist_server):
     monkeypatch.setattr(download, "MNIST_FILES", synthetic_mnist.table)
-    monkeypatch.setattr(download, "DEFAULT_MIRRORS", ())
+    monkeypatch.setattr(mirrors, "DEFAULT_MIRRORS", ())
     for name in ("CNNTRAIN_DATA_DIR", "CNNTRAIN_MNIST_MIRRORS"):
         monkeypatch.delenv(name, raising=False)
     dead = dead_mirror()
@@ -452,9 +448,9 @@ def test_session_keeps_tls_verification_on(monkeypatch, synthetic_mnist, tmp_pat
 
     def fake_get(self, url, **kwargs):
         seen.update(kwargs, verify_attr=self.verify)
-        raise download.requests.exceptions.ConnectTimeout("no network in this test")
+        raise stream.requests.exceptions.ConnectTimeout("no network in this test")
 
-    monkeypatch.setattr(download.requests.Session, "get", fake_get)
+    monkeypatch.setattr(stream.requests.Session, "get", fake_get)
     with pytest.raises(DataError, match="connect timed out"):
         fetch(tmp_path, ["https://mirror.invalid/mnist/"], synthetic_mnist, retries=0,
               timeout=(3, 7))
@@ -512,7 +508,7 @@ def test_training_refuses_a_cache_changed_in_place(monkeypatch, synthetic_mnist,
     change_in_place(data_dir / TRAIN_IMAGES)
     config = tmp_path / "small.ini"
     config.write_text(small_config())
-    monkeypatch.setattr(download, "DEFAULT_MIRRORS", ())
+    monkeypatch.setattr(mirrors, "DEFAULT_MIRRORS", ())
     result = invoke("fit", "--config", config, "--out", tmp_path / "run", "-q",
                     "--mirror", dead_mirror())
     assert result.exit_code == 1
@@ -532,7 +528,7 @@ def test_download_verify_hashes_everything_and_repairs(mnist_server, synthetic_m
     victim = tmp_path / TEST_IMAGES
     change_in_place(victim)
     manifest = json.loads((tmp_path / MANIFEST).read_text())
-    manifest["files"][TEST_IMAGES].update(download._stat_key(victim.stat()))
+    manifest["files"][TEST_IMAGES].update(cache._stat_key(victim.stat()))
     (tmp_path / MANIFEST).write_text(json.dumps(manifest))
     hash_calls.clear()
     trusting = invoke("download", "-q", "--mirror", mirror)
@@ -557,7 +553,7 @@ def test_verify_reports_corruption_it_cannot_repair(synthetic_mnist, tmp_path, m
     from tests.support.clitools import invoke, use_synthetic_mnist
 
     use_synthetic_mnist(monkeypatch, synthetic_mnist, synthetic_mnist.write(tmp_path))
-    monkeypatch.setattr(download, "DEFAULT_MIRRORS", ())
+    monkeypatch.setattr(mirrors, "DEFAULT_MIRRORS", ())
     assert invoke("download", "-q", "--mirror", dead_mirror()).exit_code == 0
     (tmp_path / TRAIN_LABELS).write_bytes(b"\0" * len(synthetic_mnist.raw[TRAIN_LABELS]))
     result = invoke("download", "-q", "--verify", "--mirror", dead_mirror())
@@ -575,7 +571,7 @@ def test_unwritable_data_folder_is_not_told_to_make_room(mnist_server, synthetic
     def refuse(path, *args, **kwargs):
         raise OSError(code, os.strerror(code), str(path))
 
-    monkeypatch.setattr(download, "open", refuse, raising=False)  # the .part file cannot be made
+    monkeypatch.setattr(attempts, "open", refuse, raising=False)  # the .part file cannot be made
     with pytest.raises(DataError) as info:
         fetch(tmp_path, [mnist_server.mirror("a")], synthetic_mnist)
     message = str(info.value)
@@ -588,7 +584,7 @@ def test_full_disk_is_told_to_make_room(mnist_server, synthetic_mnist, tmp_path,
     def full(path, *args, **kwargs):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
 
-    monkeypatch.setattr(download, "open", full, raising=False)
+    monkeypatch.setattr(attempts, "open", full, raising=False)
     with pytest.raises(DataError, match=f"make room in {tmp_path} or choose another folder"):
         fetch(tmp_path, [mnist_server.mirror("a")], synthetic_mnist)
 
@@ -650,7 +646,7 @@ def test_a_mirror_that_never_answers_is_named_once_and_given_up(mnist_server, sy
     """A mirror that accepts the connection and then says nothing: stderr names it once
     while waiting and once when giving up, the whole wait for it stays within `patience`,
     later files do not ask it again."""
-    monkeypatch.setattr(download, "_WAIT_NOTICE", 0.2)
+    monkeypatch.setattr(patience, "_WAIT_NOTICE", 0.2)
     mnist_server.add_fault("/silent/*", "stall", seconds=30, before_headers=True)
     silent = mnist_server.mirror("silent")
     started = time.monotonic()
@@ -669,7 +665,7 @@ def test_a_mirror_that_never_answers_is_named_once_and_given_up(mnist_server, sy
 
 def test_a_silent_mirror_is_reported_as_given_up(mnist_server, synthetic_mnist, tmp_path,
                                                  monkeypatch):
-    monkeypatch.setattr(download, "_WAIT_NOTICE", 0.1)
+    monkeypatch.setattr(patience, "_WAIT_NOTICE", 0.1)
     mnist_server.add_fault("/silent/*", "stall", seconds=30)  # headers, 16 bytes, silence
     with pytest.raises(DataError) as info:
         fetch(tmp_path, [mnist_server.mirror("silent")], synthetic_mnist, timeout=(5, 10),
@@ -684,10 +680,10 @@ def test_the_default_wait_for_a_silent_mirror_is_about_30_s(mnist_server, synthe
     """With every default (timeouts, retries, backoff, patience): a mirror that never answers
     costs about 30 s in all, counted on a fake clock that each timeout and pause advances."""
     now = [0.0]
-    monkeypatch.setattr(download, "_clock", lambda: now[0])
-    monkeypatch.setattr(download, "_sleep", lambda seconds: now.__setitem__(0, now[0] + seconds))
+    monkeypatch.setattr(patience, "_clock", lambda: now[0])
+    monkeypatch.setattr(attempts, "_sleep", lambda seconds: now.__setitem__(0, now[0] + seconds))
     silent = "http://silent.invalid/mnist/"
-    real_get = download.requests.Session.get
+    real_get = stream.requests.Session.get
     asked = []
 
     def get(self, url, **kwargs):
@@ -695,9 +691,9 @@ def test_the_default_wait_for_a_silent_mirror_is_about_30_s(mnist_server, synthe
             return real_get(self, url, **kwargs)
         asked.append(kwargs["timeout"])
         now[0] += kwargs["timeout"][1]  # the read timeout runs out: no answer
-        raise download.requests.exceptions.ReadTimeout("Read timed out.")
+        raise stream.requests.exceptions.ReadTimeout("Read timed out.")
 
-    monkeypatch.setattr(download.requests.Session, "get", get)
+    monkeypatch.setattr(stream.requests.Session, "get", get)
     ensure_mnist(tmp_path, [silent, mnist_server.mirror("b")], files=synthetic_mnist.table,
                  progress=False)
     assert_complete(tmp_path, synthetic_mnist)

@@ -2,8 +2,8 @@
 cuts bodies short.
 
 Time is faked where the code allows: the trickling server moves the clock the download
-reads (download._clock) at each pause between its chunks, and the pauses between retries
-(download._sleep) are recorded instead of waited.
+reads (patience._clock) at each pause between its chunks, and the pauses between retries
+(attempts._sleep) are recorded instead of waited.
 """
 
 import re
@@ -12,8 +12,9 @@ import time
 import pytest
 import urllib3
 
-from cnntrain.data import download
-from cnntrain.data.download import MIN_RATE, RATE_WINDOW, ensure_mnist
+from cnntrain.data import attempts, mirrors, patience
+from cnntrain.data.download import ensure_mnist
+from cnntrain.data.patience import MIN_RATE, RATE_WINDOW
 from cnntrain.errors import DataError
 from tests.support.clitools import invoke, use_synthetic_mnist
 from tests.support.mnist_server import (
@@ -31,7 +32,7 @@ FLOOR = f"below the {MIN_RATE / 1024:g} KiB/s floor"
 def sleeps(monkeypatch):
     """Record the backoff pauses instead of waiting them."""
     waited = []
-    monkeypatch.setattr(download, "_sleep", waited.append)
+    monkeypatch.setattr(attempts, "_sleep", waited.append)
     return waited
 
 
@@ -55,7 +56,7 @@ class ServerClock:
 @pytest.fixture
 def server_clock(monkeypatch):
     clock = ServerClock(real=0.02)
-    monkeypatch.setattr(download, "_clock", clock)
+    monkeypatch.setattr(patience, "_clock", clock)
     return clock
 
 
@@ -112,7 +113,7 @@ def test_cnntrain_download_leaves_a_trickling_mirror_for_the_good_one(
     """The reproduction as the issue gives it: `cnntrain download --mirror TRICKLE --mirror
     GOOD` finishes from GOOD, after one line about TRICKLE."""
     use_synthetic_mnist(monkeypatch, synthetic_mnist, tmp_path / "mnist")
-    monkeypatch.setattr(download, "DEFAULT_MIRRORS", ())
+    monkeypatch.setattr(mirrors, "DEFAULT_MIRRORS", ())
     mnist_server.add_fault("/trickle/*", "trickle", chunk=64, every=1.0, keep=8192,
                            pause=server_clock.pause)
     trickle = mnist_server.mirror("trickle")
@@ -132,8 +133,8 @@ def test_a_trickle_is_not_called_silence(mnist_server, synthetic_mnist, tmp_path
     """The issue's trickle was announced as "no data for 5 s", which was false: bytes came
     every second, but were handed over only 64 KiB at a time. In real time, scaled down:
     a chunk every 0.05 s, the notice after 1 s without data, the floor over 2 s."""
-    monkeypatch.setattr(download, "_WAIT_NOTICE", 1.0)
-    monkeypatch.setattr(download, "RATE_WINDOW", 2.0)
+    monkeypatch.setattr(patience, "_WAIT_NOTICE", 1.0)
+    monkeypatch.setattr(patience, "RATE_WINDOW", 2.0)
     mnist_server.add_fault("/trickle/*", "trickle", chunk=64, every=0.05, keep=8192)
     trickle = mnist_server.mirror("trickle")
     ensure_mnist(tmp_path, [trickle, mnist_server.mirror("good")], files=synthetic_mnist.table,
@@ -154,7 +155,7 @@ def test_a_slow_steady_link_above_the_floor_succeeds(mnist_server, large_mnist, 
                                                      monkeypatch, capsys):
     """Fairness: 100 KiB/s, slow but real, keeps its mirror through several windows."""
     clock = ServerClock(real=0.002)
-    monkeypatch.setattr(download, "_clock", clock)
+    monkeypatch.setattr(patience, "_clock", clock)
     mnist_server.files.update(large_mnist.gz)
     chunk = 16 * 1024
     mnist_server.add_fault("/slow/*", "trickle", chunk=chunk, every=chunk / (100 * 1024),

@@ -228,7 +228,7 @@ def check_case(path):
     within the cap, each made into a field or refused in one line, or a proper one-line
     error; else (None, what went wrong)."""
     from cnntrain.apps.predict import to_field
-    from cnntrain.data.preprocess import MAX_PIXELS, InputError, display_name, read_input
+    from cnntrain.data.inputs import MAX_PIXELS, InputError, display_name, read_input
     from cnntrain.errors import CnnTrainError
 
     try:
