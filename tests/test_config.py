@@ -1,4 +1,5 @@
-"""Tests of cnntrain.config: the schema, strict parsing, --set overrides and the round trip."""
+"""Tests of cnntrain.config and cnntrain.configschema: the schema, strict parsing, --set
+overrides and the round trip."""
 
 import dataclasses
 import pickle
@@ -11,6 +12,7 @@ import pytest
 
 import cnntrain.nn
 from cnntrain import config as C
+from cnntrain.configschema import valid_keys
 from cnntrain.errors import ConfigError
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
@@ -146,7 +148,7 @@ def test_shipped_configs_comment_every_key():
 
 
 def test_valid_keys_match_the_dataclasses():
-    keys = C.valid_keys()
+    keys = valid_keys()
     assert list(keys) == ["data", "augment", "model", "train", "run"]
     for section, names in keys.items():
         cls = type(getattr(C.load_config(CONFIGS / "lenet5.ini"), section))
@@ -280,7 +282,7 @@ def test_round_trip_with_overrides(path):
 
 def test_config_to_ini_writes_every_key_and_layers_one_per_line():
     text = C.config_to_ini(C.load_config(CONFIGS / "lenet5.ini"))
-    for section, keys in C.valid_keys().items():
+    for section, keys in valid_keys().items():
         assert f"[{section}]" in text
         for key in keys:
             assert any(line.startswith(f"{key} =") for line in text.splitlines()), key

@@ -6,7 +6,8 @@ import sys
 import pytest
 
 from cnntrain import constants
-from cnntrain.config import SCHEMA, parse_config
+from cnntrain.config import parse_config
+from cnntrain.configschema import SCHEMA
 from cnntrain.data.download import MNIST_FILES
 from cnntrain.nn.init import init_weights
 from cnntrain.nn.optim import LRSchedule

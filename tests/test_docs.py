@@ -25,7 +25,7 @@ import pytest
 from click.testing import CliRunner
 
 from cnntrain.cli import cli
-from cnntrain.config import valid_keys
+from cnntrain.configschema import valid_keys
 from tests.support.clitools import use_synthetic_mnist
 
 REPO = Path(__file__).resolve().parents[1]

@@ -16,7 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from cnntrain.config import SCHEMA, config_to_ini, load_config
+from cnntrain.config import config_to_ini, load_config
+from cnntrain.configschema import SCHEMA
 from cnntrain.errors import CnnTrainError, ConfigError, DivergedError
 from cnntrain.nn.optim import LRSchedule
 from cnntrain.runs.build import (NetworkLayout, build_augmenter, build_model, build_optimizer,

@@ -1,6 +1,7 @@
 """Resuming a run: the config a resume runs with, and what it may change."""
 
-from cnntrain.config import SCHEMA, load_config
+from cnntrain.config import load_config
+from cnntrain.configschema import SCHEMA
 from cnntrain.errors import ConfigError
 from cnntrain.runs.build import config_from_checkpoint
 

@@ -27,6 +27,7 @@ import pytest
 
 from cnntrain.apps import serve
 from cnntrain.apps.inference import Predictor
+from cnntrain.apps.serveapi import PNG_SIGNATURE
 from cnntrain.data.preprocess import to_mnist_field
 from tests.support.clitools import invoke
 from tests.support.servetools import LogLines, RunningServer, as_paper_scan, mnist_test_digits
@@ -178,10 +179,14 @@ def test_png_input_grey_transparent_16_bit_and_as_data_url(running, digits):
 def test_png_without_pillow_is_a_clear_415_and_arrays_still_work(running, digits, monkeypatch):
     page = as_paper_scan(digits[0][1], 2, (60, 60), (0, 0))
     png = base64.b64encode(png_bytes(page)).decode()
-    monkeypatch.setitem(sys.modules, "PIL", None)  # `from PIL import Image` now fails
+    # Importing PIL.Image now fails, as it does where Pillow is not installed.
+    monkeypatch.setitem(sys.modules, "PIL", None)
+    monkeypatch.setitem(sys.modules, "PIL.Image", None)
     mark = running.log.mark()
     status, headers, body = request(running, "POST", "/api/predict", json_body={"png": png})
-    assert_refusal(status, headers, body, 415, "needs Pillow")
+    message = assert_refusal(status, headers, body, 415, "needs Pillow")
+    # The one wording of a missing extra (cnntrain.errors.require_extra), with its pip command.
+    assert message == "PNG input on the server needs Pillow: pip install 'cnntrain[images]'"
     assert_logged_once_without_traceback(running, mark, 415)
     status, _, _ = request(running, "POST", "/api/predict", json_body=grey_request(page))
     assert status == 200
@@ -246,7 +251,7 @@ def png_header_only(width, height, colour_type=0):
     invalid colour type, a PNG Pillow cannot identify)."""
     ihdr = struct.pack(">IIBBBBB", width, height, 8, colour_type, 0, 0, 0)
     chunk = b"IHDR" + ihdr
-    return (serve.PNG_SIGNATURE + struct.pack(">I", len(ihdr)) + chunk
+    return (PNG_SIGNATURE + struct.pack(">I", len(ihdr)) + chunk
             + struct.pack(">I", zlib.crc32(chunk)) + b"\0\0\0\0IEND\xaeB`\x82")
 
 
