@@ -25,8 +25,6 @@ OVER_500 = {
     "cnntrain/data/download.py",
     "cnntrain/data/preprocess.py",
     "cnntrain/nn/layers.py",
-    "cnntrain/runs/checkpoint.py",
-    "cnntrain/runs/runfolder.py",
 }
 
 

@@ -4,7 +4,6 @@ from cnntrain.config import SCHEMA, load_config
 from cnntrain.errors import ConfigError
 from cnntrain.runs.build import config_from_checkpoint
 
-
 RESUME_ACCEPTS = (
     ["train." + key for key in ("epochs", "lr", "lr_schedule", "lr_step_epochs", "lr_gamma",
                                 "warmup_epochs", "momentum", "nesterov", "weight_decay",
