@@ -14,9 +14,9 @@
 #   sweep-status.json   the last attempt: exit_code, error (last stderr line), action, seconds
 #   sweep-output.log    stdout and stderr of every attempt
 # and SWEEP_DIR/sweep.log collects the start/end lines of every run, timestamped.
-# cnntrain owns the run folder's layout and rules (cnntrain/runs/runfolder.py, these names
-# included): the sweep asks `cnntrain runinfo` (sweep_ask) for a folder's state and its files'
-# paths instead of keeping a copy of them.
+# cnntrain owns the run folder's layout and rules (cnntrain/runs/runfolder_layout.py, these
+# names included): the sweep asks `cnntrain runinfo` (sweep_ask) for a folder's state and its
+# files' paths instead of keeping a copy of them.
 
 SWEEP_CONFIG=""
 SWEEP_DIR=""

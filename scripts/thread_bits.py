@@ -29,7 +29,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from cnntrain.runs.checkpoint import load_checkpoint  # noqa: E402
+from cnntrain.runs.checkpoint_reader import load_checkpoint  # noqa: E402
 from cnntrain.runs.stopsignals import STOP_SIGNALS, describe  # noqa: E402
 
 THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from cnntrain import __version__
-from cnntrain.runs.checkpoint import FORMAT_VERSION, load_checkpoint
+from cnntrain.runs.checkpoint import FORMAT_VERSION
+from cnntrain.runs.checkpoint_reader import load_checkpoint
 from tests.support.clitools import (
     SMALL_LAYERS,
     assert_one_line_error,

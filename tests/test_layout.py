@@ -16,15 +16,6 @@ MAX_LINES = 500
 # on the maths, never the other way round.
 NN_MAY_IMPORT = ("cnntrain.nn", "cnntrain.errors", "cnntrain.constants")
 
-# Modules still over MAX_LINES, each waiting for its split (issue #28). The list may only
-# shrink: a module not listed that grows past the limit fails, and so does a listed one that
-# is now within it, so that its entry is removed with the split.
-OVER_500 = {
-    "cnntrain/runs/checkpoint.py",
-    "cnntrain/runs/runfolder.py",
-}
-
-
 def imported_modules(path, repo=REPO):
     """Every module a file imports, at any depth (function-level imports too), as dotted
     names; `from X import a, b` gives X.a and X.b, since a and b may be submodules."""
@@ -83,16 +74,8 @@ def line_counts():
             for path in python_files(PACKAGE)}
 
 
-def test_no_module_is_over_500_lines_but_those_still_waiting_for_their_split():
-    counts = line_counts()
-    grown = sorted(f"{name} ({n} lines)" for name, n in counts.items()
-                   if n > MAX_LINES and name not in OVER_500)
-    assert not grown, f"over {MAX_LINES} lines: split them: {', '.join(grown)}"
-
-
-@pytest.mark.parametrize("name", sorted(OVER_500))
-def test_a_module_on_the_waiting_list_is_still_over_500_lines(name):
-    counts = line_counts()
-    assert name in counts, f"{name} is gone: remove it from OVER_500"
+def test_no_module_is_over_500_lines():
+    grown = sorted(f"{name} ({n} lines)" for name, n in line_counts().items() if n > MAX_LINES)
+    assert not grown, f"over {MAX_LINES} lines: split them along their seams: {', '.join(grown)}"
     assert counts[name] > MAX_LINES, \
         f"{name} is {counts[name]} lines now: remove it from OVER_500"

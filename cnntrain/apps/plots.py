@@ -102,7 +102,8 @@ def _run_labels(run_dirs):
 
 
 def _load_runs(run_dirs):
-    from cnntrain.runs.runfolder import METRICS, read_metrics
+    from cnntrain.runs.runfolder_layout import METRICS
+    from cnntrain.runs.runfolder_metrics import read_metrics
 
     runs = []
     for run_dir, label in zip(run_dirs, _run_labels(run_dirs)):
@@ -219,7 +220,7 @@ def plot_filters(checkpoint_path, output):
     negative) so its own pattern shows whatever its magnitude."""
     import numpy as np
 
-    from cnntrain.runs.checkpoint import load_checkpoint
+    from cnntrain.runs.checkpoint_reader import load_checkpoint
 
     check_output(output)
     require_matplotlib()

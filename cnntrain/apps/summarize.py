@@ -32,7 +32,7 @@ from cnntrain.config import peek_value
 from cnntrain.errors import ConfigError
 from cnntrain.fileio import atomic_write_text
 from cnntrain.runs.metrics import best_epoch
-from cnntrain.runs.runfolder import (
+from cnntrain.runs.runfolder_layout import (
     CONFIG,
     EMPTY,
     LOG,
@@ -41,12 +41,10 @@ from cnntrain.runs.runfolder import (
     RUN_MARKERS,
     SUMMARY,
     SWEEP_STATUS,
-    BadMetricsLine,
     folder_state,
     is_run_folder,
-    parse_json_object,
-    parse_metrics,
 )
+from cnntrain.runs.runfolder_metrics import BadMetricsLine, parse_json_object, parse_metrics
 from cnntrain.runs.stopsignals import STOP_SIGNALS
 
 ACCURACY_KEYS = ("best_val_acc", "best_test_acc", "final_val_acc", "final_test_acc")

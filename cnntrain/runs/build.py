@@ -13,7 +13,8 @@ from cnntrain.data.mnist import load_mnist
 from cnntrain.errors import ConfigError
 from cnntrain.nn.model import build_network
 from cnntrain.nn.optim import SGD
-from cnntrain.runs.checkpoint import Layout, Need, load_checkpoint
+from cnntrain.runs.checkpoint_checks import Layout, Need
+from cnntrain.runs.checkpoint_reader import load_checkpoint
 
 
 def random_streams(seed):

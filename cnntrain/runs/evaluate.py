@@ -4,7 +4,7 @@ import numpy as np
 
 from cnntrain.errors import ConfigError
 from cnntrain.runs.build import load_network, prepare_data, random_streams
-from cnntrain.runs.runfolder import describe_position
+from cnntrain.runs.checkpoint import describe_position
 from cnntrain.runs.train import evaluate
 
 

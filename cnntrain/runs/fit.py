@@ -1,7 +1,8 @@
 """A run: a config turned into data, network, optimizer and trainer, and the folder it fills.
 
-The run folder's layout, lock and write order are cnntrain.runs.runfolder's; what a run is
-built from is cnntrain.runs.build's, and what a resume may change cnntrain.runs.resume's.
+The run folder's lock and write order are cnntrain.runs.runfolder's (its layout
+cnntrain.runs.runfolder_layout's); what a run is built from is cnntrain.runs.build's, and what
+a resume may change cnntrain.runs.resume's.
 """
 
 import contextlib
@@ -20,15 +21,24 @@ from cnntrain.config import config_to_ini, load_config
 from cnntrain.configschema import SCHEMA
 from cnntrain.errors import CnnTrainError, ConfigError, DivergedError
 from cnntrain.nn.optim import LRSchedule
-from cnntrain.runs.build import (NetworkLayout, build_augmenter, build_model, build_optimizer,
-                                 check_batches, layer_seeds, prepare_data, random_streams)
-from cnntrain.runs.checkpoint import Checkpoint, load_checkpoint
+from cnntrain.runs.build import (
+    NetworkLayout,
+    build_augmenter,
+    build_model,
+    build_optimizer,
+    check_batches,
+    layer_seeds,
+    prepare_data,
+    random_streams,
+)
+from cnntrain.runs.checkpoint import Checkpoint
+from cnntrain.runs.checkpoint_reader import load_checkpoint
 from cnntrain.runs.metrics import best_epoch, epoch_line
 from cnntrain.runs.resume import resume_config
-from cnntrain.runs.runfolder import (CHECKPOINTS, FolderNotWritable, RunFolder, RunWriteError,
-                                     continue_command, describe_position, run_dir_of_checkpoint)
+from cnntrain.runs.runfolder import FolderNotWritable, RunFolder, RunWriteError, continue_command
+from cnntrain.runs.runfolder_layout import CHECKPOINTS, run_dir_of_checkpoint
 from cnntrain.runs.stopsignals import signal_name, stop_on_signals
-from cnntrain.runs.train import Interrupted, Trainer, TrainState, evaluate, steps_per_epoch
+from cnntrain.runs.train import Interrupted, Trainer, TrainState, steps_per_epoch
 
 
 def start_fit(*, config_path=None, overrides=(), out_dir=None, resume_path=None, **options):
@@ -299,7 +309,8 @@ def fit(cfg, *, out_dir=None, resume=None, resume_path=None, config_path=None, o
         with _failures_explained(folder, training, data_dir):
             folder.lock()
             _check_folder(folder, config_text, **checks)  # again: it may have changed meanwhile
-            replace = overwrite and (resume is None or not folder.is_run_of(resume_path, resume.meta))
+            replace = overwrite and (resume is None
+                                     or not folder.is_run_of(resume_path, resume.meta))
             _begin(folder, training, resume=resume, resume_path=resume_path, replace=replace,
                    say=say)
             _train(folder, training, data_dir=data_dir, echo=echo)

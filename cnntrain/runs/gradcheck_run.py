@@ -3,8 +3,13 @@ layer by layer (cnntrain.nn.gradcheck's maths) on the first images of its MNIST 
 
 import numpy as np
 
-from cnntrain.nn.gradcheck import (DEFAULT_PROBES, DEFAULT_TOLERANCE, check_image_count,
-                                   check_network, check_tolerance)
+from cnntrain.nn.gradcheck import (
+    DEFAULT_PROBES,
+    DEFAULT_TOLERANCE,
+    check_image_count,
+    check_network,
+    check_tolerance,
+)
 from cnntrain.nn.model import build_network
 from cnntrain.runs.build import layer_seeds, prepare_data, random_streams
 

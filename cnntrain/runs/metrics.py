@@ -1,6 +1,6 @@
 """What a run says about itself: the greppable epoch line, the metrics.jsonl line, and which
-epoch is the best. Where they are written, read back and in which order is
-cnntrain.runs.runfolder's business."""
+epoch is the best. Where they are written and in which order is cnntrain.runs.runfolder's
+business, reading metrics.jsonl back cnntrain.runs.runfolder_metrics'."""
 
 import json
 import math

@@ -5,7 +5,6 @@ from cnntrain.configschema import SCHEMA
 from cnntrain.errors import ConfigError
 from cnntrain.runs.build import config_from_checkpoint
 
-
 RESUME_ACCEPTS = (
     ["train." + key for key in ("epochs", "lr", "lr_schedule", "lr_step_epochs", "lr_gamma",
                                 "warmup_epochs", "momentum", "nesterov", "weight_decay",

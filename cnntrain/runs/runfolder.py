@@ -1,22 +1,6 @@
-"""The run folder: its layout, whose run it holds, its lock, and the order of its writes.
-
-Layout:
-  config.ini            the resolved config (overrides applied)
-  metrics.jsonl         one strict-JSON object per completed epoch
-  train.log             the human lines
-  checkpoints/last.npz  the latest position (every epoch, and on a stop signal mid-epoch)
-  checkpoints/best.npz  the epoch with the best validation accuracy
-  summary.json          final and best metrics, wall time, checkpoint paths (a finished run)
-  .lock                 the PID and host of the process holding the folder
-  .cnntrain-run         the marker: {"run_id": ...} of the run this folder belongs to
-
-What scripts/sweep.sh and sweep_slurm.sh add to a run folder (cnntrain summarize reads them):
-  overrides.txt         the run's --set overrides, one SECTION.KEY=VALUE per line
-  sweep-status.json     the last attempt: exit_code, error, action, seconds, finished
-  sweep-output.log      stdout and stderr of every attempt (and .sweep-stderr during one)
-
-The sweep scripts ask `cnntrain runinfo` (cnntrain.runs.runinfo) for these names and for a folder's
-state instead of keeping a copy of them.
+"""A run's folder at work (RunFolder): whose run it holds, its lock, and the order of its
+writes. The folder's layout, states and marker are cnntrain.runs.runfolder_layout's; reading
+metrics.jsonl back is cnntrain.runs.runfolder_metrics'.
 
 Whose folder it is. A fit writes a run only into a new or empty folder (nothing but the lock,
 a sweep's files and temporary files), or into a folder it marked as a run's own: the marker,
@@ -49,7 +33,6 @@ Rules that keep the folder consistent at every instant, whatever kills the proce
 
 import errno
 import fcntl
-import fnmatch
 import json
 import os
 import shlex
@@ -59,159 +42,26 @@ from pathlib import Path
 
 from cnntrain.errors import CnnTrainError, ConfigError
 from cnntrain.fileio import append_line, atomic_write_text, repair_torn_tail
+from cnntrain.runs.checkpoint import describe_position, save_checkpoint
+from cnntrain.runs.checkpoint_reader import load_checkpoint
 from cnntrain.runs.metrics import metrics_json
-
-CONFIG = "config.ini"
-METRICS = "metrics.jsonl"
-LOG = "train.log"
-SUMMARY = "summary.json"
-CHECKPOINTS = "checkpoints"
-LAST = f"{CHECKPOINTS}/last.npz"
-BEST = f"{CHECKPOINTS}/best.npz"
-LOCK = ".lock"
-MARKER = ".cnntrain-run"
-
-OVERRIDES = "overrides.txt"
-SWEEP_STATUS = "sweep-status.json"
-SWEEP_OUTPUT = "sweep-output.log"
-SWEEP_STDERR = ".sweep-stderr"  # scripts/sweep_lib.sh: an attempt's stderr while fit runs
-
-# What `cnntrain fit` writes into a run folder (--overwrite removes their files, not the folder
-# checkpoints/ itself: anything else kept there stays).
-RUN_FILES = (CONFIG, METRICS, LOG, SUMMARY, CHECKPOINTS)
-# The files of a run --overwrite removes, its results first (summary.json then last.npz, so
-# that a kill part-way leaves a folder that claims no more than it holds).
-REPLACED = (SUMMARY, LAST, BEST, METRICS, LOG, CONFIG)
-# The files whose atomic writes may leave temporaries behind (fileio.atomic_writer names them
-# .NAME.XXXXXXXX.tmp), by folder.
-WRITTEN_ATOMICALLY = {"": (CONFIG, METRICS, SUMMARY, MARKER), CHECKPOINTS: ("last.npz", "best.npz")}
-# What marks a folder as a run: a fit's files or marker, or a sweep's record of a run not yet
-# started.
-RUN_MARKERS = RUN_FILES + (MARKER, OVERRIDES)
-# What a folder may hold and still count as empty: the lock, a sweep's files around a fit
-# (the sweep writes overrides.txt before it starts fit), and temporaries of killed writes.
-HOUSEKEEPING = (LOCK, OVERRIDES, SWEEP_STATUS, SWEEP_OUTPUT, SWEEP_STDERR)
-
-# A folder's state, from what it holds (folder_state):
-EMPTY = "empty"          # nothing but housekeeping: a new run starts here as is
-LEFTOVERS = "leftovers"  # cnntrain's marker but no checkpoint: a fit died before its first epoch
-RESUMABLE = "resumable"  # checkpoints/last.npz but no summary.json: continue it with --resume
-FINISHED = "finished"    # summary.json: the run is done
-FOREIGN = "foreign"      # files cnntrain did not write and no marker: fit refuses the folder
-STATES = (EMPTY, LEFTOVERS, RESUMABLE, FINISHED, FOREIGN)
-
-
-def is_run_folder(path):
-    """True when `path` holds any mark of a run (a fit's files or a sweep's overrides.txt)."""
-    path = Path(path)
-    return any((path / name).exists() for name in RUN_MARKERS)
-
-
-def folder_state(path):
-    """One of STATES. A marked folder (or one from before markers holding checkpoints/last.npz)
-    "holds a run" exactly when it holds checkpoints/last.npz; summary.json, written last, says
-    the run is finished. Standard library only: `cnntrain runinfo` answers from it at once, so
-    an unmarked last.npz is not opened here (fit checks the run it names before using it)."""
-    path = Path(path)
-    marked = (path / MARKER).is_file()
-    if not (marked or unclaimed_entries(path)):
-        return EMPTY
-    if marked or (path / LAST).exists():
-        if (path / SUMMARY).exists():
-            return FINISHED
-        return RESUMABLE if (path / LAST).exists() else LEFTOVERS
-    return FOREIGN
-
-
-def _own_temporary(name, folder=""):
-    return any(fnmatch.fnmatchcase(name, f".{written}.*.tmp")
-               for written in WRITTEN_ATOMICALLY.get(folder, ())) or \
-        (folder == "" and name in tuple(f".{kept}.tmp" for kept in HOUSEKEEPING))
-
-
-def unclaimed_entries(path):
-    """The names in folder `path` other than housekeeping (HOUSEKEEPING, the temporaries of
-    cnntrain's and a sweep's atomic writes, a checkpoints/ folder holding nothing else), sorted,
-    folders with a trailing '/': what only a marker can vouch for. [] for a missing folder."""
-    try:
-        entries = list(os.scandir(path))
-    except (FileNotFoundError, NotADirectoryError):
-        return []
-    names = []
-    for entry in entries:
-        if entry.name in HOUSEKEEPING or _own_temporary(entry.name):
-            continue
-        is_dir = entry.is_dir(follow_symlinks=False)
-        if entry.name == CHECKPOINTS and is_dir and _holds_only_temporaries(entry.path):
-            continue
-        names.append(entry.name + ("/" if is_dir else ""))
-    return sorted(names)
-
-
-def _holds_only_temporaries(checkpoints):
-    try:
-        return all(_own_temporary(name, CHECKPOINTS) for name in os.listdir(checkpoints))
-    except OSError:
-        return False  # unreadable: nothing says it is cnntrain's
-
-
-def read_marker(path):
-    """The run_id a marker names (None when it names none). Bounded: a marker is one short line."""
-    try:
-        with open(path, "rb") as f:
-            value = json.loads(f.read(4096).decode("utf-8"))
-    except (OSError, ValueError):
-        return None
-    run_id = value.get("run_id") if isinstance(value, dict) else None
-    return run_id if isinstance(run_id, str) and run_id else None
-
-
-class BadMetricsLine(ValueError):
-    """A line of metrics.jsonl that is not a JSON object (and not a torn last line)."""
-
-    def __init__(self, number, reason):
-        super().__init__(f"{METRICS} line {number}: {reason}")
-        self.number, self.reason = number, reason
-
-
-def parse_json_object(text):
-    """(value, None) when `text` is one JSON object, else (None, why not) in a few words."""
-    try:
-        value = json.loads(text)
-    except ValueError as exc:
-        return None, f"not valid JSON ({exc})"
-    if not isinstance(value, dict):
-        return None, f"a JSON {type(value).__name__}, expected an object"
-    return value, None
-
-
-def parse_metrics(text, skip_bad=False):
-    """[(line number, record)] of a metrics.jsonl text, one JSON object per line, blank lines
-    ignored. A last line without its newline that is not an object was cut short by a crash
-    and is always dropped; any other line that is not raises BadMetricsLine, or is dropped
-    with skip_bad=True (a plot draws what it can; a summary reports the damage)."""
-    lines = text.split("\n")
-    records = []
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        value, reason = parse_json_object(line)
-        if reason is None:
-            records.append((number, value))
-        elif not (skip_bad or number == len(lines)):
-            raise BadMetricsLine(number, reason)
-    return records
-
-
-def read_metrics(run_dir):
-    """The epochs recorded in RUN_DIR/metrics.jsonl ([] when there is none), skipping any
-    line that is not a JSON object (see parse_metrics) or has no whole epoch number."""
-    path = Path(run_dir) / METRICS
-    if not path.exists():
-        return []
-    text = path.read_text(encoding="utf-8", errors="replace")
-    return [record for _, record in parse_metrics(text, skip_bad=True)
-            if isinstance(record.get("epoch"), int) and not isinstance(record["epoch"], bool)]
+from cnntrain.runs.runfolder_layout import (
+    BEST,
+    CHECKPOINTS,
+    CONFIG,
+    LAST,
+    LOCK,
+    LOG,
+    MARKER,
+    METRICS,
+    REPLACED,
+    SUMMARY,
+    WRITTEN_ATOMICALLY,
+    read_marker,
+    run_dir_of_checkpoint,
+    unclaimed_entries,
+)
+from cnntrain.runs.runfolder_metrics import read_metrics
 
 
 class FolderBusy(ConfigError):
@@ -230,23 +80,6 @@ class RunWriteError(CnnTrainError):
 class FolderNotWritable(RunWriteError):
     """The folder (or its lock file) cannot be made: nothing of the run was touched."""
 
-
-def run_dir_of_checkpoint(path):
-    """runs/x/checkpoints/last.npz -> runs/x."""
-    path = Path(path)
-    return path.parent.parent if path.parent.name == CHECKPOINTS else path.parent
-
-
-def load_checkpoint(path):
-    # numpy is imported only when a checkpoint is touched: `cnntrain summarize` reads this
-    # module's layout and must start without it.
-    from cnntrain.runs.checkpoint import load_checkpoint as load
-    return load(path)
-
-
-def save_checkpoint(path, ckpt):
-    from cnntrain.runs.checkpoint import save_checkpoint as save
-    save(path, ckpt)
 
 
 def _same_settings(text_a, text_b):
@@ -354,9 +187,10 @@ class RunFolder:
             fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
         except OSError as exc:
             where = exc.filename or self.path
-            raise FolderNotWritable(where, exc, f"cannot write {where}: {exc.strerror or exc}; a run "
-                                "folder must be writable (it holds the run's lock, checkpoints "
-                                "and logs); choose another with --out DIR") from None
+            message = (f"cannot write {where}: {exc.strerror or exc}; a run folder must be "
+                       "writable (it holds the run's lock, checkpoints and logs); choose another "
+                       "with --out DIR")
+            raise FolderNotWritable(where, exc, message) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
@@ -366,7 +200,8 @@ class RunFolder:
                 raise RunWriteError(self.lock_path, exc) from None
             who = (f"PID {holder[0]} on {holder[1]}" if len(holder) >= 2 else "another process")
             raise FolderBusy(f"{self.path} is in use by another cnntrain fit ({who}); wait for "
-                             "it to finish or stop it, or choose another folder with --out DIR")
+                             "it to finish or stop it, or choose another folder with --out "
+                             "DIR") from None
         try:
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
@@ -607,29 +442,8 @@ def continue_command(checkpoint, data_dir=None):
     return shlex.join(words)
 
 
-def describe_position(meta):
-    """Where a checkpoint stands, from its meta: 'after epoch 3 of 5' at an epoch's end,
-    'epoch 4 of 5, mid-epoch at step 1234' (the epoch it is in) otherwise."""
-    planned = _peek(meta.get("config", ""), "train", "epochs")
-    of = f" of {planned}" if planned else ""
-    if meta.get("step_in_epoch"):
-        return f"epoch {meta.get('epoch', 0) + 1}{of}, mid-epoch at step {meta.get('step')}"
-    return f"after epoch {meta.get('epoch')}{of}"
-
-
 def _config_source(meta):
     """The config file a checkpoint's run was started from, as its stored config names it."""
     first = str(meta.get("config", "")).split("\n", 1)[0]
     _, marker, source = first.partition("; read from ")
     return f"from {source}" if marker and source else ""
-
-
-def _peek(text, section, key):
-    """One raw value of INI text (None when absent or unreadable), without checking it."""
-    import configparser
-    parser = configparser.ConfigParser(interpolation=None)
-    try:
-        parser.read_string(text)
-        return parser.get(section, key, fallback=None)
-    except (configparser.Error, TypeError):
-        return None

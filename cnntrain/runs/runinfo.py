@@ -1,11 +1,11 @@
 """`cnntrain runinfo RUN_DIR FIELD...`: what a script may ask about a run folder, so that it
 keeps no copy of the folder's layout or rules (scripts/sweep_lib.sh asks it). The answers come
-from cnntrain.runs.runfolder, which owns both.
+from cnntrain.runs.runfolder_layout, which owns both.
 
 Fields, one value a line in the order asked:
   state          empty | leftovers | resumable | finished | foreign
-                 (cnntrain.runs.runfolder.folder_state; foreign: files cnntrain did not write and
-                 no marker, a folder `fit` refuses)
+                 (cnntrain.runs.runfolder_layout.folder_state; foreign: files cnntrain did not
+                 write and no marker, a folder `fit` refuses)
   exit_code      the last sweep attempt's exit code from sweep-status.json; an empty line when
                  there is none (no attempt recorded, or a record that does not say)
   config, metrics, log, summary, last, best, overrides, sweep_status, sweep_output
@@ -18,19 +18,19 @@ import json
 import os
 from pathlib import Path
 
-from cnntrain.runs import runfolder
 from cnntrain.errors import ConfigError
+from cnntrain.runs import runfolder_layout as layout
 
 PATHS = {
-    "config": runfolder.CONFIG,
-    "metrics": runfolder.METRICS,
-    "log": runfolder.LOG,
-    "summary": runfolder.SUMMARY,
-    "last": runfolder.LAST,
-    "best": runfolder.BEST,
-    "overrides": runfolder.OVERRIDES,
-    "sweep_status": runfolder.SWEEP_STATUS,
-    "sweep_output": runfolder.SWEEP_OUTPUT,
+    "config": layout.CONFIG,
+    "metrics": layout.METRICS,
+    "log": layout.LOG,
+    "summary": layout.SUMMARY,
+    "last": layout.LAST,
+    "best": layout.BEST,
+    "overrides": layout.OVERRIDES,
+    "sweep_status": layout.SWEEP_STATUS,
+    "sweep_output": layout.SWEEP_OUTPUT,
 }
 FIELDS = ("state", "exit_code") + tuple(PATHS)
 
@@ -38,7 +38,7 @@ FIELDS = ("state", "exit_code") + tuple(PATHS)
 def last_exit_code(run_dir):
     """The exit_code of RUN_DIR/sweep-status.json, None without a usable one."""
     try:
-        record = json.loads((Path(run_dir) / runfolder.SWEEP_STATUS).read_text(encoding="utf-8"))
+        record = json.loads((Path(run_dir) / layout.SWEEP_STATUS).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
     code = record.get("exit_code") if isinstance(record, dict) else None
@@ -48,7 +48,7 @@ def last_exit_code(run_dir):
 def field_value(run_dir, field):
     """One field's answer as text (see the module docstring)."""
     if field == "state":
-        return runfolder.folder_state(run_dir)
+        return layout.folder_state(run_dir)
     if field == "exit_code":
         code = last_exit_code(run_dir)
         return "" if code is None else str(code)

@@ -172,7 +172,8 @@ class Trainer:
             bar.close()
 
     def _running(self, state):
-        return (f"loss {state.loss_sum / state.seen:.4f} acc {100 * state.correct / state.seen:.2f}% "
+        return (f"loss {state.loss_sum / state.seen:.4f} "
+                f"acc {100 * state.correct / state.seen:.2f}% "
                 f"lr {self.optimizer.lr:.4g} {state.seen / max(state.seconds, 1e-9):,.0f} img/s")
 
     def _progress_bar(self, state):
@@ -193,12 +194,14 @@ class Trainer:
         # has taken no step yet, so the optimizer still holds the config's lr.
         metrics = {"epoch": state.epoch + 1, "step": state.step,
                    "lr": self.schedule(state.step - 1),
-                   "train_loss": state.loss_sum / state.seen, "train_acc": state.correct / state.seen}
+                   "train_loss": state.loss_sum / state.seen,
+                   "train_acc": state.correct / state.seen}
         for split in ("val", "test"):
             data = getattr(self.splits, split)
             if len(data.labels):
                 result = evaluate(self.network, data.images, data.labels, self.eval_batch_size)
-                metrics[f"{split}_loss"], metrics[f"{split}_acc"] = result["loss"], result["accuracy"]
+                metrics[f"{split}_loss"] = result["loss"]
+                metrics[f"{split}_acc"] = result["accuracy"]
             else:
                 metrics[f"{split}_loss"] = metrics[f"{split}_acc"] = None
         metrics["seconds"] = state.seconds + (time.perf_counter() - started)

@@ -353,10 +353,10 @@ def test_requeues_a_slurm_task_used_show_in_the_status_and_a_used_up_bound_is_ex
 
 
 def test_plots_and_summaries_read_metrics_with_one_parser_under_two_policies(tmp_path):
-    """runfolder.parse_metrics is the one reader of metrics.jsonl: a plot (read_metrics) draws
-    every good epoch around damaged lines, a summary names the first damaged line; both drop a
-    torn last line (here one that even parses, as a number)."""
-    from cnntrain.runs.runfolder import BadMetricsLine, parse_metrics, read_metrics
+    """runfolder_metrics.parse_metrics is the one reader of metrics.jsonl: a plot (read_metrics)
+    draws every good epoch around damaged lines, a summary names the first damaged line; both
+    drop a torn last line (here one that even parses, as a number)."""
+    from cnntrain.runs.runfolder_metrics import BadMetricsLine, parse_metrics, read_metrics
 
     good = [json.dumps(_metrics(epoch, 0.9, 0.9)) for epoch in (1, 2, 3)]
     text = "\n".join([good[0], "{'epoch': 2}", "[1, 2]", good[1], "\ufffd", '{"epoch": "x"}',

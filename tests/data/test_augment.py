@@ -15,7 +15,7 @@ from cnntrain.data.augment import (
     smooth,
     warp,
 )
-from cnntrain.runs.checkpoint import load_checkpoint
+from cnntrain.runs.checkpoint_reader import load_checkpoint
 from tests.support.clitools import invoke, small_config, use_synthetic_mnist
 
 FILL = -0.4242

@@ -14,7 +14,7 @@ from cnntrain.nn.model import LayerLineError, build_network, check_layers
 from cnntrain.nn.norm import BatchNorm, Dropout
 from cnntrain.nn.optim import SGD
 from cnntrain.runs.build import layer_seeds
-from cnntrain.runs.checkpoint import load_checkpoint
+from cnntrain.runs.checkpoint_reader import load_checkpoint
 from tests.support.clitools import (
     assert_one_line_error,
     invoke,

@@ -22,7 +22,7 @@ from cnntrain.nn import fast, functional
 from cnntrain.nn import layers as L
 from cnntrain.nn.model import LayerLineError, build_network, check_layers, grammar_table
 from cnntrain.nn.optim import SGD
-from cnntrain.runs.checkpoint import load_checkpoint
+from cnntrain.runs.checkpoint_reader import load_checkpoint
 from tests.support.clitools import invoke, small_config, use_synthetic_mnist
 from tests.support.gradcheck import numeric_gradient, relative_error
 

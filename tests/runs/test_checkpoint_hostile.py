@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from cnntrain.apps import serve
-from cnntrain.runs.checkpoint import load_checkpoint
+from cnntrain.runs.checkpoint_reader import load_checkpoint
 from tests.support.checkpoints import write_checkpoint
 from tests.support.clitools import assert_one_line_error, invoke, small_run_env
 
@@ -129,7 +129,7 @@ COMMANDS = {
 
 
 def assert_refused_everywhere(env, path, *fragments):
-    for command, run in COMMANDS.items():
+    for run in COMMANDS.values():
         result = run(env, path)
         assert_one_line_error(result, 1, str(path), *fragments)
     assert not (env["tmp"] / "model.onnx").exists()
@@ -203,7 +203,7 @@ def test_a_zip_bomb_is_refused_without_decompressing_it(good, tmp_path, n_mib):
     script = textwrap.dedent(f"""
         import resource
         resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
-        from cnntrain.runs.checkpoint import load_checkpoint
+        from cnntrain.runs.checkpoint_reader import load_checkpoint
         from cnntrain.errors import CheckpointError
         try:
             load_checkpoint({str(bomb)!r})
@@ -313,12 +313,12 @@ def test_a_fifo_is_refused_without_blocking(env, tmp_path):
 
 
 def test_meta_json_bounds_are_exact_and_strings_are_not_counted():
-    from cnntrain.runs.checkpoint import MAX_JSON_DEPTH, parse_meta
+    from cnntrain.runs.checkpoint_reader import MAX_JSON_DEPTH, parse_meta
     nested = "[" * (MAX_JSON_DEPTH - 1) + "]" * (MAX_JSON_DEPTH - 1)
     assert parse_meta(f'{{"a": {nested}}}'.encode())["a"]
     with pytest.raises(ValueError, match="nests 65 levels deep, more than 64"):
         parse_meta(f'{{"a": [{nested}]}}'.encode())
-    assert parse_meta(b'{"a": "\\"[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[["}')
+    assert parse_meta(b'{"a": "\\"' + b"[" * 65 + b'"}')
     with pytest.raises(ValueError, match="more than 10"):
         parse_meta(b'{"a": 12345678}', max_bytes=10)
     for constant in ("NaN", "Infinity", "-Infinity"):
@@ -336,14 +336,14 @@ def test_meta_json_bounds_are_exact_and_strings_are_not_counted():
 @pytest.fixture
 def reads(monkeypatch):
     """The members whose data load_checkpoint reads, in order."""
-    from cnntrain.runs import checkpoint
-    read, recorded = checkpoint._read_array, []
+    from cnntrain.runs import checkpoint_reader
+    read, recorded = checkpoint_reader._read_array, []
 
     def recording(zf, member, *args):
         recorded.append(member.info.filename)
         return read(zf, member, *args)
 
-    monkeypatch.setattr(checkpoint, "_read_array", recording)
+    monkeypatch.setattr(checkpoint_reader, "_read_array", recording)
     return recorded
 
 
@@ -351,9 +351,9 @@ def resumable(path, order_size=500, **sections):
     """A checkpoint as a stop mid-epoch saves it: weights, velocities, training generator and
     the epoch's order (500 training images: synthetic MNIST's 600 less the small config's 100
     held out)."""
-    from cnntrain.runs.checkpoint import Checkpoint, save_checkpoint
     from cnntrain.config import config_to_ini
     from cnntrain.runs.build import build_optimizer, random_streams
+    from cnntrain.runs.checkpoint import Checkpoint, save_checkpoint
     from tests.support.checkpoints import make_network
     network, cfg = make_network(**sections)
     meta = {"epoch": 0, "step": 3, "step_in_epoch": 3, "loss_sum": 6.0, "correct": 30,

@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from cnntrain.runs.checkpoint import load_checkpoint
+from cnntrain.runs.checkpoint_reader import load_checkpoint
 from tests.support import proctools
 from tests.support.clitools import small_config
 
@@ -33,7 +33,8 @@ def strict_epochs(run):
 
     def refuse(constant):
         raise ValueError(constant)
-    return [json.loads(line, parse_constant=refuse)["epoch"] for line in path.read_text().splitlines()]
+    return [json.loads(line, parse_constant=refuse)["epoch"]
+            for line in path.read_text().splitlines()]
 
 
 @pytest.fixture

@@ -12,7 +12,8 @@ REPO = Path(__file__).resolve().parents[2]
 QUICK_MIN_TEST_ACCURACY = 0.95  # README: quick.ini reaches 96.4-97.2% over seeds 0-7
 
 
-def test_quick_config_on_real_mnist_reaches_its_stated_accuracy(real_mnist_mirror, tmp_path, monkeypatch):
+def test_quick_config_on_real_mnist_reaches_its_stated_accuracy(real_mnist_mirror, tmp_path,
+                                                                monkeypatch):
     monkeypatch.delenv("CNNTRAIN_DATA_DIR", raising=False)
     monkeypatch.delenv("CNNTRAIN_MNIST_MIRRORS", raising=False)
     data_dir, run_dir = tmp_path / "mnist", tmp_path / "run"

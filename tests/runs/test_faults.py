@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 from cnntrain import fileio
-from cnntrain.runs.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from cnntrain.runs.checkpoint import Checkpoint, save_checkpoint
+from cnntrain.runs.checkpoint_reader import load_checkpoint
 from tests.support import proctools
 from tests.support.clitools import assert_one_line_error, invoke, small_config, small_run_env
 
@@ -57,7 +58,8 @@ def test_resuming_into_a_folder_holding_another_run_is_refused(env):
     before = snapshot_files(b)
     result = invoke("fit", "--resume", a / "checkpoints" / "last.npz", "--out", b, "-q",
                     "--set", "train.epochs=2")
-    assert_one_line_error(result, 2, f"{b} holds another run (from {env['config']}, after epoch 2 of 2)",
+    assert_one_line_error(result, 2,
+                          f"{b} holds another run (from {env['config']}, after epoch 2 of 2)",
                           "--overwrite", f"({a}, the default without --out)")
     assert snapshot_files(b) == before
 
@@ -159,10 +161,11 @@ def test_eval_into_a_closed_pipe_is_silent(env):
 
 def test_eval_piped_into_head_prints_its_first_line(env):
     assert fit(env).exit_code == 0
-    proc = subprocess.run(f"'{proctools.sys.executable}' -c \"$LAUNCHER\" '{json.dumps(env['table'])}' "
-                          f"'{{}}' eval {env['run']}/checkpoints/best.npz | head -1",
-                          shell=True, capture_output=True, text=True, cwd=env["tmp"],
-                          env={**proctools.child_env(env["data_dir"]), "LAUNCHER": proctools.LAUNCHER})
+    command = (f"'{proctools.sys.executable}' -c \"$LAUNCHER\" '{json.dumps(env['table'])}' "
+               f"'{{}}' eval {env['run']}/checkpoints/best.npz | head -1")
+    proc = subprocess.run(command, shell=True, capture_output=True, text=True, cwd=env["tmp"],
+                          env={**proctools.child_env(env["data_dir"]),
+                               "LAUNCHER": proctools.LAUNCHER})
     assert proc.stdout.startswith(f"{env['run']}/checkpoints/best.npz (after epoch ")
     assert len(proc.stdout.splitlines()) == 1 and proc.stderr == ""
 
@@ -187,7 +190,8 @@ def test_the_run_folders_own_config_can_be_given_back(env):
     assert fit(env, "--set", "train.epochs=1").exit_code == 0
     own = env["run"] / "config.ini"
     text = own.read_text()
-    result = invoke("fit", "--config", own, "--resume", env["run"] / "checkpoints" / "last.npz", "-q")
+    result = invoke("fit", "--config", own, "--resume", env["run"] / "checkpoints" / "last.npz",
+                    "-q")
     assert result.exit_code == 0, result.output
     assert own.read_text() == text
 
@@ -200,7 +204,8 @@ def test_a_kill_during_the_checkpoint_write_logs_no_epoch_and_blocks_nothing(env
                                "-q", faults={"signal_in_save": [signal.SIGKILL]}, cwd=env["tmp"])
     assert code == -signal.SIGKILL
     assert not (run / "checkpoints" / "last.npz").exists()
-    assert not (run / "metrics.jsonl").exists() or epochs_of(run) == []  # no epoch without its checkpoint
+    # no epoch without its checkpoint
+    assert not (run / "metrics.jsonl").exists() or epochs_of(run) == []
     assert temporaries(run)  # the killed write's temporary file, for the next start to clean
     result = fit(env)  # the natural command: no --overwrite needed
     assert result.exit_code == 0, result.output
@@ -413,7 +418,8 @@ def mid_epoch(env):
     meta = dict(ckpt.meta, step=ckpt.meta["step"] + 5, step_in_epoch=5, seen=160, correct=80,
                 loss_sum=300.0)
     order = np.random.default_rng(0).permutation(500)
-    return ckpt, meta, order, write_checkpoint(env["run"] / "checkpoints" / "last.npz", ckpt, meta, order)
+    last = write_checkpoint(env["run"] / "checkpoints" / "last.npz", ckpt, meta, order)
+    return ckpt, meta, order, last
 
 
 EDITS = {
@@ -454,7 +460,8 @@ def test_a_mid_epoch_checkpoint_refuses_overrides_that_move_its_position(env, mi
                               "train.epochs", "train.lr")
     result = invoke("fit", "--resume", last, "-q", "--set", "train.epochs=0")
     assert result.exit_code == 2
-    result = invoke("fit", "--resume", last, "-q", "--set", "train.epochs=2", "--set", "train.lr=0.01")
+    result = invoke("fit", "--resume", last, "-q", "--set", "train.epochs=2",
+                    "--set", "train.lr=0.01")
     assert result.exit_code == 0, result.output
     assert epochs_of(env["run"]) == [1, 2]
 
@@ -477,7 +484,8 @@ def test_resume_with_a_config_file_applies_it_by_the_same_rules(env):
     assert epochs_of(env["run"]) == [1, 2, 3]  # its epochs were applied, not ignored
 
     other_data = env["tmp"] / "other-data.ini"
-    other_data.write_text(small_config(train={"epochs": 4}, data={"val_size": 100, "train_size": 300}))
+    other_data.write_text(small_config(train={"epochs": 4},
+                                       data={"val_size": 100, "train_size": 300}))
     result = invoke("fit", "--resume", last, "--config", other_data, "-q")
     assert_one_line_error(result, 2, str(other_data), "data.train_size 0 -> 300",
                           "a resume accepts changes to")

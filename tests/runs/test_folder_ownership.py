@@ -7,19 +7,27 @@ import dataclasses
 import json
 import os
 import re
-import signal
 import shutil
+import signal
 import subprocess
 from pathlib import Path
 
 import pytest
 
 from cnntrain.runs import runfolder
-from cnntrain.runs.checkpoint import load_checkpoint, save_checkpoint
+from cnntrain.runs.checkpoint import save_checkpoint
+from cnntrain.runs.checkpoint_reader import load_checkpoint
+from tests.scripts.test_sweep import (  # noqa: F401
+    FIXED,
+    QUICK,
+    SWEEP,
+    sweep_env,
+    synthetic,
+    synthetic_dir,
+    synthetic_table,
+)
 from tests.support import proctools
 from tests.support.clitools import assert_one_line_error, invoke, small_run_env
-from tests.scripts.test_sweep import (FIXED, QUICK, SWEEP, synthetic, synthetic_dir,  # noqa: F401
-                              synthetic_table, sweep_env)
 
 MARKER = ".cnntrain-run"
 
@@ -294,7 +302,7 @@ def test_an_unmarked_folder_whose_last_checkpoint_names_no_run_is_not_cnntrains(
 
 # ------------------------------------------------------------------ sweeps
 
-def test_a_sweep_never_trains_into_a_folder_holding_files_it_did_not_write(synthetic_dir,
+def test_a_sweep_never_trains_into_a_folder_holding_files_it_did_not_write(synthetic_dir,  # noqa: F811
                                                                              tmp_path):
     run_dir = tmp_path / "s" / "lr-0.05"
     run_dir.mkdir(parents=True)

@@ -209,8 +209,15 @@ def read_fully(path):
     """Everything eval and resume do with a checkpoint before they need data: eval's load,
     checked against its network, and resume's, checked against its network and optimizer,
     then its position restored."""
-    from cnntrain.runs.checkpoint import load_checkpoint
-    from cnntrain.runs.build import NetworkLayout, build_model, build_optimizer, layer_seeds, load_network, random_streams
+    from cnntrain.runs.build import (
+        NetworkLayout,
+        build_model,
+        build_optimizer,
+        layer_seeds,
+        load_network,
+        random_streams,
+    )
+    from cnntrain.runs.checkpoint_reader import load_checkpoint
     from cnntrain.runs.fit import _restore
     load_network(path)
     layout = NetworkLayout(path, resume=True)
@@ -261,13 +268,13 @@ def fuzz(folder, cases, seed):
         loaded += failure is None and _loads(target)
         if failure:
             failures.append(failure)
-    from cnntrain.runs.checkpoint import parse_meta
+    from cnntrain.runs.checkpoint_reader import parse_meta
     texts = [meta_text_of(members_of(base)) for base in bases]
     for case in range(cases):
         text = mutate_text(rng, rng.choice(texts)) if case % 2 else \
             json.dumps(mutate_json(rng, json.loads(rng.choice(texts))))
         data = text.encode("utf-8", "surrogatepass")
-        failure = check_case(lambda: _parse(parse_meta, data), f"meta case {case}")
+        failure = check_case(lambda data=data: _parse(parse_meta, data), f"meta case {case}")
         if failure:
             failures.append(failure)
     print(json.dumps({"cases": 2 * cases, "checkpoints_loaded": loaded,
@@ -277,8 +284,8 @@ def fuzz(folder, cases, seed):
 
 
 def _loads(path):
-    from cnntrain.runs.checkpoint import load_checkpoint
     from cnntrain.errors import CnnTrainError
+    from cnntrain.runs.checkpoint_reader import load_checkpoint
     try:
         load_checkpoint(path)
         return True
@@ -302,9 +309,9 @@ def write_bases(folder):
     """Base checkpoints: the small network mid-epoch with generator and velocities; one with
     batch norm and dropout (buffers, layer generators) after an epoch; and that one
     compressed."""
+    from cnntrain.runs.build import build_optimizer, random_streams
     from cnntrain.runs.checkpoint import Checkpoint, save_checkpoint
     from cnntrain.runs.metrics import METRIC_KEYS
-    from cnntrain.runs.build import build_optimizer, random_streams
     from tests.support.checkpoints import make_network
     layer_lists = [None, ["conv 4 5 pad=2", "batchnorm", "relu", "maxpool 2", "flatten",
                           "dropout 0.5", "dense 10"]]
@@ -330,7 +337,7 @@ def write_bases(folder):
 
 
 def test_mutated_checkpoints_and_meta_json_load_or_give_one_line_errors(tmp_path):
-    from cnntrain.runs.checkpoint import load_checkpoint
+    from cnntrain.runs.checkpoint_reader import load_checkpoint
     write_bases(tmp_path)
     for base in tmp_path.glob("base*.npz"):
         load_checkpoint(base)  # the bases themselves are valid

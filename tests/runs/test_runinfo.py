@@ -1,5 +1,5 @@
 """`cnntrain runinfo`, the one place scripts ask about a run folder, and the layout rules it
-answers from (cnntrain.runs.runfolder)."""
+answers from (cnntrain.runs.runfolder_layout)."""
 
 import json
 import re
@@ -8,9 +8,10 @@ import sys
 
 import pytest
 
-from cnntrain.runs import runfolder
-from cnntrain.runs.runfolder import RunFolder, folder_state, is_run_folder
-from cnntrain.runs.runinfo import FIELDS, PATHS, run_info
+from cnntrain.runs import runfolder_layout as layout
+from cnntrain.runs.runfolder import RunFolder
+from cnntrain.runs.runfolder_layout import folder_state, is_run_folder
+from cnntrain.runs.runinfo import FIELDS, run_info
 from tests.support.clitools import assert_one_line_error, invoke
 
 
@@ -114,10 +115,10 @@ def test_a_file_or_a_line_break_in_the_name_is_refused(tmp_path):
 
 def test_is_run_folder_knows_a_fits_files_and_a_sweeps_overrides(tmp_path):
     assert not is_run_folder(tmp_path)
-    for name in runfolder.RUN_FILES + (runfolder.OVERRIDES,):
+    for name in layout.RUN_FILES + (layout.OVERRIDES,):
         run = tmp_path / f"run-{name}"
         run.mkdir()
-        if name == runfolder.CHECKPOINTS:
+        if name == layout.CHECKPOINTS:
             (run / name).mkdir()
         else:
             (run / name).write_text("")
@@ -137,8 +138,8 @@ def test_the_sweep_scripts_keep_no_copy_of_the_run_folder_layout():
     messages that point the user to a file) would be a second copy that can drift."""
     from pathlib import Path
     scripts = Path(__file__).resolve().parents[2] / "scripts"
-    names = [runfolder.CONFIG, runfolder.METRICS, runfolder.LOG, runfolder.SUMMARY, "last.npz",
-             "best.npz", runfolder.OVERRIDES, runfolder.SWEEP_STATUS]
+    names = [layout.CONFIG, layout.METRICS, layout.LOG, layout.SUMMARY, "last.npz", "best.npz",
+             layout.OVERRIDES, layout.SWEEP_STATUS]
     for script in sorted(scripts.glob("sweep*.sh")):
         for number, line in enumerate(script.read_text().splitlines(), 1):
             code = re.sub(r"(^|\s)#.*$", "", line)  # a comment starts at a word

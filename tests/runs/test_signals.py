@@ -6,7 +6,8 @@ import signal
 import numpy as np
 import pytest
 
-from cnntrain.runs.checkpoint import load_checkpoint, save_checkpoint
+from cnntrain.runs.checkpoint import save_checkpoint
+from cnntrain.runs.checkpoint_reader import load_checkpoint
 from tests.support import proctools
 from tests.support.clitools import logged_metrics, small_config
 
@@ -93,7 +94,8 @@ def test_a_hand_edited_position_past_the_epochs_end_is_refused_in_one_line(env):
                                  "64 of an epoch of 63 steps\n"), err
 
 
-@pytest.mark.parametrize("signals", [[signal.SIGTERM, signal.SIGTERM], [signal.SIGHUP, signal.SIGINT]])
+@pytest.mark.parametrize("signals", [[signal.SIGTERM, signal.SIGTERM],
+                                     [signal.SIGHUP, signal.SIGINT]])
 def test_a_second_signal_during_the_save_corrupts_nothing(env, straight, signals):
     """Both signals land while the epoch-1 checkpoint is being written: the write completes,
     the run stops at that epoch boundary with the first signal's code, and resumes exactly."""

@@ -7,12 +7,13 @@ import numpy as np
 import pytest
 
 from cnntrain.data.mnist import load_mnist
-from cnntrain.runs.checkpoint import load_checkpoint, save_checkpoint
 from cnntrain.errors import DivergedError
 from cnntrain.nn.model import build_network
 from cnntrain.nn.optim import SGD, LRSchedule
-from cnntrain.runs.fit import _snapshot
 from cnntrain.runs.build import random_streams
+from cnntrain.runs.checkpoint import save_checkpoint
+from cnntrain.runs.checkpoint_reader import load_checkpoint
+from cnntrain.runs.fit import _snapshot
 from cnntrain.runs.train import Interrupted, Trainer, TrainState, evaluate, steps_per_epoch
 from tests.support.clitools import SMALL_LAYERS, without_timings
 
@@ -149,7 +150,7 @@ def test_clean_epochs_see_undistorted_images_and_resume_exactly(splits, tmp_path
 
 
 def test_same_seed_same_run_other_seed_other_run(splits):
-    a, b, c = make_trainer(splits, seed=1), make_trainer(splits, seed=1), make_trainer(splits, seed=2)
+    a, b, c = (make_trainer(splits, seed=seed) for seed in (1, 1, 2))
     for t in (a, b, c):
         t.epochs = 1
         t.fit(TrainState(), lambda m, s: None)
@@ -161,7 +162,8 @@ def test_a_non_finite_loss_stops_at_once(splits):
     # What to change is the run's advice (tests/runs/test_faults.py); the trainer says where.
     trainer = make_trainer(splits, lr=1e8)
     ends = []
-    with pytest.raises(DivergedError, match=r"diverged at epoch 1, step \d+: the loss is (nan|inf)$"):
+    diverged = r"diverged at epoch 1, step \d+: the loss is (nan|inf)$"
+    with pytest.raises(DivergedError, match=diverged):
         trainer.fit(TrainState(), lambda m, s: ends.append(m))
     assert ends == []
 
@@ -171,7 +173,8 @@ def test_evaluate_counts_by_hand(splits):
     net = trainer.network
     x, y = splits.test.images, splits.test.labels
     result = evaluate(net, x, y, batch_size=37)  # a batch size that leaves a remainder
-    predictions = np.concatenate([net.forward(x[i:i + 50], train=False).argmax(1) for i in range(0, len(y), 50)])
+    predictions = np.concatenate([net.forward(x[i:i + 50], train=False).argmax(1)
+                                  for i in range(0, len(y), 50)])
     assert result["n"] == len(y)
     assert result["accuracy"] == pytest.approx(np.mean(predictions == y))
     for true in range(10):
