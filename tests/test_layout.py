@@ -5,8 +5,6 @@ no module of the package is over 500 lines."""
 import ast
 from pathlib import Path
 
-import pytest
-
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "cnntrain"
 MAX_LINES = 500
@@ -76,6 +74,4 @@ def line_counts():
 
 def test_no_module_is_over_500_lines():
     grown = sorted(f"{name} ({n} lines)" for name, n in line_counts().items() if n > MAX_LINES)
-    assert not grown, f"over {MAX_LINES} lines: split them along their seams: {', '.join(grown)}"
-    assert counts[name] > MAX_LINES, \
-        f"{name} is {counts[name]} lines now: remove it from OVER_500"
+    assert not grown, f"over {MAX_LINES} lines, split along their seams: {', '.join(grown)}"
