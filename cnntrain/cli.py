@@ -18,7 +18,7 @@ import click
 
 from cnntrain import __version__
 from cnntrain.console import best_effort_output, is_stdout
-from cnntrain.errors import CnnTrainError, Interrupted
+from cnntrain.errors import CnnTrainError, Interrupted, require_extra
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -156,7 +156,7 @@ def eval_command(checkpoint, split, as_json, batch_size, errors_png, data_dir, m
 
     if errors_png is not None:  # '' too, which names no file: refused before the work
         from cnntrain.apps import plots
-        plots.require_matplotlib()
+        require_extra("matplotlib", "plotting", "plot")
         plots.check_output(errors_png)
     result = evaluate_checkpoint(checkpoint, split=split, batch_size=batch_size,
                                  data_dir=data_dir, mirrors=mirrors,
@@ -354,7 +354,7 @@ def plot(run_dirs, output, filters_checkpoint, maps_checkpoint, image, input_pat
     from cnntrain.apps import plots
     from cnntrain.errors import ConfigError
 
-    plots.require_matplotlib()
+    require_extra("matplotlib", "plotting", "plot")
     if (image is not None or input_path is not None or raw) and not maps_checkpoint:
         raise ConfigError("--image, --input and --raw go with --maps CHECKPOINT")
     if maps_checkpoint:

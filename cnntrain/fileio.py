@@ -279,17 +279,3 @@ def repair_torn_tail(path):
         return size - keep
     finally:
         os.close(fd)
-
-
-TEMPORARY_GLOB = ".*.tmp"  # the names atomic_writer gives its temporary files
-
-
-def remove_temporaries(folder):
-    """Delete the temporary files atomic_writer left in `folder` when its process was
-    killed mid-write; returns their names. Only safe while no other process writes there."""
-    removed = []
-    for path in Path(folder).glob(TEMPORARY_GLOB):
-        if path.is_file():
-            path.unlink(missing_ok=True)
-            removed.append(path.name)
-    return removed

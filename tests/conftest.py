@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.mnist_server import MnistServer, make_synthetic_mnist
+from tests.support.optional import unavailable
 
 # The real MNIST folder laid beside the repository (the repo is cloned as a sibling of shared/).
 SHARED_MNIST = Path(__file__).resolve().parents[2] / "shared" / "mnist"
@@ -67,9 +68,7 @@ def real_mnist_mirror():
         else:
             reason = (f"no real MNIST: CNNTRAIN_TEST_MNIST_MIRROR is unset and {SHARED_MNIST} "
                       f"does not exist")
-            if os.environ.get("CNNTRAIN_REQUIRE_REAL_MNIST") == "1":
-                pytest.fail(reason + " (CNNTRAIN_REQUIRE_REAL_MNIST=1)")
-            pytest.skip(reason)
+            unavailable("REAL_MNIST", reason)
 
 
 @pytest.fixture(scope="session")

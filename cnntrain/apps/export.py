@@ -21,7 +21,7 @@ import numpy as np
 
 from cnntrain import __version__
 from cnntrain.apps.inference import CLASS_NAMES, load_predictor
-from cnntrain.errors import CnnTrainError
+from cnntrain.errors import CnnTrainError, require_extra
 from cnntrain.fileio import atomic_writer, check_output, refuse_overwriting
 from cnntrain.nn.activations import ReLU, Sigmoid, Tanh
 from cnntrain.nn.conv import Conv2D
@@ -35,25 +35,8 @@ OPSET = 17       # Conv, MaxPool, AveragePool, Gemm, Flatten, BatchNormalization
 IR_VERSION = 8   # the IR version of opset 17, so runtimes of that age can load the file
 INPUT, LOGITS, PROBABILITIES = "image", "logits", "probabilities"
 
-ONNX_HINT = "exporting needs the onnx package: pip install 'cnntrain[onnx]'"
-
-
-class MissingOnnx(CnnTrainError):
-    """onnx is not installed; one pip command fixes it."""
-
-    exit_code = 2
-
-
 class UnsupportedLayer(CnnTrainError):
     """A layer the exporter has no translation for."""
-
-
-def require_onnx():
-    try:
-        import onnx
-    except ImportError:
-        raise MissingOnnx(ONNX_HINT) from None
-    return onnx
 
 
 class GraphBuilder:
@@ -163,7 +146,7 @@ def check_exportable(network, source):
 
 def build_onnx(network, *, mean, std, metadata=None, source="the network"):
     """A cnntrain Network -> a checked onnx ModelProto (see the module docstring)."""
-    onnx = require_onnx()
+    onnx = require_extra("onnx", "exporting", "onnx")
     check_exportable(network, source)
     helper = onnx.helper
     g = GraphBuilder(onnx)
@@ -201,7 +184,7 @@ def build_onnx(network, *, mean, std, metadata=None, source="the network"):
 def export_checkpoint(checkpoint, output):
     """Write `checkpoint`'s network to `output` as ONNX (by cnntrain.fileio's rule: atomically
     into a file, straight into a device, FIFO or socket); returns the summary."""
-    require_onnx()
+    require_extra("onnx", "exporting", "onnx")
     check_output(output)
     refuse_overwriting(output, checkpoint)
     predictor = load_predictor(checkpoint)

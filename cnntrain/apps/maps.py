@@ -15,8 +15,8 @@ import math
 
 import numpy as np
 
-from cnntrain.apps.plots import _figure, _save, check_output, require_matplotlib
-from cnntrain.errors import ConfigError
+from cnntrain.apps.plots import _figure, _save, check_output
+from cnntrain.errors import ConfigError, require_extra
 from cnntrain.nn.conv import Conv2D
 from cnntrain.nn.pooling import _Pool2D
 
@@ -97,7 +97,7 @@ def plot_maps(predictor, field, output, *, title, label=None, picture=None):
     """Draw `field` ((28, 28) in [0, 1], ink high) as `predictor`'s network sees it; with
     `picture` (grey levels in [0, 1]), the picture the field was made from beside it."""
     check_output(output)
-    require_matplotlib()
+    require_extra("matplotlib", "plotting", "plot")
     logits, rows = activation_maps(predictor.network, predictor.normalise(field[None]))
     if not rows:
         raise ConfigError(f"{predictor.path}: the network has no convolution or pooling "
@@ -220,7 +220,7 @@ def draw_maps(checkpoint, output, *, image=None, input_path=None, raw=False, dat
 
     check_output(output)
     refuse_overwriting(output, checkpoint, input_path)
-    require_matplotlib()
+    require_extra("matplotlib", "plotting", "plot")
     predictor = load_predictor(checkpoint)
     cfg = predictor.config
     field, label, what, picture = load_field(image=image, input_path=input_path, raw=raw,

@@ -17,7 +17,7 @@ depends only on what is drawn:
 import math
 from pathlib import Path
 
-from cnntrain.errors import CnnTrainError, ConfigError
+from cnntrain.errors import ConfigError, require_extra
 from cnntrain.fileio import REPLACE, atomic_writer, resolve_output
 
 DPI = 100
@@ -28,8 +28,6 @@ ERRORS_COLUMNS = 10
 ERRORS_ROW = 100
 ERRORS_HEADER = 80
 ERRORS_MAX = 100
-
-INSTALL_HINT = "plotting needs matplotlib: pip install 'cnntrain[plot]'"
 
 # Line style per split, colour per run: a glance tells which run, and which split of it.
 # Training figures are running means over the epoch's (possibly augmented) batches, the
@@ -45,21 +43,6 @@ SPLIT_STYLES = (("train", "-", "train (during the epoch)"), ("val", "--", "val (
                 ("test", ":", "test (after it)"))
 
 
-class MissingMatplotlib(CnnTrainError):
-    """matplotlib is not installed; a usage problem the user fixes with one pip command."""
-
-    exit_code = 2
-
-
-def require_matplotlib():
-    """Raise MissingMatplotlib (exit code 2, one line naming the pip command) unless
-    matplotlib can be imported."""
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        raise MissingMatplotlib(INSTALL_HINT) from None
-
-
 def errors_height(shown):
     """Pixel height of the errors picture showing `shown` digits (0 gets one empty row)."""
     rows = max(1, math.ceil(min(shown, ERRORS_MAX) / ERRORS_COLUMNS))
@@ -67,7 +50,7 @@ def errors_height(shown):
 
 
 def _figure(width, height):
-    require_matplotlib()
+    require_extra("matplotlib", "plotting", "plot")
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -142,7 +125,7 @@ def plot_curves(run_dirs, output):
     """Loss and accuracy per epoch of each run in `run_dirs` (train, val and test), overlaid
     in one picture with a legend naming each run by its folder."""
     check_output(output)
-    require_matplotlib()
+    require_extra("matplotlib", "plotting", "plot")
     runs = _load_runs(list(run_dirs))
     figure = _figure(*CURVES_SIZE)
     from matplotlib.lines import Line2D
@@ -223,7 +206,7 @@ def plot_filters(checkpoint_path, output):
     from cnntrain.runs.checkpoint_reader import load_checkpoint
 
     check_output(output)
-    require_matplotlib()
+    require_extra("matplotlib", "plotting", "plot")
     ckpt = load_checkpoint(checkpoint_path)
     found = first_conv_weights(ckpt.params)
     if found is None:
@@ -287,7 +270,7 @@ def plot_errors(errors, output, title=""):
     import numpy as np
 
     check_output(output)
-    require_matplotlib()
+    require_extra("matplotlib", "plotting", "plot")
     images = np.asarray(errors["images"], dtype=np.float64)
     labels = np.asarray(errors["labels"])
     predictions = np.asarray(errors["predictions"])

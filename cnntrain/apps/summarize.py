@@ -26,7 +26,7 @@ import io
 import json
 import math
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, Optional
 
 from cnntrain.config import peek_value
 from cnntrain.errors import ConfigError
@@ -80,7 +80,7 @@ class RunRow:
     note: str = ""     # the sweep's note on the last attempt, e.g. its requeues used up
 
     @property
-    def status_text(self) -> str:
+    def status_text(self):
         if self.status == INCOMPLETE:
             planned = self.planned_epochs if self.planned_epochs is not None else "?"
             text = f"incomplete (epoch {self.epochs or 0}/{planned})"
@@ -91,7 +91,7 @@ class RunRow:
         return f"{text}, requeued {self.requeues}" if self.requeues else text
 
     @property
-    def overrides_text(self) -> str:
+    def overrides_text(self):
         if self.overrides is None:
             return "-"
         return " ".join(f"{key}={value}" for key, value in self.overrides.items()) or "-"
@@ -100,7 +100,7 @@ class RunRow:
 # --- reading ------------------------------------------------------------------------------
 
 
-def _one_line(text) -> str:
+def _one_line(text):
     return str(text).replace("\r", "\\r").replace("\n", "\\n")
 
 
@@ -108,7 +108,7 @@ class _Unreadable(Exception):
     """A run file is there but cannot be used; the message names the file and why."""
 
 
-def _read_text(path: Path) -> Optional[str]:
+def _read_text(path):
     """The file's text, None when it does not exist; _Unreadable when it cannot be read."""
     try:
         data = path.read_bytes()
@@ -122,20 +122,20 @@ def _read_text(path: Path) -> Optional[str]:
         raise _Unreadable(f"{path.name}: not UTF-8 text (byte {exc.start})") from None
 
 
-def _parse_object(text: str, where: str) -> dict:
+def _parse_object(text, where):
     value, reason = parse_json_object(text)
     if reason is not None:
         raise _Unreadable(f"{where}: {reason}")
     return value
 
 
-def _read_json(path: Path) -> Optional[dict]:
+def _read_json(path):
     """The JSON object in `path`, None when the file does not exist."""
     text = _read_text(path)
     return None if text is None else _parse_object(text, path.name)
 
 
-def _check_field(record: dict, key: str, where: str, kind: str) -> None:
+def _check_field(record, key, where, kind):
     """record[key] must be absent, null, or of `kind`: "fraction" (a finite number, as the
     accuracies are), "count" (a whole number >= 0), "seconds" (a finite number >= 0) or
     "text"."""
@@ -155,7 +155,7 @@ def _check_field(record: dict, key: str, where: str, kind: str) -> None:
         raise _Unreadable(f"{where}: {key} is {json.dumps(value)}, expected {expected}")
 
 
-def _check_epoch_record(record, where: str) -> dict:
+def _check_epoch_record(record, where):
     """An epoch's metrics as summarize uses them: an object with accuracies and an epoch."""
     if not isinstance(record, dict):
         raise _Unreadable(f"{where}: a JSON {type(record).__name__}, expected an object")
@@ -165,7 +165,7 @@ def _check_epoch_record(record, where: str) -> dict:
     return record
 
 
-def _read_history(folder: Path) -> List[dict]:
+def _read_history(folder):
     """The epochs of metrics.jsonl ([] when there is none). A last line without its newline
     that does not parse was cut short by a crash and is skipped; any other bad line makes the
     run unreadable."""
@@ -184,7 +184,8 @@ def _read_history(folder: Path) -> List[dict]:
     return history
 
 
-def _last_line(path: Path) -> str:
+def _last_line(path):
+    """The file's last non-blank line, "" when there is none or it cannot be read."""
     try:
         lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
     except OSError:
@@ -192,7 +193,7 @@ def _last_line(path: Path) -> str:
     return next((line.strip() for line in reversed(lines) if line.strip()), "")
 
 
-def _planned_epochs(folder: Path) -> Optional[int]:
+def _planned_epochs(folder):
     """[train] epochs of the run's resolved config.ini, None when it has none."""
     path = folder / CONFIG
     if not path.exists():
@@ -208,7 +209,8 @@ def _planned_epochs(folder: Path) -> Optional[int]:
     return int(value)
 
 
-def _read_overrides(folder: Path) -> Optional[Dict[str, str]]:
+def _read_overrides(folder):
+    """overrides.txt as {key: value} strings, None when there is none."""
     try:
         text = (folder / OVERRIDES).read_text(encoding="utf-8", errors="replace")
     except OSError:
@@ -221,13 +223,13 @@ def _read_overrides(folder: Path) -> Optional[Dict[str, str]]:
     return pairs
 
 
-def _fill_metrics(row: RunRow, best, final) -> None:
+def _fill_metrics(row, best, final):
     best, final = best or {}, final or {}
     row.best_val_acc, row.best_test_acc = best.get("val_acc"), best.get("test_acc")
     row.final_val_acc, row.final_test_acc = final.get("val_acc"), final.get("test_acc")
 
 
-def read_run(folder) -> RunRow:
+def read_run(folder):
     """The row of one run folder; status "unreadable", with the reason, when one of its files
     is there but cannot be used."""
     folder = Path(folder)
@@ -242,7 +244,7 @@ def read_run(folder) -> RunRow:
     return row
 
 
-def _read_files(folder: Path, row: RunRow) -> None:
+def _read_files(folder, row):
     row.planned_epochs = _planned_epochs(folder)
     record = _read_json(folder / SWEEP_STATUS)
     if record is not None:
@@ -277,7 +279,7 @@ def _read_files(folder: Path, row: RunRow) -> None:
         row.status = INCOMPLETE
 
 
-def collect_runs(paths) -> List[RunRow]:
+def collect_runs(paths):
     """One row per run folder among `paths`, each a run folder or a sweep folder holding run
     folders one level down; a run reached twice is listed once."""
     rows, seen = [], set()
@@ -311,7 +313,8 @@ def collect_runs(paths) -> List[RunRow]:
 # --- sorting ------------------------------------------------------------------------------
 
 
-def _override_keys(rows) -> List[str]:
+def _override_keys(rows):
+    """The override keys of all rows, as a list in first-seen order."""
     keys = {}
     for row in rows:
         keys.update(dict.fromkeys(row.overrides or {}))
@@ -325,7 +328,7 @@ def _as_number(text):
         return None
 
 
-def sort_rows(rows, key="best_val_acc") -> List[RunRow]:
+def sort_rows(rows, key="best_val_acc"):
     """Rows ordered by `key`: a column (accuracies from best to worst, everything else
     ascending) or an override key such as train.lr (numerically when every value is a
     number). Finished runs come first; runs without the value come last in their group."""
@@ -376,11 +379,11 @@ def sort_rows(rows, key="best_val_acc") -> List[RunRow]:
 # --- output -------------------------------------------------------------------------------
 
 
-def _percent(value) -> str:
+def _percent(value):
     return "-" if value is None else f"{100 * value:.2f}%"
 
 
-def _common_overrides(rows) -> Dict[str, str]:
+def _common_overrides(rows):
     """The overrides every recorded run shares (with two or more such runs): said once under
     the table instead of in every row."""
     recorded = [row.overrides for row in rows if row.overrides]
@@ -392,7 +395,7 @@ def _common_overrides(rows) -> Dict[str, str]:
     return common
 
 
-def format_table(rows) -> str:
+def format_table(rows):
     """The rows as an aligned text table, accuracies in percent; overrides shared by every
     run and the reasons of failed runs follow the table."""
     rows = list(rows)
@@ -433,12 +436,12 @@ def format_table(rows) -> str:
     return "\n".join(out)
 
 
-def csv_columns(rows) -> List[str]:
+def csv_columns(rows):
     return (["run", "path", "status", "reason", "overrides"] + list(ACCURACY_KEYS)
             + ["epochs", "planned_epochs", "wall_s"] + _override_keys(rows))
 
 
-def write_csv(rows, path) -> None:
+def write_csv(rows, path):
     """The rows as CSV, accuracies as fractions, one more column per override key so a
     spreadsheet can pivot on it; written by cnntrain.fileio's rule (atomically into a file,
     straight into a device, FIFO, socket or /dev/stdout)."""

@@ -68,11 +68,6 @@ class WarpParams:
     zoom: Optional[np.ndarray] = None
     modes: Optional[np.ndarray] = None
 
-    def select(self, index):
-        """The parameters of the images `index` (a slice or index array) picks."""
-        return WarpParams(*(None if p is None else p[index]
-                            for p in (self.shift, self.angle, self.zoom, self.modes)))
-
 
 def _coord_dtype(dtype):
     # float32 coordinates are exact for every pixel position and half of the work of float64;

@@ -36,7 +36,7 @@ _GATHER_BLOCK = 512  # images normalised at a time: bounds the temporaries to ~5
 CACHE_ADVICE = "delete it to re-download"
 
 
-def read_idx(path) -> np.ndarray:
+def read_idx(path):
     """Read an unsigned-byte IDX file of the data cache: uint8 array of the shape its header
     gives. Every violation is a DataError naming the file (read_idx_stream says which)."""
     path = Path(path)
@@ -50,7 +50,7 @@ def read_idx(path) -> np.ndarray:
         raise DataError(f"{path}: cannot read: {e.strerror or e}") from e
 
 
-def read_idx_dims(f, name, advice=CACHE_ADVICE) -> tuple:
+def read_idx_dims(f, name, advice=CACHE_ADVICE):
     """The dimensions an open IDX file's header declares, checked against the file's size
     before any payload is read, so a header declaring terabytes costs nothing.
 
@@ -88,7 +88,7 @@ def read_idx_dims(f, name, advice=CACHE_ADVICE) -> tuple:
     return dims
 
 
-def read_idx_stream(f, name, advice=CACHE_ADVICE) -> np.ndarray:
+def read_idx_stream(f, name, advice=CACHE_ADVICE):
     """read_idx on an open file: its header checked (read_idx_dims), then its payload."""
     dims = read_idx_dims(f, name, advice)
     expected = math.prod(dims)
@@ -113,7 +113,7 @@ class Split:
             raise ValueError(f"Split needs images (N, C, H, W) and labels (N,), got "
                              f"{self.images.shape} and {self.labels.shape}")
 
-    def __len__(self) -> int:
+    def __len__(self):
         return len(self.labels)
 
 
@@ -126,7 +126,8 @@ class MnistSplits:
     test: Split
 
 
-def _check_count(name: str, value, limit: int, what: str) -> int:
+def _check_count(name, value, limit, what):
+    """`value` as an int in 0..limit, or a ValueError naming `name` and `what` limits it."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         raise ValueError(f"{name} must be an integer, got {value!r}")
     value = int(value)
@@ -137,7 +138,8 @@ def _check_count(name: str, value, limit: int, what: str) -> int:
     return value
 
 
-def _read_pair(images_path: Path, labels_path: Path) -> tuple[np.ndarray, np.ndarray]:
+def _read_pair(images_path, labels_path):
+    """(images, labels) of one IDX pair, checked: uint8 (N, 28, 28) and uint8 (N,) in 0..9."""
     images, labels = read_idx(images_path), read_idx(labels_path)
     if images.ndim != 3 or images.shape[1:] != IMAGE_HW:
         raise DataError(f"{images_path}: expected images of shape (N, 28, 28), "
@@ -152,8 +154,8 @@ def _read_pair(images_path: Path, labels_path: Path) -> tuple[np.ndarray, np.nda
     return images, labels
 
 
-def _make_split(images: np.ndarray, labels: np.ndarray, index, lut: np.ndarray) -> Split:
-    """Gather `index` (None = all) of uint8 (N, 28, 28) `images` and map them through `lut`."""
+def _make_split(images, labels, index, lut):
+    """The Split of `index` (None = all) of uint8 (N, 28, 28) `images`, mapped through `lut`."""
     n = len(labels) if index is None else len(index)
     out = np.empty((n, 1, *IMAGE_HW), dtype=lut.dtype)
     # The table maps each of the 256 pixel values straight to its normalised value in the
@@ -169,8 +171,9 @@ def _make_split(images: np.ndarray, labels: np.ndarray, index, lut: np.ndarray) 
 
 
 def load_mnist(data_dir, *, val_size=5000, train_size=0, test_size=0, mean=0.1307, std=0.3081,
-               rng, dtype=np.float32) -> MnistSplits:
-    """Load MNIST from `data_dir` (already ensured: no network here) into normalised arrays.
+               rng, dtype=np.float32):
+    """Load MNIST from `data_dir` (already ensured: no network here) into normalised arrays:
+    a MnistSplits of train, val and test Splits.
 
     Pixels p (uint8) become (p / 255 - mean) / std in `dtype` (float32 or float64); images are
     (N, 1, 28, 28) C-contiguous, labels (N,) int64. `val_size` training samples, chosen with

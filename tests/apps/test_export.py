@@ -230,6 +230,7 @@ def test_without_onnx_the_error_names_the_extra(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "onnx", None)
     result = invoke("export", tmp_path / "m.npz", "-o", tmp_path / "m.onnx")
     assert_one_line_error(result, 2, "pip install 'cnntrain[onnx]'")
+    assert result.stderr.strip() == "error: exporting needs onnx: pip install 'cnntrain[onnx]'"
 
 
 def test_export_keeps_an_existing_file_when_it_fails(tmp_path, monkeypatch):

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from cnntrain.apps import plots
-from cnntrain.errors import CnnTrainError
+from cnntrain.errors import CnnTrainError, MissingExtra
 from tests.support.clitools import assert_one_line_error, invoke, small_config, use_synthetic_mnist
 
 
@@ -181,15 +181,13 @@ def test_runs_are_labelled_by_folder_name_and_told_apart_when_names_clash(tmp_pa
     assert plots._run_labels([a, b, c]) == [str(a), str(b), "lenet5"]
 
 
-def test_require_matplotlib_error_is_a_usage_error(monkeypatch):
+def test_missing_matplotlib_is_a_usage_error_through_errors_require_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)
-    with pytest.raises(plots.MissingMatplotlib) as info:
-        plots.require_matplotlib()
-    assert info.value.exit_code == 2 and "\n" not in str(info.value)
-    with pytest.raises(plots.MissingMatplotlib):
+    with pytest.raises(MissingExtra) as info:
         plots.plot_errors({"images": np.zeros((0, 28, 28)), "labels": [], "predictions": []},
                           "x.png")
-    assert isinstance(info.value, CnnTrainError)
+    assert str(info.value) == "plotting needs matplotlib: pip install 'cnntrain[plot]'"
+    assert info.value.exit_code == 2 and isinstance(info.value, CnnTrainError)
 
 
 def test_accuracy_ticks_read_as_percentages_with_the_edges_named():

@@ -32,9 +32,8 @@ def browser_paths():
     if missing:
         reason = (f"{' and '.join(missing)} not installed (Debian: apt-get install chromium "
                   "chromium-driver)")
-        if os.environ.get("CNNTRAIN_REQUIRE_BROWSER") == "1":
-            pytest.fail(reason + "; CNNTRAIN_REQUIRE_BROWSER=1 requires the browser test")
-        pytest.skip(reason)
+        from tests.support.optional import unavailable
+        unavailable("BROWSER", reason)
     return chromium, driver
 
 

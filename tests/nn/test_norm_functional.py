@@ -1,20 +1,15 @@
 """Dropout and batch-normalisation maths (cnntrain.nn.functional) against loop oracles, finite
 differences in float64 and PyTorch in both modes."""
 
-import os
-
 import numpy as np
 import pytest
 
 from cnntrain.nn import functional as fn
 from tests.support import oracle_norm
 from tests.support.gradcheck import numeric_gradient, relative_error
+from tests.support.optional import import_or_unavailable
 
-if os.environ.get("CNNTRAIN_REQUIRE_TORCH") == "1":
-    import torch  # a hard failure in CI, never a skip
-else:
-    torch = pytest.importorskip("torch",
-                                reason="torch is not installed (pip install torch==2.13.0)")
+torch = import_or_unavailable("torch", "TORCH", "pip install torch==2.13.0")
 
 TOL = 1e-7
 SHAPES = [(4, 3, 5, 6), (2, 5, 3, 3), (7, 4), (2, 6)]

@@ -23,12 +23,9 @@ from tests.support.clitools import (
     use_synthetic_mnist,
 )
 from tests.support.gradcheck import numeric_gradient, relative_error
+from tests.support.optional import import_or_unavailable
 
-if os.environ.get("CNNTRAIN_REQUIRE_TORCH") == "1":
-    import torch  # a hard failure in CI, never a skip
-else:
-    torch = pytest.importorskip("torch",
-                                reason="torch is not installed (pip install torch==2.13.0)")
+torch = import_or_unavailable("torch", "TORCH", "pip install torch==2.13.0")
 
 KERNELS = ["fast", "reference"]
 

@@ -5,7 +5,6 @@ can never be skipped there; elsewhere they skip with a reason when torch is abse
 """
 
 import math
-import os
 
 import numpy as np
 import pytest
@@ -17,12 +16,9 @@ from cnntrain.nn.losses import SoftmaxCrossEntropy
 from cnntrain.nn.model import build_network
 from cnntrain.nn.optim import SGD, LRSchedule
 from cnntrain.nn.pooling import MaxPool2D, MeanPool2D
+from tests.support.optional import import_or_unavailable
 
-if os.environ.get("CNNTRAIN_REQUIRE_TORCH") == "1":
-    import torch  # noqa: E402  (a hard failure in CI, never a skip)
-else:
-    torch = pytest.importorskip("torch",
-                                reason="torch is not installed (pip install torch==2.13.0)")
+torch = import_or_unavailable("torch", "TORCH", "pip install torch==2.13.0")
 import torch.nn.functional as TF  # noqa: E402
 
 RTOL = 1e-9

@@ -28,8 +28,8 @@ import numpy as np
 import pytest
 
 from tests.scripts.test_sweep import FIXED, GRID, GRID_NAMES, QUICK, SLURM, sweep_env
+from tests.support.optional import unavailable
 
-REQUIRE = os.environ.get("CNNTRAIN_REQUIRE_SLURM") == "1"
 # One task's worth of memory, below any laptop's: sweep_slurm.sh asks for 4G by default.
 MEMORY = "500M"
 # The time-limit run: 6000 images an epoch, as many epochs as this machine trains in about
@@ -61,9 +61,7 @@ def cluster():
     reason = slurm_missing()
     if reason:
         hint = "; start one with scripts/slurm_local.sh up and export the SLURM_CONF it prints"
-        if REQUIRE:
-            pytest.fail(reason + hint + " (CNNTRAIN_REQUIRE_SLURM=1)")
-        pytest.skip(reason + hint)
+        unavailable("SLURM", reason + hint)
 
 
 def job_env(data_dir, **extra):
