@@ -19,7 +19,6 @@ import dataclasses
 import math
 import os
 import re
-from typing import Any, Dict, Iterable, Optional, Tuple
 
 from cnntrain.configschema import SCHEMA, InvalidValue, did_you_mean, short_number
 from cnntrain.constants import INPUT_SHAPE, MNIST_TRAIN_IMAGES
@@ -34,7 +33,7 @@ _NO_DEFAULT_SECTION = "\n"
 # --- the resolved config --------------------------------------------------------------
 
 
-def _section_class(section: str) -> type:
+def _section_class(section):
     keys = SCHEMA[section]
     # Dataclasses want defaulted fields last; the (rare) required keys go first.
     ordered = sorted(keys.items(), key=lambda item: not item[1].required)
@@ -75,12 +74,12 @@ class Config:
 # --- helpers for messages -------------------------------------------------------------
 
 
-def _error(message: str) -> ConfigError:
+def _error(message):
     # The CLI prints exactly one line; paths or values with line breaks must not split it.
     return ConfigError(message.replace("\r", "\\r").replace("\n", "\\n"))
 
 
-def _join(*parts: str) -> str:
+def _join(*parts):
     """Message parts joined by '; ', except that a question already ends its part."""
     text = ""
     for part in filter(None, parts):
@@ -88,12 +87,12 @@ def _join(*parts: str) -> str:
     return text
 
 
-def _unknown_section(name: str) -> str:
+def _unknown_section(name):
     return _join(f"unknown section [{name}]", did_you_mean(name, SCHEMA, "[{}]"),
                  "valid sections: " + ", ".join(f"[{s}]" for s in SCHEMA))
 
 
-def _unknown_key(section: str, key: str, override: bool) -> str:
+def _unknown_key(section, key, override):
     elsewhere = [other for other, keys in SCHEMA.items() if other != section and key in keys]
     if elsewhere:
         fmt = "{}.{}" if override else "[{}] {}"
@@ -109,7 +108,7 @@ def _unknown_key(section: str, key: str, override: bool) -> str:
 # --- reading --------------------------------------------------------------------------
 
 
-def _decode(data: bytes, source: str) -> str:
+def _decode(data, source):
     try:
         return data.decode("utf-8-sig")  # -sig: a BOM left by some Windows editors is harmless
     except UnicodeDecodeError as exc:
@@ -118,7 +117,7 @@ def _decode(data: bytes, source: str) -> str:
                      "save the file as UTF-8") from None
 
 
-def _read_file(source: str) -> str:
+def _read_file(source):
     # configparser.read() silently skips files it cannot open; a typo in --config must not
     # quietly train with defaults, so the file is opened here and every failure reported.
     if os.path.isdir(source):
@@ -135,7 +134,7 @@ def _read_file(source: str) -> str:
     return _decode(data, source)
 
 
-def _parse_ini(text: str, source: str) -> configparser.ConfigParser:
+def _parse_ini(text, source):
     parser = configparser.ConfigParser(
         interpolation=None,  # '%' in paths and URLs is just a character
         inline_comment_prefixes=(";", "#"),
@@ -148,7 +147,7 @@ def _parse_ini(text: str, source: str) -> configparser.ConfigParser:
     parser.optionxform = str  # names are case-sensitive, so 'LR' is reported, not guessed
     lines = text.split("\n")  # configparser numbers lines split on '\n' alone
 
-    def shown(lineno: int) -> str:
+    def shown(lineno):
         return repr(lines[lineno - 1].strip()) if 0 < lineno <= len(lines) else "?"
 
     try:
@@ -174,7 +173,7 @@ def _parse_ini(text: str, source: str) -> configparser.ConfigParser:
     return parser
 
 
-def peek_value(path: Any, section: str, key: str, strict: bool = False) -> Optional[str]:
+def peek_value(path, section, key, strict=False):
     """One key's text as the file has it, unchecked; None if the file or key is missing or
     unreadable (strict=True: a file that cannot be read or parsed raises its ConfigError).
     For tools that only look, such as `cnntrain summarize` over many runs."""
@@ -187,7 +186,7 @@ def peek_value(path: Any, section: str, key: str, strict: bool = False) -> Optio
     return parser.get(section, key, fallback=None)
 
 
-def parse_override(text: str) -> Tuple[str, str, str]:
+def parse_override(text):
     """'train.lr=0.1' -> ('train', 'lr', '0.1'); the section and key must exist."""
     head, eq, value = text.partition("=")
     section, dot, key = head.partition(".")
@@ -204,29 +203,29 @@ def parse_override(text: str) -> Tuple[str, str, str]:
 class _Values:
     """The raw text of every key given, and for each the message prefix naming its origin."""
 
-    def __init__(self, source: str):
+    def __init__(self, source):
         self.source = source
-        self.raw: Dict[Tuple[str, str], str] = {}
-        self.override: Dict[Tuple[str, str], str] = {}
+        self.raw = {}
+        self.override = {}
 
-    def where(self, section: str, key: str) -> str:
+    def where(self, section, key):
         """Prefix for messages about a key without its value: file and key, or the --set."""
         if (section, key) in self.override:
             return f"--set {self.override[section, key]}"
         return f"{self.source}: [{section}] {key}"
 
-    def where_value(self, section: str, key: str) -> str:
+    def where_value(self, section, key):
         if (section, key) in self.override:
             return self.where(section, key)
         return f"{self.where(section, key)} = {self.raw[section, key]!r}"
 
-    def where_all(self, *pairs: Tuple[str, str]) -> str:
+    def where_all(self, *pairs):
         """Prefix for a rule tying several keys: the file, plus any --set that took part."""
         sets = [self.where(*pair) for pair in pairs if pair in self.override]
         return ", ".join([self.source] + sets)
 
 
-def _convert(values: _Values, section: str, key: str) -> Any:
+def _convert(values, section, key):
     spec = SCHEMA[section][key]
     if (section, key) not in values.raw:
         if spec.required:
@@ -254,7 +253,7 @@ ELASTIC_RMS = 0.163
 ELASTIC_MAX_SHIFT = INPUT_SHAPE[-1] / 2
 
 
-def _check_rules(cfg: Dict[str, Dict[str, Any]], values: _Values) -> None:
+def _check_rules(cfg, values):
     data, train, augment = cfg["data"], cfg["train"], cfg["augment"]
     shift = ELASTIC_RMS * augment["elastic_alpha"] / augment["elastic_sigma"]
     if shift > ELASTIC_MAX_SHIFT:
@@ -285,7 +284,7 @@ def _check_rules(cfg: Dict[str, Dict[str, Any]], values: _Values) -> None:
             "set momentum (e.g. 0.9) or nesterov = false")
 
 
-def _check_layers(layers: Tuple[str, ...], values: _Values, cfg: Dict[str, Dict[str, Any]]) -> None:
+def _check_layers(layers, values, cfg):
     # Imported here: the model module pulls in numpy, which `cnntrain --help` must not pay for.
     import cnntrain.nn.model as model
 
@@ -310,7 +309,7 @@ def _check_layers(layers: Tuple[str, ...], values: _Values, cfg: Dict[str, Dict[
         raise _error(f"{where}{separator}line {line_no} {line!r}: {reason}") from exc
 
 
-def parse_config(text: Any, source: str = "<string>", overrides: Iterable[str] = ()) -> Config:
+def parse_config(text, source="<string>", overrides=()):
     """Check and resolve config text; `overrides` are 'section.key=value' strings that win
     over the text. Used for files and for the config text stored in checkpoints."""
     if isinstance(text, (bytes, bytearray)):
@@ -340,13 +339,13 @@ def parse_config(text: Any, source: str = "<string>", overrides: Iterable[str] =
                                     for section, fields in resolved.items()})
 
 
-def load_config(path: Any, overrides: Iterable[str] = ()) -> Config:
+def load_config(path, overrides=()):
     """Read, check and resolve a config file; see parse_config for `overrides`."""
     source = os.fsdecode(path)
     return parse_config(_read_file(source), source=source, overrides=overrides)
 
 
-def config_to_ini(cfg: Config) -> str:
+def config_to_ini(cfg):
     """The resolved config as INI text, every key written out; parse_config reads it back to
     an equal Config, which is what lets a checkpoint rebuild its model from this text."""
     source = cfg.source.replace("\r", "\\r").replace("\n", "\\n")

@@ -18,7 +18,7 @@ import dataclasses
 import difflib
 import math
 import re
-from typing import Any, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Optional, Tuple
 
 from cnntrain.constants import (
     INIT_SCHEMES,
@@ -37,12 +37,12 @@ class InvalidValue(ValueError):
     """A raw value that does not fit its key; the text, if any, says what exactly is wrong."""
 
 
-def short_number(x: float) -> str:
+def short_number(x):
     """A number as messages and range descriptions show it: 0.5, 1e-05, 34."""
     return f"{x:g}"
 
 
-def did_you_mean(word: str, choices: Iterable[str], fmt: str = "'{}'") -> str:
+def did_you_mean(word, choices, fmt="'{}'"):
     """' did you mean ...?' or ''; case and surrounding spaces are ignored when matching."""
     by_lower = {choice.lower(): choice for choice in choices}
     wanted = word.strip().lower()
@@ -62,24 +62,24 @@ def did_you_mean(word: str, choices: Iterable[str], fmt: str = "'{}'") -> str:
 class _Kind:
     """How one key's text becomes a value, how it is described, and how it is written back."""
 
-    type: Any = str
+    type = str
     expected = ""
     multiline = False  # written as indented continuation lines by config_to_ini
 
-    def parse(self, raw: str) -> Any:
+    def parse(self, raw):
         raise NotImplementedError
 
-    def parse_override(self, raw: str) -> Any:
+    def parse_override(self, raw):
         return self.parse(raw)
 
-    def format(self, value: Any) -> str:
+    def format(self, value):
         return str(value)
 
 
 class Int(_Kind):
     type = int
 
-    def __init__(self, lo: Optional[int] = None, hi: Optional[int] = None):
+    def __init__(self, lo=None, hi=None):
         self.lo, self.hi = lo, hi
         if lo is not None and hi is not None:
             self.expected = f"an integer from {lo} to {hi}"
@@ -88,7 +88,7 @@ class Int(_Kind):
         else:
             self.expected = "an integer"
 
-    def parse(self, raw: str) -> int:
+    def parse(self, raw):
         text = raw.strip()
         # int() alone would also take '1_000' and non-ASCII digits; a config should not.
         if not re.fullmatch(r"[+-]?[0-9]+", text):
@@ -102,8 +102,8 @@ class Int(_Kind):
 class Float(_Kind):
     type = float
 
-    def __init__(self, lo: Optional[float] = None, hi: Optional[float] = None,
-                 lo_open: bool = False, hi_open: bool = False):
+    def __init__(self, lo=None, hi=None,
+                 lo_open=False, hi_open=False):
         self.lo, self.hi, self.lo_open, self.hi_open = lo, hi, lo_open, hi_open
         if lo is not None and hi is not None:
             if lo_open or hi_open:
@@ -116,7 +116,7 @@ class Float(_Kind):
         else:
             self.expected = "a number"
 
-    def parse(self, raw: str) -> float:
+    def parse(self, raw):
         text = raw.strip()
         if not text.isascii():
             raise InvalidValue()
@@ -132,7 +132,7 @@ class Float(_Kind):
             raise InvalidValue()
         return value
 
-    def format(self, value: Any) -> str:
+    def format(self, value):
         return repr(float(value))  # repr is the shortest text that reads back bit-exact
 
 
@@ -140,22 +140,22 @@ class Bool(_Kind):
     type = bool
     expected = "true or false (yes/no, on/off and 1/0 work too)"
 
-    def parse(self, raw: str) -> bool:
+    def parse(self, raw):
         value = configparser.ConfigParser.BOOLEAN_STATES.get(raw.strip().lower())
         if value is None:
             raise InvalidValue()
         return value
 
-    def format(self, value: Any) -> str:
+    def format(self, value):
         return "true" if value else "false"
 
 
 class Choice(_Kind):
-    def __init__(self, *options: str):
+    def __init__(self, *options):
         self.options = options
         self.expected = "one of " + ", ".join(options)
 
-    def parse(self, raw: str) -> str:
+    def parse(self, raw):
         text = raw.strip()
         if text not in self.options:
             raise InvalidValue(did_you_mean(text, self.options))
@@ -165,11 +165,11 @@ class Choice(_Kind):
 class Text(_Kind):
     """A single-line string, typically a path."""
 
-    def __init__(self, allow_empty: bool = True):
+    def __init__(self, allow_empty=True):
         self.allow_empty = allow_empty
         self.expected = "a path on one line" if allow_empty else "a non-empty path on one line"
 
-    def parse(self, raw: str) -> str:
+    def parse(self, raw):
         text = raw.strip()
         if "\n" in text or (not text and not self.allow_empty):
             raise InvalidValue()
@@ -183,7 +183,7 @@ class Mirrors(_Kind):
     expected = ("base URLs starting with http://, https:// or file://, or directory paths, "
                 "separated by spaces, commas or newlines")
 
-    def parse(self, raw: str) -> Tuple[str, ...]:
+    def parse(self, raw):
         items = tuple(item for item in re.split(r"[\s,]+", raw) if item)
         for item in items:
             if item[0] in ";#":
@@ -201,7 +201,7 @@ class Mirrors(_Kind):
                 raise InvalidValue(f"{item!r} is not a complete {name}:// URL")
         return items
 
-    def format(self, value: Any) -> str:
+    def format(self, value):
         return "\n".join(value)
 
 
@@ -211,11 +211,11 @@ class Lines(_Kind):
     type = Tuple[str, ...]
     multiline = True
 
-    def __init__(self, what: str, examples: Tuple[str, ...]):
+    def __init__(self, what, examples):
         self.expected = (f"at least one {what}, one per indented line below the key, "
                          f"e.g. {', '.join(examples)} (in --set: separated by ' / ')")
 
-    def parse(self, raw: str) -> Tuple[str, ...]:
+    def parse(self, raw):
         lines = tuple(line.strip() for line in raw.split("\n") if line.strip())
         if not lines:
             raise InvalidValue()
@@ -224,10 +224,10 @@ class Lines(_Kind):
                 raise InvalidValue(f"{line!r} contains an INI comment marker")
         return lines
 
-    def parse_override(self, raw: str) -> Tuple[str, ...]:
+    def parse_override(self, raw):
         return self.parse("\n".join(raw.split("/")))
 
-    def format(self, value: Any) -> str:
+    def format(self, value):
         return "\n".join(value)
 
 
@@ -246,11 +246,11 @@ class Key:
     example: Optional[str] = None  # a value for 'e.g. key = ...' when the default is no example
 
     @property
-    def required(self) -> bool:
+    def required(self):
         return self.default is _REQUIRED
 
 
-SCHEMA: Dict[str, Dict[str, Key]] = {
+SCHEMA = {
     "data": {
         "dir": Key(Text(), "", "MNIST cache directory, used unless --data-dir or "
                    "CNNTRAIN_DATA_DIR is set; empty = ~/.cache/cnntrain/mnist", "~/data/mnist"),
@@ -316,6 +316,6 @@ SCHEMA: Dict[str, Dict[str, Key]] = {
 }
 
 
-def valid_keys() -> Dict[str, List[str]]:
+def valid_keys():
     """Section -> key names, in the order the schema lists them."""
     return {section: list(keys) for section, keys in SCHEMA.items()}

@@ -8,15 +8,6 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "cnntrain"
 
-# Modules that still carry annotations because they were being split when the rule came in
-# (issue #28). The list may only shrink: a listed module without annotations, or no longer
-# there, fails too, so that its entry goes once its annotations are removed.
-ANNOTATED_UNTIL_SPLIT = {
-    "cnntrain/config.py",
-    "cnntrain/data/download.py",
-}
-
-
 def _is_record_class(node):
     """A class whose annotated class-level names are its fields: a dataclass or a NamedTuple."""
     for decorator in node.decorator_list:
@@ -59,16 +50,9 @@ def package_annotations():
 
 def test_the_package_has_no_type_hints_outside_dataclass_fields():
     found = package_annotations()
-    offending = [f"{name}:{line}: {what}" for name, hits in found.items()
-                 if name not in ANNOTATED_UNTIL_SPLIT for line, what in hits]
+    offending = [f"{name}:{line}: {what}" for name, hits in found.items() for line, what in hits]
     assert not offending, ("cnntrain/ has no type hints: say types and shapes in the docstring "
                            "(docs/testing.md, Code style):\n" + "\n".join(offending))
-
-
-def test_the_allow_list_only_shrinks():
-    found = package_annotations()
-    done = sorted(name for name in ANNOTATED_UNTIL_SPLIT if name not in found)
-    assert not done, f"no annotations left (or gone): remove from ANNOTATED_UNTIL_SPLIT: {done}"
 
 
 def test_the_rule_catches_what_it_forbids_and_allows_dataclass_fields():

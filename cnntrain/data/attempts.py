@@ -9,14 +9,13 @@ from __future__ import annotations
 import os
 import sys
 import time
-from pathlib import Path
 
 from tqdm import tqdm
 
 from cnntrain.data.cache import PART, place, remove
 from cnntrain.data.failures import Fatal, Permanent, Transient, local_failure
 from cnntrain.data.mirrors import is_http
-from cnntrain.data.patience import MirrorWaits, Watch
+from cnntrain.data.patience import Watch
 from cnntrain.data.stream import open_source
 from cnntrain.data.verifier import Verifier
 from cnntrain.errors import DataError
@@ -25,8 +24,8 @@ from cnntrain.errors import DataError
 _sleep = time.sleep
 
 
-def _fetch_once(source, name: str, size: int, sha256: str, part: Path, session, timeout,
-                progress: bool, on_data=lambda count=0: None) -> None:
+def _fetch_once(source, name, size, sha256, part, session, timeout,
+                progress, on_data=lambda count=0: None):
     """One attempt: stream `source`'s copy of `name` into `part`, verified and fsynced.
     `on_data` is called when the response starts and with the size of every chunk received."""
     with open_source(source, name, session, timeout) as (content_type, body):
@@ -49,14 +48,14 @@ def _fetch_once(source, name: str, size: int, sha256: str, part: Path, session, 
                 raise Fatal("write", part, e) from e
 
 
-def _tell(source, name: str, why: str, then: str) -> None:
+def _tell(source, name, why, then):
     """One line on stderr for a failed attempt that the download goes on from."""
     where = source + name + ".gz" if is_http(source) else str(source)
     print(f"{where}: {why}; {then}", file=sys.stderr, flush=True)
 
 
-def fetch_file(name, size, sha256, data_dir: Path, sources, session, timeout, retries, backoff,
-               progress, unreachable: dict, waits: MirrorWaits) -> list[str] | None:
+def fetch_file(name, size, sha256, data_dir, sources, session, timeout, retries, backoff,
+               progress, unreachable, waits):
     """Put a verified `name` into `data_dir` from the first source that has it.
 
     Returns None on success, else one "source: why" line per source. `unreachable` carries
@@ -79,8 +78,8 @@ def fetch_file(name, size, sha256, data_dir: Path, sources, session, timeout, re
     return failures
 
 
-def _fetch_from(source, name, size, sha256, data_dir: Path, session, timeout, retries, backoff,
-                progress, unreachable: dict, waits: MirrorWaits) -> str | None:
+def _fetch_from(source, name, size, sha256, data_dir, session, timeout, retries, backoff,
+                progress, unreachable, waits):
     """`name` from one source, retried as the design allows: None on success, else why not."""
     part = data_dir / (name + PART)
     # A local file reads the same the second time: only the network is worth retrying, and

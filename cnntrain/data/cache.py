@@ -12,7 +12,6 @@ import json
 import os
 import sys
 import time
-from pathlib import Path
 
 from cnntrain.data.failures import Fatal, local_failure
 from cnntrain.data.mirrors import ELSEWHERE
@@ -30,7 +29,7 @@ _LOCK = ".cnntrain.lock"
 PART = ".part"
 
 
-def _sha256_file(path: Path) -> str:
+def _sha256_file(path):
     """Hex SHA-256 of a file's content (the one place cached files are hashed)."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -39,7 +38,7 @@ def _sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def read_manifest(data_dir: Path) -> dict:
+def read_manifest(data_dir):
     try:
         with open(data_dir / _MANIFEST, encoding="utf-8") as f:
             entries = json.load(f).get("files", {})
@@ -48,7 +47,7 @@ def read_manifest(data_dir: Path) -> dict:
         return {}  # missing or damaged: everything is simply re-verified
 
 
-def write_manifest(data_dir: Path, entries: dict) -> None:
+def write_manifest(data_dir, entries):
     """Atomically replace the manifest; a folder we cannot write to just means re-hashing later."""
     try:
         with atomic_writer(data_dir / _MANIFEST, "w") as f:
@@ -66,12 +65,12 @@ _STAT_KEYS = ("size", "mtime_ns", "ctime_ns", "inode", "device")
 _CTIME_TICK_NS = 20_000_000
 
 
-def _stat_key(st: os.stat_result) -> dict:
+def _stat_key(st):
     return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns,
             "inode": st.st_ino, "device": st.st_dev}
 
 
-def settled_stat(path: Path) -> os.stat_result:
+def settled_stat(path):
     """stat(path), returned only once a later change of the file must show in its ctime.
 
     A freshly written file's ctime is within a clock tick of now; waiting out that tick makes
@@ -85,13 +84,13 @@ def settled_stat(path: Path) -> os.stat_result:
     return st
 
 
-def manifest_entry(st: os.stat_result, sha256: str) -> dict:
+def manifest_entry(st, sha256):
     """What the manifest records of a file whose content hashed to `sha256` when it had the
     stat `st` (taken before hashing: a change during or after it shows as another stat)."""
     return {**_stat_key(st), "sha256": sha256}
 
 
-def trusted(path: Path, entry, size: int, sha256: str) -> bool:
+def trusted(path, entry, size, sha256):
     """True if the manifest vouches for `path` as it is now: no hashing, one stat."""
     if not isinstance(entry, dict) or entry.get("sha256") != sha256 or entry.get("size") != size:
         return False
@@ -109,7 +108,7 @@ class DirLock:
     while a second one still waits on the old.
     """
 
-    def __init__(self, directory: Path, announce: bool):
+    def __init__(self, directory, announce):
         self.path = directory / _LOCK
         self.announce = announce
         self.fd = None
@@ -138,7 +137,7 @@ class DirLock:
             self.fd = None
 
 
-def place(part: Path, final: Path) -> None:
+def place(part, final):
     """Rename a verified .part into place, with its mtime set one second back.
 
     File timestamps come from a coarse clock: a rewrite within the same tick would keep the
@@ -153,7 +152,7 @@ def place(part: Path, final: Path) -> None:
     fsync_dir(final.parent)
 
 
-def remove(path: Path) -> None:
+def remove(path):
     try:
         path.unlink()
     except OSError:
@@ -162,7 +161,7 @@ def remove(path: Path) -> None:
 NOT_DOWNLOADED = "not downloaded yet"
 
 
-def check_cached(path: Path, size: int, sha256: str):
+def check_cached(path, size, sha256):
     """(None, its stat) if the file on disk is the right one, else (why not, None); hashing
     only when sizes agree. The stat is taken before hashing, for the manifest."""
     try:
@@ -182,7 +181,7 @@ def check_cached(path: Path, size: int, sha256: str):
     return None, st
 
 
-def data_folder_problem(data_dir: Path, error: OSError) -> str:
+def data_folder_problem(data_dir, error):
     """One line for a data folder that cannot be made: what is in the way and the way out."""
     blocker = next((p for p in [data_dir, *data_dir.parents] if p.exists()), None)
     if blocker is not None and not blocker.is_dir():

@@ -50,7 +50,7 @@ from cnntrain.errors import DataError
 __all__ = ["MNIST_FILES", "ensure_mnist", "fetch_mnist"]
 
 #: Decompressed file name -> (size in bytes, SHA-256 of the decompressed content).
-MNIST_FILES: dict[str, tuple[int, str]] = {
+MNIST_FILES = {
     TRAIN_IMAGES_FILE: (
         47040016,
         "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
@@ -80,7 +80,7 @@ def _normalise_timeout(timeout):
 
 def ensure_mnist(data_dir, mirrors, *, progress=True, files=None, timeout=(10, 30),
                  retries=3, backoff=1.0, patience=MIRROR_PATIENCE,
-                 verify=False) -> dict[str, Path]:
+                 verify=False):
     """Make sure every file of `files` is in `data_dir`, decompressed and verified.
 
     `files` maps a decompressed file name to (size, sha256), MNIST_FILES when None (looked up
@@ -153,7 +153,7 @@ def ensure_mnist(data_dir, mirrors, *, progress=True, files=None, timeout=(10, 3
             write_manifest(data_dir, manifest)
             return paths
 
-        unreachable: dict[str, str] = {}
+        unreachable = {}
         waits = MirrorWaits(float(patience))
         with new_session() as session:
             for name, problem in todo.items():
@@ -173,7 +173,7 @@ def ensure_mnist(data_dir, mirrors, *, progress=True, files=None, timeout=(10, 3
 
 
 def fetch_mnist(data_dir=None, mirrors=(), *, config_dir=None, config_mirrors=(), progress=True,
-                verify=False) -> tuple[Path, dict[str, Path]]:
+                verify=False):
     """MNIST where the user wants it: the folder and the mirrors resolved from the flags
     (`data_dir`, `mirrors`), the environment and the config (`config_dir`, `config_mirrors`),
     then every file fetched if needed and verified (ensure_mnist). Returns (folder, paths)."""
@@ -183,7 +183,7 @@ def fetch_mnist(data_dir=None, mirrors=(), *, config_dir=None, config_mirrors=()
     return folder, paths
 
 
-def _failure_message(name, problem, failures, data_dir, missing) -> str:
+def _failure_message(name, problem, failures, data_dir, missing):
     lines = [f"Could not get MNIST file {name} ({problem}) from any mirror:"]
     lines += [f"  {line}" for line in failures] or ["  (no mirror was given)"]
     lines.append(f"To place the files by hand, put these in {data_dir} "

@@ -6,7 +6,6 @@ problem in the data folder that no mirror can fix, worded by local_failure).
 from __future__ import annotations
 
 import errno
-from pathlib import Path
 
 from cnntrain.data.mirrors import ELSEWHERE
 
@@ -14,7 +13,7 @@ from cnntrain.data.mirrors import ELSEWHERE
 class Transient(Exception):
     """Worth another attempt at the same mirror (5xx, connection, timeout, truncation)."""
 
-    def __init__(self, message: str, unreachable: bool = False):
+    def __init__(self, message, unreachable=False):
         super().__init__(message)
         # the mirror itself cannot be reached: later files skip it
         self.unreachable = unreachable
@@ -23,7 +22,7 @@ class Transient(Exception):
 class Permanent(Exception):
     """This mirror will not give us this file (4xx, wrong content): go to the next one."""
 
-    def __init__(self, message: str, unreachable: bool = False):
+    def __init__(self, message, unreachable=False):
         super().__init__(message)
         self.unreachable = unreachable
 
@@ -31,12 +30,12 @@ class Permanent(Exception):
 class Fatal(Exception):
     """A local problem (disk full, folder not writable) that no mirror can fix."""
 
-    def __init__(self, what: str, path: Path, error: OSError):
+    def __init__(self, what, path, error):
         super().__init__(f"cannot {what} {path}: {error.strerror or error}")
         self.path, self.error = path, error
 
 
-def local_failure(exc: Fatal) -> str:
+def local_failure(exc):
     """One line for a write into the data folder that failed: the cause and the way out."""
     folder = exc.path.parent
     code = exc.error.errno

@@ -11,7 +11,7 @@ import urllib.parse
 from pathlib import Path
 
 #: Public mirrors, always tried after the user's own (yann.lecun.com no longer serves the files).
-DEFAULT_MIRRORS: tuple[str, ...] = (
+DEFAULT_MIRRORS = (
     "https://ossci-datasets.s3.amazonaws.com/mnist/",
     "https://storage.googleapis.com/cvdf-datasets/mnist/",
 )
@@ -23,12 +23,12 @@ ENV_MIRRORS = "CNNTRAIN_MNIST_MIRRORS"
 ELSEWHERE = f"--data-dir DIR, --set data.dir=DIR or {ENV_DATA_DIR}"
 
 
-def _env(name: str) -> str | None:
+def _env(name):
     value = os.environ.get(name, "").strip()
     return value or None
 
 
-def resolve_data_dir(cli_dir=None, config_dir=None) -> Path:
+def resolve_data_dir(cli_dir=None, config_dir=None):
     """The MNIST folder; the first of these that is set wins.
 
     `cli_dir` (`--data-dir`), env `CNNTRAIN_DATA_DIR`, `config_dir` (the config's `[data] dir`),
@@ -43,7 +43,7 @@ def resolve_data_dir(cli_dir=None, config_dir=None) -> Path:
     return cache / "cnntrain" / "mnist"
 
 
-def split_mirrors(value) -> list[str]:
+def split_mirrors(value):
     if value is None:
         return []
     if isinstance(value, str):
@@ -51,7 +51,7 @@ def split_mirrors(value) -> list[str]:
     return [str(m).strip() for m in value if m is not None and str(m).strip()]
 
 
-def normalise_mirror(mirror: str) -> str:
+def normalise_mirror(mirror):
     # A base URL without its trailing slash would lose its last segment when joined.
     scheme = urllib.parse.urlsplit(mirror).scheme.lower()
     if scheme in ("http", "https"):
@@ -61,7 +61,7 @@ def normalise_mirror(mirror: str) -> str:
     return os.path.expanduser(mirror)
 
 
-def resolve_mirrors(cli_mirrors=(), config_mirrors=()) -> list[str]:
+def resolve_mirrors(cli_mirrors=(), config_mirrors=()):
     """The mirrors to try, in order, duplicates removed.
 
     The user's own come from `cli_mirrors` (`--mirror`) if any, else env `CNNTRAIN_MNIST_MIRRORS`
@@ -74,7 +74,7 @@ def resolve_mirrors(cli_mirrors=(), config_mirrors=()) -> list[str]:
         own = split_mirrors(_env(ENV_MIRRORS))
     if not own:
         own = split_mirrors(config_mirrors)
-    result: list[str] = []
+    result = []
     for mirror in [*own, *DEFAULT_MIRRORS]:
         mirror = normalise_mirror(mirror)
         if mirror not in result:
@@ -82,7 +82,7 @@ def resolve_mirrors(cli_mirrors=(), config_mirrors=()) -> list[str]:
     return result
 
 
-def is_http(source) -> bool:
+def is_http(source):
     """True for an http(s) mirror; False for a folder, a file:// URL or a local Path."""
     return isinstance(source, str) and urllib.parse.urlsplit(source).scheme.lower() in (
         "http", "https")

@@ -37,30 +37,30 @@ class MirrorWaits:
     and never answers costs at most `patience` seconds in all, then is not asked again.
     """
 
-    def __init__(self, patience: float):
+    def __init__(self, patience):
         self.patience = patience
-        self.spent: dict[str, float] = {}
-        self.announced: set[str] = set()
+        self.spent = {}
+        self.announced = set()
         # mirror -> "all N attempts at FILE": it failed a file through all its retries, so each
         # later file gives it one attempt only
-        self.exhausted: dict[str, str] = {}
+        self.exhausted = {}
 
-    def left(self, source: str) -> float:
+    def left(self, source):
         return self.patience - self.spent.get(source, 0.0)
 
-    def spend(self, source: str, seconds: float) -> None:
+    def spend(self, source, seconds):
         self.spent[source] = self.spent.get(source, 0.0) + max(seconds, 0.0)
 
-    def timeout(self, source: str, timeout: tuple) -> tuple:
+    def timeout(self, source, timeout):
         left = max(self.left(source), 0.001)
         return min(timeout[0], left), min(timeout[1], left)
 
-    def given_up(self, source: str, reason: str) -> str:
+    def given_up(self, source, reason):
         return (f"{reason}; no data for {self.spent.get(source, 0.0):.0f} s in all, "
                 f"gave up on this mirror")
 
 
-def _amount(n: int) -> str:
+def _amount(n):
     if n < 1024:
         return f"{n:,} bytes"
     return f"{n / 1024:.1f} KiB" if n < 1 << 20 else f"{n / (1 << 20):.1f} MiB"
@@ -75,7 +75,7 @@ class _Throughput:
         self.total = 0
         self.marks = deque()  # (time, bytes received up to then), oldest first
 
-    def add(self, now: float, count: int) -> None:
+    def add(self, now, count):
         self.total += count
         self.marks.append((now, self.total))
         while len(self.marks) > 1 and now - self.marks[1][0] >= RATE_WINDOW:
@@ -92,7 +92,7 @@ class Watch:
     starts) and holds them to the throughput floor; after _WAIT_NOTICE seconds without any,
     one line on stderr says which mirror is being waited on (once per mirror)."""
 
-    def __init__(self, waits: MirrorWaits, source: str, name: str):
+    def __init__(self, waits, source, name):
         self.waits, self.source, self.name = waits, source, name
         self.last = _clock()
         self.throughput = _Throughput()
@@ -106,11 +106,11 @@ class Watch:
             self._thread.start()
         return self
 
-    def data(self, count: int = 0) -> None:
+    def data(self, count=0):
         self.last = _clock()
         self.throughput.add(self.last, count)
 
-    def _notice(self) -> None:
+    def _notice(self):
         while not self._done.wait(max(self.last + _WAIT_NOTICE - _clock(), 0.05)):
             if _clock() - self.last >= _WAIT_NOTICE:
                 self.waits.announced.add(self.source)

@@ -28,7 +28,7 @@ _SMALL_CHUNK = 1 << 10
 _TRANSIENT_STATUS = frozenset({408, 429})
 
 
-def new_session() -> requests.Session:
+def new_session():
     """The one HTTP session of a download: cnntrain named in its User-Agent, and no
     Content-Encoding asked for."""
     session = requests.Session()
@@ -39,7 +39,7 @@ def new_session() -> requests.Session:
     return session
 
 
-def _short_reason(exc: BaseException) -> str:
+def _short_reason(exc):
     """One readable clause out of requests' nested exception text."""
     text = str(exc)
     found = re.findall(r"\[Errno -?\d+\] [^'\")\]]+", text)
@@ -53,19 +53,19 @@ def _short_reason(exc: BaseException) -> str:
     return text if len(text) <= 160 else text[:157] + "..."
 
 
-def _unreachable(exc: requests.exceptions.ConnectionError) -> bool:
+def _unreachable(exc):
     """True if no connection could be made at all (refused, no route, no such host)."""
     inner = exc.args[0] if exc.args else None
     return isinstance(getattr(inner, "reason", inner), urllib3.exceptions.NewConnectionError)
 
 
-def _no_such_host(exc: requests.exceptions.ConnectionError) -> bool:
+def _no_such_host(exc):
     """True if the host name did not resolve (a DNS answer, not a passing network fault)."""
     text = str(exc)
     return "Name or service not known" in text or "nodename nor servname" in text
 
 
-def _chunks(response: requests.Response):
+def _chunks(response):
     """The body's chunks, each handed over as soon as it arrives: a read that waited for a
     full buffer would keep a trickling mirror from ever meeting the throughput floor."""
     read1 = getattr(response.raw, "read1", None)
@@ -79,7 +79,7 @@ def _chunks(response: requests.Response):
         yield chunk
 
 
-def _cut_at(response: requests.Response) -> str:
+def _cut_at(response):
     """Where the body stopped: "after 1,234 of 9,912,422 bytes" (as sent, before decoding)."""
     got = response.raw.tell()
     length = response.headers.get("Content-Length", "")
@@ -88,7 +88,7 @@ def _cut_at(response: requests.Response) -> str:
 
 
 @contextmanager
-def _open_http(session: requests.Session, url: str, timeout):
+def _open_http(session, url, timeout):
     """GET `url`, streamed: yields (content type, iterator over body chunks), errors classified."""
     try:
         response = session.get(url, stream=True, timeout=timeout)
@@ -139,7 +139,7 @@ def _open_http(session: requests.Session, url: str, timeout):
 
 
 @contextmanager
-def _open_file(path: Path):
+def _open_file(path):
     """A local copy (a mirror folder's file or a .gz in the data folder), like _open_http."""
     try:
         f = open(path, "rb")
@@ -156,7 +156,7 @@ def _open_file(path: Path):
         yield None, body()
 
 
-def open_source(source, name: str, session, timeout):
+def open_source(source, name, session, timeout):
     """Open `name` at `source`: a Path is that very file, a string is a mirror."""
     if isinstance(source, Path):
         return _open_file(source)

@@ -23,7 +23,7 @@ class Verifier:
     typically an HTML error page served with 200, is refused at once, before reading on.
     """
 
-    def __init__(self, out, size: int, sha256: str, content_type: str | None, bar):
+    def __init__(self, out, size, sha256, content_type, bar):
         self.out, self.size, self.sha256 = out, size, sha256
         self.content_type = content_type
         self.bar = bar
@@ -34,11 +34,11 @@ class Verifier:
         self.received = 0
         self.digest = hashlib.sha256()
 
-    def _describe_received(self) -> str:
+    def _describe_received(self):
         ctype = f"Content-Type {self.content_type}; " if self.content_type else ""
         return f"{ctype}first bytes {bytes(self.head[:40])!r}"
 
-    def feed(self, data: bytes) -> None:
+    def feed(self, data):
         self.received += len(data)
         if self.mode is None:
             self.head += data
@@ -58,7 +58,7 @@ class Verifier:
         else:
             self._inflate(data)
 
-    def _inflate(self, data: bytes) -> None:
+    def _inflate(self, data):
         while data:
             if self.inflater.eof:
                 # Concatenated gzip members are legal; zero padding after the last is tolerated.
@@ -75,7 +75,7 @@ class Verifier:
                 raise Permanent(f"corrupt gzip data ({e}; {self._describe_received()})") from e
             data = self.inflater.unused_data if self.inflater.eof else self.inflater.unconsumed_tail
 
-    def _emit(self, data: bytes) -> None:
+    def _emit(self, data):
         if not data:
             return
         self.written += len(data)
@@ -89,7 +89,7 @@ class Verifier:
             raise Fatal("write", Path(self.out.name), e) from e
         self.bar.update(len(data))
 
-    def finish(self) -> None:
+    def finish(self):
         if self.mode is None:
             raise Permanent(f"only {self.received} bytes received ({self._describe_received()})")
         if self.mode == "gzip" and not self.inflater.eof:
