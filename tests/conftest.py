@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.clitools import small_config, use_synthetic_mnist
 from tests.support.mnist_server import MnistServer, make_synthetic_mnist
 from tests.support.optional import unavailable
 
@@ -35,6 +36,16 @@ def synthetic_mnist():
 def synthetic_mnist_dir(tmp_path, synthetic_mnist):
     """A data folder holding the synthetic files, decompressed, ready for load_mnist."""
     return synthetic_mnist.write(tmp_path / "synthetic-mnist")
+
+
+@pytest.fixture
+def small_config_file(tmp_path, monkeypatch, synthetic_mnist, synthetic_mnist_dir):
+    """tmp_path/small.ini, a small network's config (tests.support.clitools.small_config),
+    with the synthetic MNIST standing in for the real files."""
+    use_synthetic_mnist(monkeypatch, synthetic_mnist, synthetic_mnist_dir)
+    path = tmp_path / "small.ini"
+    path.write_text(small_config())
+    return path
 
 
 @pytest.fixture

@@ -18,20 +18,15 @@ from cnntrain.runs.fit import divergence_advice
 from tests.support.clitools import (
     assert_one_line_error,
     invoke,
-    small_config,
     small_run_env,
-    use_synthetic_mnist,
 )
 
 QUICK = Path(__file__).resolve().parents[1] / "configs" / "quick.ini"
 
 
 @pytest.fixture
-def gradcheck_config(tmp_path, monkeypatch, synthetic_mnist, synthetic_mnist_dir):
-    use_synthetic_mnist(monkeypatch, synthetic_mnist, synthetic_mnist_dir)
-    path = tmp_path / "small.ini"
-    path.write_text(small_config())
-    return path
+def gradcheck_config(small_config_file):
+    return small_config_file
 
 
 # --------------------------------------------------------------------------- gradcheck

@@ -11,17 +11,12 @@ from tests.support.clitools import (
     SMALL_LAYERS,
     assert_one_line_error,
     invoke,
-    small_config,
-    use_synthetic_mnist,
 )
 
 
 @pytest.fixture
-def config(tmp_path, monkeypatch, synthetic_mnist, synthetic_mnist_dir):
-    use_synthetic_mnist(monkeypatch, synthetic_mnist, synthetic_mnist_dir)
-    path = tmp_path / "small.ini"
-    path.write_text(small_config())
-    return path
+def config(small_config_file):
+    return small_config_file
 
 
 def table_rows(output):
