@@ -8,7 +8,7 @@
    product whole or in pieces, the kernel gradient in either orientation, the bias gradient
    as ndarray.sum or as a product with ones, and the evaluation chunk size.
 
-Medians of --repeat calls after a warm-up. The README's speed section keeps the figures with
+Medians of --repeat calls after a warm-up. docs/speed.md keeps the figures with
 this command; shared machines are noisy, so compare numbers from one run only.
 """
 

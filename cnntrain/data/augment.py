@@ -35,12 +35,11 @@ Conventions (output pixel (y, x), rows down, columns right, centre c = ((H-1)/2,
 Pixels read from outside the image take `fill`, the background value of the normalised
 images; interpolation blends into it at the border, as if the image were surrounded by it.
 
-Speed: benchmarks/bench_augment.py measures the cost of a batch against a training step (the
-README's speed section keeps the figures). At this size memory matters more than
-arithmetic: operations work in place where they can, and a batch is warped in blocks whose
-temporaries stay under ~128 KiB, small enough to stay in the CPU cache and to be recycled by
-malloc; larger ones went back to the system after every call, and each batch paid hundreds
-of page faults to get them again.
+Speed: benchmarks/bench_augment.py measures the cost of a batch against a training step
+(docs/speed.md keeps the figures). At this size memory matters more than arithmetic: operations work
+in place where they can, and a batch is warped in blocks whose temporaries stay under ~128 KiB,
+small enough to stay in the CPU cache and to be recycled by malloc; larger ones went back to the
+system after every call, and each batch paid hundreds of page faults to get them again.
 """
 
 from dataclasses import dataclass

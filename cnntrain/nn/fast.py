@@ -33,14 +33,13 @@ import numpy as np
 
 from cnntrain.nn import functional
 
-# OpenBLAS (0.3.x, x86-64) computes a product with M*N*K <= 1e6 by kernels that read the
-# operands where they lie; bigger products are first copied into packed panels. When the
-# other operand is tiny (conv1's 6 x 25 kernels) each packed number takes part in only a
-# few multiply-adds, and the copy costs more than the arithmetic (the README's speed section
-# says how this is measured). So such products
-# are cut along their long side into pieces below that size (_matmul_pieces); products with
-# a bigger small operand (conv2's 16 x 150) are left whole, where OpenBLAS can also use
-# several threads. The pieces depend on the shapes only, never on the data or the machine.
+# OpenBLAS (0.3.x, x86-64) computes a product with M*N*K <= 1e6 by kernels that read the operands
+# where they lie; bigger products are first copied into packed panels. When the other operand is
+# tiny (conv1's 6 x 25 kernels) each packed number takes part in only a few multiply-adds, and the
+# copy costs more than the arithmetic (docs/speed.md says how this is measured). So such products
+# are cut along their long side into pieces below that size (_matmul_pieces); products with a bigger
+# small operand (conv2's 16 x 150) are left whole, where OpenBLAS can also use several threads. The
+# pieces depend on the shapes only, never on the data or the machine.
 GEMM_PIECE = 1_000_000
 GEMM_PIECE_MAX_SMALL = 1000  # cut into pieces only if the small operand has fewer entries
 

@@ -21,7 +21,7 @@ What is counted, in values of the training dtype:
   batch is larger (training and evaluation do not run at once).
 It leaves out the data set itself and the interpreter, and errs on the generous side for
 pooling and flattening. benchmarks/memory_estimate.py compares it with NumPy's measured peak
-(the README quotes the ratios); tests/nn/test_footprint.py keeps it within 0.9x to 2x of that.
+(docs/configs.md quotes the ratios); tests/nn/test_footprint.py keeps it within 0.9x to 2x of that.
 """
 
 import math

@@ -1,7 +1,7 @@
 """The reference kernels: every forward and backward equation of a CNN, each in one plain function.
 
 No state and no I/O: functions take NCHW arrays and return arrays, so each equation can be
-read beside the README's table, tested against a loop oracle and checked by finite
+read beside the README's map of the maths, tested against a loop oracle and checked by finite
 differences on its own. `[train] kernels = reference` trains with these; the default,
 `kernels = fast`, runs cnntrain.nn.fast, which computes the same equations with the same
 signatures, rearranged for speed (and binds by name the functions it does not speed up).

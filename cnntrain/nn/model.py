@@ -52,7 +52,8 @@ class LayerSummary:
 
 
 def grammar_table():
-    """The layer grammar, one line per registered kind: usage, then what it is (README's table)."""
+    """The layer grammar, one line per registered kind: usage, then what it is (the table of
+    docs/layers.md)."""
     rows = [(cls.usage(), cls.about) for cls in L.REGISTRY.values()]
     width = max(len(usage) for usage, _ in rows) + 2
     return "\n".join(f"{usage:<{width}}{about}".rstrip() for usage, about in rows)
