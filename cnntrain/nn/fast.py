@@ -453,6 +453,7 @@ dropout_mask = functional.dropout_mask  # the random draw dominates; the same dr
 dropout = functional.dropout  # already one NumPy pass
 dropout_backward = functional.dropout_backward  # already one NumPy pass
 batchnorm_inference = functional.batchnorm_inference  # evaluation only, not the training step
+batchnorm_eval_backward = functional.batchnorm_eval_backward  # explain's one image, not training
 update_running_statistics = functional.update_running_statistics  # (C,) vectors, negligible
 values_per_channel = functional.values_per_channel  # shape arithmetic, no array work
 log_softmax = functional.log_softmax  # (N, 10) logits: negligible beside the layers

@@ -378,6 +378,23 @@ def batchnorm_backward(dout, cache, gamma):
     return dx, dgamma, dbeta
 
 
+def batchnorm_eval_backward(dout, x, gamma, running_mean, running_var, eps=BATCHNORM_EPS):
+    """Gradients of evaluation-mode batch normalisation (batchnorm_inference), where the
+    statistics are constants, so nothing flows back through them:
+
+        x_hat = (x - running_mean) / sqrt(running_var + eps)
+        dx = dout * gamma / sqrt(running_var + eps),   dgamma = sum dout * x_hat,   dbeta = sum dout
+
+    dout, x: (N, C, H, W) or (N, C); gamma, running_mean, running_var: (C,)
+    -> dx: like x, dgamma: (C,), dbeta: (C,).
+    """
+    axes = _reduced_axes(dout)
+    inv_std = 1 / np.sqrt(running_var + dout.dtype.type(eps))
+    x_hat = (x - _per_channel(running_mean, x)) * _per_channel(inv_std, x)
+    dx = dout * _per_channel(gamma * inv_std, dout)
+    return dx, np.sum(dout * x_hat, axis=axes), dout.sum(axis=axes)
+
+
 # --- the loss -----------------------------------------------------------------------------
 
 def log_softmax(z):

@@ -195,6 +195,16 @@ class Layer:
         """
         raise NotImplementedError
 
+    def forward_eval_kept(self, x):
+        """The evaluation-mode forward that still keeps what backward needs, so that backward
+        then gives the gradients of the network as it predicts (cnntrain.nn.explain).
+
+        The default is the training forward, right for a layer that computes the same in both
+        modes and changes no state when it runs; a layer for which either is false (dropout,
+        batch normalisation) overrides it.
+        """
+        return self.forward(x, train=True)
+
     def _keep(self, train, *saved):
         # Inference keeps nothing, so a stale cache can never leak into a later backward.
         self._cache = saved if train else None

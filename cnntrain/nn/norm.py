@@ -43,6 +43,11 @@ class Dropout(Layer):
         self._keep(train, mask)
         return self.kernels.dropout(x, mask)
 
+    def forward_eval_kept(self, x):
+        # The identity, whose delta passes through unchanged: a mask of ones, no draw.
+        self._keep(True, np.ones_like(x))
+        return x
+
     def backward(self, dout, input_grad=True):
         (mask,) = self._kept()
         return self.kernels.dropout_backward(dout, mask) if input_grad else None
@@ -52,6 +57,9 @@ class Dropout(Layer):
 
     def __repr__(self):
         return f"Dropout(p={self.p:g})"
+
+
+_EVALUATED = object()  # marks what BatchNorm.forward_eval_kept keeps
 
 
 @register
@@ -123,9 +131,22 @@ class BatchNorm(Layer):
         self._keep(train, cache)
         return y
 
+    def forward_eval_kept(self, x):
+        # The running statistics, not updated; backward sees the input and takes the
+        # evaluation-mode equation.
+        y = self.forward(x, train=False)
+        self._keep(True, _EVALUATED, x)
+        return y
+
     def backward(self, dout, input_grad=True):
-        (cache,) = self._kept()
-        dx, dgamma, dbeta = self.kernels.batchnorm_backward(dout, cache, self.params["gamma"])
+        saved = self._kept()
+        gamma = self.params["gamma"]
+        if saved[0] is _EVALUATED:
+            dx, dgamma, dbeta = self.kernels.batchnorm_eval_backward(
+                dout, saved[1], gamma, self.buffers["running_mean"], self.buffers["running_var"],
+                self.eps)
+        else:
+            dx, dgamma, dbeta = self.kernels.batchnorm_backward(dout, saved[0], gamma)
         self.grads["gamma"][...] = dgamma
         self.grads["beta"][...] = dbeta
         return dx if input_grad else None

@@ -53,6 +53,16 @@ class MaxPool2D(_Pool2D):
         argmax, x_shape = self._kept()
         return self.kernels.maxpool2d_backward(dout, argmax, x_shape, self.kernel_size, self.stride)
 
+    def routes(self, x):
+        """Where backward sends each delta: x: (N, C, H, W) -> (N, C, out_h, out_w, 2), the
+        (row, column) in x of each window's first maximum (the reference kernel's argmax, for
+        display; both kernel paths route to the same position)."""
+        _, argmax = functional.maxpool2d(x, self.kernel_size, self.stride)
+        out_h, out_w = argmax.shape[2:]
+        rows = np.arange(out_h)[:, None] * self.stride + argmax // self.kernel_size
+        cols = np.arange(out_w)[None, :] * self.stride + argmax % self.kernel_size
+        return np.stack([rows, cols], axis=-1)
+
     def torch_module(self, nn):
         return nn.MaxPool2d(self.kernel_size, self.stride)
 
