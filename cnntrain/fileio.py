@@ -47,6 +47,37 @@ def fsync_dir(folder):
         os.close(fd)
 
 
+def file_kind(mode):
+    """What a stat mode names, in words for a message: 'a folder', 'a FIFO (named pipe)', ..."""
+    for test, kind in ((stat.S_ISREG, "a regular file"), (stat.S_ISDIR, "a folder"),
+                       (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device")):
+        if test(mode):
+            return kind
+    return "not a regular file"
+
+
+class NotARegularFile(OSError):
+    """open_regular_file's refusal of a path that names something else; .kind says what."""
+
+    def __init__(self, kind):
+        super().__init__(f"is {kind}, not a regular file")
+        self.kind = kind
+
+
+def open_regular_file(path):
+    """`path` opened for binary reading if it is a regular file, else NotARegularFile (or the
+    OSError os.open raises). Opened without blocking, so a FIFO or device cannot hang the
+    reader, and judged by its descriptor, so every later read is of this one file even if the
+    path is replaced meanwhile."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise NotARegularFile(file_kind(mode))
+    return os.fdopen(fd, "rb")
+
+
 def _umask():
     # Reading the umask means setting it; a command-line program has no other thread to race.
     mask = os.umask(0o022)

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from cnntrain.errors import CnnTrainError, require_extra
+from cnntrain.fileio import NotARegularFile, file_kind, open_regular_file
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".pgm", ".ppm",
                   ".pbm", ".pnm", ".webp")
@@ -65,17 +66,8 @@ def _escaped(char):
     return char.encode("unicode_escape").decode("ascii")
 
 
-def _file_kind(mode):
-    for test, kind in ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"),
-                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device")):
-        if test(mode):
-            return kind
-    return "not a regular file"
-
-
-def _refuse_special(name, mode):
-    raise InputError(f"{name}: is {_file_kind(mode)}, not a regular file; give a picture, "
-                     ".npy or IDX file")
+def _refuse_special(name, kind):
+    raise InputError(f"{name}: is {kind}, not a regular file; give a picture, .npy or IDX file")
 
 
 def open_input(path):
@@ -91,18 +83,15 @@ def open_input(path):
         if stat.S_ISDIR(mode):
             raise InputError(f"{name}: is a folder")
         if not stat.S_ISREG(mode):
-            _refuse_special(name, mode)
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+            _refuse_special(name, file_kind(mode))
+        return open_regular_file(path)
+    except NotARegularFile as exc:  # replaced by a FIFO or device since the stat
+        _refuse_special(name, exc.kind)
     except FileNotFoundError:
         raise InputError(f"{name}: no such file") from None
     except (OSError, ValueError) as exc:  # ValueError: a NUL byte in the name
         raise InputError(f"{name}: cannot read: {getattr(exc, 'strerror', None) or exc}"
                          ) from None
-    mode = os.fstat(fd).st_mode
-    if not stat.S_ISREG(mode):
-        os.close(fd)
-        _refuse_special(name, mode)
-    return os.fdopen(fd, "rb")
 
 
 def check_pixels(name, height, width):

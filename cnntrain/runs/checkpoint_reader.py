@@ -17,7 +17,6 @@ import json
 import math
 import os
 import re
-import stat
 import struct
 import zipfile
 import zlib
@@ -26,6 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from cnntrain.errors import CheckpointError
+from cnntrain.fileio import NotARegularFile, open_regular_file
 from cnntrain.runs.checkpoint import FORMAT_VERSION, Checkpoint, non_finite_entry
 from cnntrain.runs.checkpoint_checks import (
     fields_problem,
@@ -87,20 +87,17 @@ def _open_checkpoint(path):
     device is refused rather than waited on, and every later read is of this one file even if
     the path is replaced meanwhile."""
     try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        f = open_regular_file(path)
     except FileNotFoundError:
         raise CheckpointError(f"{path}: no such checkpoint file") from None
     except IsADirectoryError:
         raise _folder_error(path) from None
+    except NotARegularFile as exc:
+        if exc.kind == "a folder":
+            raise _folder_error(path) from None
+        raise CheckpointError(f"{path}: {exc}; give a .npz checkpoint file") from None
     except OSError as exc:
         raise CheckpointError(f"{path}: cannot be read ({_one_line(exc)})") from None
-    mode = os.fstat(fd).st_mode
-    if not stat.S_ISREG(mode):
-        os.close(fd)
-        if stat.S_ISDIR(mode):
-            raise _folder_error(path)
-        raise CheckpointError(f"{path}: is not a regular file; give a .npz checkpoint file")
-    f = os.fdopen(fd, "rb")
     try:
         if f.read(4) != b"PK\x03\x04":
             # np.load would take any other file for a pickle; refuse it before it gets the
