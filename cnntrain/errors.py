@@ -3,6 +3,8 @@
 Anything that is not a CnnTrainError is a bug and keeps its traceback.
 """
 
+import re
+
 
 class CnnTrainError(Exception):
     """Base class: a message meant for the user, ending in what to do about it."""
@@ -55,3 +57,13 @@ def require_extra(module, what, extra):
     except ImportError:
         package = {"PIL": "Pillow"}.get(module.split(".")[0], module.split(".")[0])
         raise MissingExtra(f"{what} needs {package}: pip install 'cnntrain[{extra}]'") from None
+
+
+def one_line_reason(exc):
+    """An exception's message as the reason in a one-line error: whitespace (newlines too)
+    collapsed, the object reprs some libraries put in it ('<_io.BytesIO object at 0x...>',
+    '<_io.BufferedReader name=5>'), which mean nothing to a user, left out, and at most 120
+    characters; the exception's type when nothing is left."""
+    text = re.sub(r"\s*<[^<>]* (?:object at 0x[0-9a-fA-F]+|name=[^<>]*)>", "", str(exc))
+    text = " ".join(text.split()) or type(exc).__name__
+    return text if len(text) <= 120 else text[:117] + "..."

@@ -18,7 +18,7 @@ from http import HTTPStatus
 
 import numpy as np
 
-from cnntrain.errors import CnnTrainError, MissingExtra, require_extra
+from cnntrain.errors import CnnTrainError, MissingExtra, one_line_reason, require_extra
 
 MAX_SIDE = 2048                    # pixels per side of an image to predict
 MAX_PIXELS = 2048 * 2048           # pixels per image (checked before a PNG is decoded)
@@ -122,7 +122,7 @@ def grey_from_png(request):
         Image = require_extra("PIL.Image", "PNG input on the server", "images")
     except MissingExtra as exc:
         raise RequestError(415, str(exc)) from None
-    from cnntrain.data.inputs import error_reason, picture_grey
+    from cnntrain.data.inputs import picture_grey
 
     try:
         with warnings.catch_warnings():
@@ -136,7 +136,7 @@ def grey_from_png(request):
     except (Image.DecompressionBombWarning, Image.DecompressionBombError):
         raise RequestError(413, "the PNG is too large to decode") from None
     except Exception as exc:  # Pillow signals a corrupt file with many exception types
-        raise RequestError(400, f"'png' is not a readable PNG ({error_reason(exc)})") from None
+        raise RequestError(400, f"'png' is not a readable PNG ({one_line_reason(exc)})") from None
     return grey
 
 

@@ -10,14 +10,13 @@ import io
 import logging
 import math
 import os
-import re
 import stat
 import warnings
 from pathlib import Path
 
 import numpy as np
 
-from cnntrain.errors import CnnTrainError, require_extra
+from cnntrain.errors import CnnTrainError, one_line_reason, require_extra
 from cnntrain.fileio import NotARegularFile, file_kind, open_regular_file
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".pgm", ".ppm",
@@ -122,15 +121,6 @@ def picture_grey(picture):
     return np.asarray(picture.convert("L"), dtype=np.float32) / 255.0
 
 
-def error_reason(exc):
-    """A Pillow or numpy exception's message, one line, without the object reprs some hold
-    ('<_io.BufferedReader name=5>', '<ast.Name object at 0x...>'), which mean nothing to a
-    user."""
-    text = re.sub(r"\s*<[^<>]* (?:object at 0x[0-9a-fA-F]+|name=[^<>]*)>", "", str(exc))
-    text = " ".join(text.split())[:120]
-    return text or type(exc).__name__
-
-
 def load_image(path):
     """An image file (PNG, JPEG, BMP, GIF, TIFF, PGM, WebP) -> (H, W) float32 grey levels in
     [0, 1]. The first frame of an animation; transparent parts count as white paper; a photo's
@@ -161,7 +151,7 @@ def load_image(path):
         except MemoryError:
             raise
         except Image.DecompressionBombError as exc:  # Pillow's own limit, met in open
-            raise InputError(f"{name}: too large to read safely ({error_reason(exc)}); "
+            raise InputError(f"{name}: too large to read safely ({one_line_reason(exc)}); "
                              f"the limit is {MAX_PIXELS:,} pixels ({MAX_SIDE}x{MAX_SIDE}): "
                              "scale it down first") from None
         except Exception as exc:  # Pillow signals a damaged file with many exception types
@@ -170,7 +160,7 @@ def load_image(path):
             if isinstance(exc, UnidentifiedImageError):
                 raise InputError(f"{name}: not an image cnntrain reads ({IMAGE_FORMAT_NAMES})"
                                  ) from None
-            raise InputError(f"{name}: unreadable image ({error_reason(exc)})") from None
+            raise InputError(f"{name}: unreadable image ({one_line_reason(exc)})") from None
 
 
 def _decode(Image, f, name):
@@ -229,7 +219,7 @@ def array_header(f, name):
     except MemoryError:
         raise
     except Exception as exc:  # numpy parses the header text with tokenize and ast
-        raise InputError(f"{name}: not a readable .npy array ({error_reason(exc)})") from None
+        raise InputError(f"{name}: not a readable .npy array ({one_line_reason(exc)})") from None
     if dtype.hasobject or dtype.kind not in "uifb" or dtype.fields is not None:
         raise InputError(f"{name}: holds {dtype}, not numbers; give grey levels as integers "
                          "0..255 or floats in [0, 1]")

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cnntrain.errors import CheckpointError
+from cnntrain.errors import CheckpointError, one_line_reason
 from cnntrain.fileio import NotARegularFile, open_regular_file
 from cnntrain.runs.checkpoint import FORMAT_VERSION, Checkpoint, non_finite_entry
 from cnntrain.runs.checkpoint_checks import (
@@ -71,11 +71,6 @@ class _Refused(Exception):
     """What is wrong with one member; load_checkpoint adds the file and member names."""
 
 
-def _one_line(exc):
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if len(text) <= 120 else text[:117] + "..."
-
-
 def _folder_error(path):
     return CheckpointError(f"{path}: is a folder; give a .npz checkpoint, "
                            "e.g. runs/lenet5/checkpoints/best.npz")
@@ -97,7 +92,7 @@ def _open_checkpoint(path):
             raise _folder_error(path) from None
         raise CheckpointError(f"{path}: {exc}; give a .npz checkpoint file") from None
     except OSError as exc:
-        raise CheckpointError(f"{path}: cannot be read ({_one_line(exc)})") from None
+        raise CheckpointError(f"{path}: cannot be read ({one_line_reason(exc)})") from None
     try:
         if f.read(4) != b"PK\x03\x04":
             # np.load would take any other file for a pickle; refuse it before it gets the
@@ -107,7 +102,7 @@ def _open_checkpoint(path):
         f.seek(0)
     except OSError as exc:
         f.close()
-        raise CheckpointError(f"{path}: cannot be read ({_one_line(exc)})") from None
+        raise CheckpointError(f"{path}: cannot be read ({one_line_reason(exc)})") from None
     except CheckpointError:
         f.close()
         raise
@@ -303,8 +298,8 @@ def _read_meta(path, zf, member):
     try:
         meta = parse_meta(data)
     except (ValueError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{path}: its meta.json entry is unreadable ({_one_line(exc)}); "
-                              "use another checkpoint") from None
+        raise CheckpointError(f"{path}: its meta.json entry is unreadable "
+                              f"({one_line_reason(exc)}); use another checkpoint") from None
     if "format_version" not in meta:
         raise CheckpointError(f"{path}: not a cnntrain checkpoint (meta.json lacks "
                               "'format_version')")
@@ -378,7 +373,7 @@ def _unless_unreadable(path, work, *args):
         return work(*args)
     except UNREADABLE as exc:
         raise CheckpointError(f"{path}: truncated or not a .npz checkpoint "
-                              f"({_one_line(exc)})") from None
+                              f"({one_line_reason(exc)})") from None
 
 
 def _read_head(path, zf, size):

@@ -20,7 +20,7 @@ from PIL import Image
 
 from cnntrain.data import inputs
 from cnntrain.data.mnist import read_idx
-from cnntrain.errors import DataError
+from cnntrain.errors import DataError, one_line_reason
 from tests.data.test_preprocess import SEVEN, canvas
 from tests.support.checkpoints import write_checkpoint
 from tests.support.clitools import assert_one_line_error, invoke
@@ -303,10 +303,13 @@ def test_display_name_quotes_exactly_the_names_that_need_it(name, shown):
     assert "\n" not in inputs.display_name(name)
 
 
-def test_error_reason_drops_object_reprs():
+def test_one_line_reason_drops_object_reprs():
     exc = OSError("cannot identify image file <_io.BytesIO object at 0x7f3a2c1b9e50>")
-    assert inputs.error_reason(exc) == "cannot identify image file"
-    assert inputs.error_reason(SyntaxError("x <_io.BufferedReader name=5> y")) == "x y"
+    assert one_line_reason(exc) == "cannot identify image file"
+    assert one_line_reason(SyntaxError("x <_io.BufferedReader name=5> y")) == "x y"
+    assert one_line_reason(ValueError("two\nlines")) == "two lines"
+    assert one_line_reason(ValueError("")) == "ValueError"
+    assert one_line_reason(ValueError("x" * 200)) == "x" * 117 + "..."
 
 
 # --------------------------------------------------------------------------- maps = predict
