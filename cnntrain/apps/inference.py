@@ -106,6 +106,15 @@ class Predictor:
     def probabilities(self, fields):
         return fn.softmax(np.asarray(self.logits(fields), dtype=np.float64))
 
+    def predict(self, fields):
+        """(N, 28, 28) fields -> (N,) the most probable digits (as a Committee's predict)."""
+        return np.argmax(self.probabilities(fields), axis=1)
+
+    @property
+    def members(self):
+        """The networks answering: this one (a Committee has several)."""
+        return (self,)
+
     def test_accuracy(self):
         """Test accuracy after the checkpoint's epoch: from the checkpoint's own metrics,
         else from its run's summary.json; None if neither knows."""
