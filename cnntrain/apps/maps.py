@@ -212,9 +212,13 @@ def load_field(*, image=None, input_path=None, raw=False, data_dir=None, mirrors
             None)
 
 
-def draw_maps(checkpoint, output, *, image=None, input_path=None, raw=False, data_dir=None,
-              mirrors=()):
-    """`cnntrain plot --maps`: load the checkpoint and the picture, draw; -> (digit, p)."""
+def load_picture(checkpoint, output, *, image=None, input_path=None, raw=False, data_dir=None,
+                 mirrors=()):
+    """What `plot --maps` and `plot --deltas` start from: the output checked (before any work
+    is done for it), the checkpoint's predictor and the picture (by load_field, with the
+    checkpoint's own data folder and mirrors as fallbacks)
+    -> (predictor, field (28, 28) float32 in [0, 1], true label or None, the picture as read
+    from a file or None, a title naming the picture and the checkpoint)."""
     from cnntrain.apps.inference import load_predictor
     from cnntrain.fileio import refuse_overwriting
 
@@ -224,10 +228,18 @@ def draw_maps(checkpoint, output, *, image=None, input_path=None, raw=False, dat
     predictor = load_predictor(checkpoint)
     cfg = predictor.config
     field, label, what, picture = load_field(image=image, input_path=input_path, raw=raw,
-                                    data_dir=data_dir, mirrors=mirrors,
-                                    config_dir=cfg.data.dir or None,
-                                    config_mirrors=cfg.data.mirrors)
+                                             data_dir=data_dir, mirrors=mirrors,
+                                             config_dir=cfg.data.dir or None,
+                                             config_mirrors=cfg.data.mirrors)
     summary = predictor.summary()
     title = f"{what} through {checkpoint} ({summary['name']}, after epoch {summary['epoch']})"
-    return plot_maps(predictor, np.asarray(field, dtype=np.float32), output, title=title,
-                     label=label, picture=picture)
+    return predictor, np.asarray(field, dtype=np.float32), label, picture, title
+
+
+def draw_maps(checkpoint, output, *, image=None, input_path=None, raw=False, data_dir=None,
+              mirrors=()):
+    """`cnntrain plot --maps`: load the checkpoint and the picture, draw; -> (digit, p)."""
+    predictor, field, label, picture, title = load_picture(
+        checkpoint, output, image=image, input_path=input_path, raw=raw, data_dir=data_dir,
+        mirrors=mirrors)
+    return plot_maps(predictor, field, output, title=title, label=label, picture=picture)

@@ -43,20 +43,26 @@ def summarize(paths, csv_path, sort_key):
 @click.option("--maps", "maps_checkpoint", metavar="CHECKPOINT",
               help="Draw one picture's activation maps in every convolution and pooling layer "
                    "of CHECKPOINT, with its prediction.")
+@click.option("--deltas", "deltas_checkpoint", metavar="CHECKPOINT",
+              help="Draw one picture's backward pass through CHECKPOINT in evaluation mode: "
+                   "every layer's output, its delta dloss/doutput and the weight gradients.")
 @click.option("--image", type=click.IntRange(min=0), metavar="N",
-              help="With --maps: MNIST test image N (default 0), or picture N of an --input "
-                   "stack.")
+              help="With --maps or --deltas: MNIST test image N (default 0), or picture N of "
+                   "an --input stack.")
 @click.option("--input", "input_path", metavar="FILE",
-              help="With --maps: a picture file (or .npy / IDX) read as cnntrain predict does; "
-                   "a folder only if it holds one such file.")
-@click.option("--raw", is_flag=True, help="With --maps --input: the input already is a 28x28 "
+              help="With --maps or --deltas: a picture file (or .npy / IDX) read as cnntrain "
+                   "predict does; a folder only if it holds one such file.")
+@click.option("--raw", is_flag=True, help="With --input: the input already is a 28x28 "
                                           "MNIST-like field.")
+@click.option("--target", type=click.IntRange(min=0), metavar="K",
+              help="With --deltas: the label the loss is taken against (default: the "
+                   "predicted digit).")
 @data_dir_option
 @mirror_option
-def plot(run_dirs, output, filters_checkpoint, maps_checkpoint, image, input_path, raw,
-         data_dir, mirrors):
+def plot(run_dirs, output, filters_checkpoint, maps_checkpoint, deltas_checkpoint, image,
+         input_path, raw, target, data_dir, mirrors):
     """Draw loss and accuracy curves of runs (overlaid), a checkpoint's first-layer kernels,
-    or what a checkpoint's network sees of one picture.
+    what a checkpoint's network sees of one picture, or that picture's backward pass.
 
     Needs matplotlib: pip install 'cnntrain[plot]'.
 
@@ -66,21 +72,36 @@ def plot(run_dirs, output, filters_checkpoint, maps_checkpoint, image, input_pat
       cnntrain plot --filters runs/lenet5/checkpoints/best.npz -o filters.png
       cnntrain plot --maps runs/lenet5/checkpoints/best.npz --image 7 -o maps.png
       cnntrain plot --maps runs/lenet5/checkpoints/best.npz --input my-digit.jpg -o maps.png
+      cnntrain plot --deltas runs/lenet5/checkpoints/best.npz --image 0 --target 3 -o deltas.png
     """
     from cnntrain.apps import plots
     from cnntrain.errors import ConfigError
 
     require_extra("matplotlib", "plotting", "plot")
-    if (image is not None or input_path is not None or raw) and not maps_checkpoint:
-        raise ConfigError("--image, --input and --raw go with --maps CHECKPOINT")
+    picture_checkpoint = maps_checkpoint or deltas_checkpoint
+    if maps_checkpoint and deltas_checkpoint:
+        raise ConfigError("give --maps CHECKPOINT or --deltas CHECKPOINT, not both")
+    if (image is not None or input_path is not None or raw) and not picture_checkpoint:
+        raise ConfigError("--image, --input and --raw go with --maps or --deltas CHECKPOINT")
+    if target is not None and not deltas_checkpoint:
+        raise ConfigError("--target goes with --deltas CHECKPOINT")
+    if picture_checkpoint and (run_dirs or filters_checkpoint):
+        flag = "--maps" if maps_checkpoint else "--deltas"
+        raise ConfigError(f"give {flag} CHECKPOINT alone, without run folders or --filters")
     if maps_checkpoint:
-        if run_dirs or filters_checkpoint:
-            raise ConfigError("give --maps CHECKPOINT alone, without run folders or --filters")
         from cnntrain.apps.maps import draw_maps
         digit, probability = draw_maps(maps_checkpoint, output, image=image,
                                        input_path=input_path, raw=raw, data_dir=data_dir,
                                        mirrors=mirrors)
         click.echo(f"wrote {output} (predicted {digit}, {100 * probability:.1f}%)",
+                   err=is_stdout(output))
+        return
+    if deltas_checkpoint:
+        from cnntrain.apps.deltas import draw_deltas
+        digit, target, loss = draw_deltas(deltas_checkpoint, output, image=image,
+                                          input_path=input_path, raw=raw, target=target,
+                                          data_dir=data_dir, mirrors=mirrors)
+        click.echo(f"wrote {output} (predicted {digit}, target {target}, loss {loss:.4g})",
                    err=is_stdout(output))
         return
     if filters_checkpoint:
