@@ -19,6 +19,7 @@ matplotlib as for cnntrain.apps.plots.
 """
 
 import math
+import textwrap
 from collections import namedtuple
 
 import numpy as np
@@ -41,6 +42,7 @@ STRIP = 34          # a vector's row
 MATRIX = 120        # a dense layer's weight gradient
 BAND_GAP = 26
 LABEL_LINE = 14
+LABEL_CHARS = 32    # a longer layer description would run into the pictures
 AREA = MAX_CHANNELS * (TILE + GAP) - GAP
 COLORBAR_LEFT = LABEL_WIDTH + AREA + 16
 COLORBAR_WIDTH = 14
@@ -58,8 +60,8 @@ EQUATIONS = {
                 "  (maxpool2d_backward)"],
     "meanpool": ["y = the mean of each window", "delta spread over it / area",
                  "  (meanpool2d_backward)"],
-    "relu": ["dx = dout * (y > 0)  (relu_backward)"],
-    "tanh": ["dx = dout * (1 - y**2)  (tanh_backward)"],
+    "relu": ["dx = dout * (y > 0)", "  (relu_backward)"],
+    "tanh": ["dx = dout * (1 - y**2)", "  (tanh_backward)"],
     "sigmoid": ["dx = dout * y * (1 - y)", "  (sigmoid_backward)"],
     "dense": ["y = x @ W + b", "dx = dout @ W.T, dW = x.T @ dout", "  (dense_backward)"],
     "batchnorm": ["running statistics (evaluation):", "dx = dout * gamma /",
@@ -72,7 +74,7 @@ LAST_EQUATION = ["delta = softmax(z) - onehot(target)", "  (softmax_cross_entrop
 # One row of a band. kind: "maps" (C, H, W) or "kernels" (a list of 2-D mosaics), one square
 # each; "vector" (n,) a strip; "matrix" (rows, columns) one image. limits: (vmin, vmax).
 Row = namedtuple("Row", "caption kind data limits cmap")
-Band = namedtuple("Band", "name label rows")
+Band = namedtuple("Band", "name about equation rows")
 
 
 def _grey(caption, kind, data, whole):
@@ -153,17 +155,18 @@ def _layer_rows(entry, input_shape):
 
 def delta_bands(network, result):
     """explain's result for `network` -> one Band per layer, in config order: its name, the
-    label lines (the layer, its output shape, the equation) and its Rows."""
+    lines about it (the layer, its output shape), the equation it applies, and its Rows."""
     shapes = [tuple(network.input_shape)] + [entry["output"].shape
                                              for entry in result["layers"][:-1]]
     summary = network.summary()
     bands = []
     for index, (entry, shape, row) in enumerate(zip(result["layers"], shapes, summary)):
-        label = [row.layer, "output " + "x".join(map(str, row.output_shape))]
-        label += EQUATIONS.get(entry["kind"], [])
+        about = textwrap.wrap(row.layer, LABEL_CHARS, subsequent_indent="  ")
+        about.append("output " + "x".join(map(str, row.output_shape)))
+        equation = list(EQUATIONS.get(entry["kind"], []))
         if index == len(summary) - 1:
-            label += LAST_EQUATION
-        bands.append(Band(entry["name"], label, _layer_rows(entry, shape)))
+            equation += LAST_EQUATION
+        bands.append(Band(entry["name"], about, equation, _layer_rows(entry, shape)))
     return bands
 
 
@@ -173,7 +176,7 @@ def _row_height(row):
 
 def _band_height(band):
     rows = sum(_row_height(row) for row in band.rows)
-    label = 22 + LABEL_LINE * len(band.label)
+    label = 22 + LABEL_LINE * (len(band.about) + len(band.equation))
     return max(rows, label) + BAND_GAP
 
 
@@ -244,9 +247,10 @@ def _draw_row(canvas, row, top):
 
 def _draw_band(canvas, band, top):
     canvas.text(10, top + 12, band.name, fontsize=11, weight="bold")
-    for i, line in enumerate(band.label):
-        canvas.text(10, top + 32 + i * LABEL_LINE, line, fontsize=8,
-                    color="0.3" if i < 2 else "black", family="monospace" if i >= 2 else None)
+    for i, line in enumerate(band.about):
+        canvas.text(10, top + 32 + i * LABEL_LINE, line, fontsize=8, color="0.3")
+    for i, line in enumerate(band.equation, start=len(band.about)):
+        canvas.text(10, top + 32 + i * LABEL_LINE, line, fontsize=8, family="monospace")
     for row in band.rows:
         _draw_row(canvas, row, top)
         top += _row_height(row)

@@ -90,8 +90,12 @@ def test_rows_are_explains_numbers_on_symmetric_scales():
 
     matrix = bands["dense2"].rows[2]
     np.testing.assert_array_equal(matrix.data, layers["dense2"]["weight_grad"].T)
-    assert any("running" in line for line in bands["batchnorm2"].label)
-    assert any("softmax(z) - onehot" in line for line in bands["dense2"].label)
+    assert any("running" in line for line in bands["batchnorm2"].equation)
+    # A long layer description is wrapped, not run into the pictures.
+    assert len(bands["batchnorm1"].about) > 2
+    assert max(len(line) for band in bands.values() for line in band.about) \
+        <= deltas.LABEL_CHARS + 2
+    assert any("softmax(z) - onehot" in line for line in bands["dense2"].equation)
     last = bands["dense2"].rows[1]
     np.testing.assert_allclose(last.data, explained["probabilities"] - np.eye(10)[4])
 
