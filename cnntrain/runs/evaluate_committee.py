@@ -85,7 +85,8 @@ def score_committee(member_probabilities, labels, combine):
     return {"members": members, "accuracy": float(np.mean(predictions == labels)),
             "loss": cross_entropy(member_probabilities.mean(axis=0), labels),
             "predictions": predictions, "member_predictions": member_predictions,
-            **class_report(confusion_matrix(labels, predictions))}
+            **class_report(confusion_matrix(labels, predictions,
+                                            n_classes=member_probabilities.shape[2]))}
 
 
 def member_probabilities(committee, fields, batch_size):
