@@ -71,7 +71,7 @@ def _eval_committee(paths, split, as_json, batch_size, errors_png, combine, tta,
     click.echo(f"committee of {len(paths)} ({how}), {split} split, {result['n']} images")
     width = max(len(member["name"]) for member in result["members"])
     for member in result["members"]:
-        click.echo(f"  {member['name']:<{width}}  accuracy {100 * member['accuracy']:.2f}%   "
+        click.echo(f"  {member['name']:<{width}}  accuracy {100 * member['accuracy']:6.2f}%   "
                    f"mean loss {member['loss']:.4f}")
     click.echo(f"committee accuracy {100 * result['accuracy']:.2f}%   "
                f"mean loss {result['loss']:.4f} (of the mean probabilities)")

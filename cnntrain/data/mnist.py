@@ -25,7 +25,7 @@ from cnntrain.constants import (
 from cnntrain.errors import DataError
 
 __all__ = ["read_idx", "read_idx_dims", "read_idx_stream", "Split", "MnistSplits",
-           "read_mnist", "split_indices", "field_split", "load_mnist"]
+           "read_mnist", "split_indices", "normalised_split", "field_split", "load_mnist"]
 
 _IDX_TYPES = {0x08: "unsigned byte", 0x09: "signed byte", 0x0B: "int16", 0x0C: "int32",
               0x0D: "float32", 0x0E: "float64"}
@@ -196,11 +196,18 @@ def split_indices(n_train, n_test, *, val_size, train_size, test_size, rng):
     return train_index, val_index, test_index
 
 
+def normalised_split(images, labels, index, *, mean, std, dtype):
+    """The Split of `index` (None = all) of uint8 (N, 28, 28) images, each pixel p made
+    (p / 255 - mean) / std in `dtype` (computed in float64, then rounded once)."""
+    lut = ((np.arange(256, dtype=np.float64) / 255.0 - mean) / std).astype(dtype)
+    return _make_split(images, labels, index, lut)
+
+
 def field_split(images, labels, index):
-    """The Split of `index` (None = all) of uint8 (N, 28, 28) images as fields: p / 255 in
-    float64, not normalised (each network that reads them applies its own mean and std, as
-    cnntrain.apps.inference.Predictor does), the values load_mnist's tables start from."""
-    return _make_split(images, labels, index, np.arange(256, dtype=np.float64) / 255.0)
+    """normalised_split as fields: p / 255 in float64, not normalised (each network that reads
+    them applies its own mean and std, as cnntrain.apps.inference.Predictor does, and gets the
+    values load_mnist would have given it)."""
+    return normalised_split(images, labels, index, mean=0.0, std=1.0, dtype=np.float64)
 
 
 def load_mnist(data_dir, *, val_size=5000, train_size=0, test_size=0, mean=0.1307, std=0.3081,
@@ -226,9 +233,9 @@ def load_mnist(data_dir, *, val_size=5000, train_size=0, test_size=0, mean=0.130
     train_index, val_index, test_index = split_indices(
         len(train_y), len(test_y), val_size=val_size, train_size=train_size,
         test_size=test_size, rng=rng)
-    lut = ((np.arange(256, dtype=np.float64) / 255.0 - mean) / std).astype(dtype)
+    scale = {"mean": mean, "std": std, "dtype": dtype}
     return MnistSplits(
-        train=_make_split(train_x, train_y, train_index, lut),
-        val=_make_split(train_x, train_y, val_index, lut),
-        test=_make_split(test_x, test_y, test_index, lut),
+        train=normalised_split(train_x, train_y, train_index, **scale),
+        val=normalised_split(train_x, train_y, val_index, **scale),
+        test=normalised_split(test_x, test_y, test_index, **scale),
     )

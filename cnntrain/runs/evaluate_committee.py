@@ -95,15 +95,21 @@ def member_probabilities(committee, fields, batch_size):
                            for start in range(0, len(fields), batch_size)], axis=1)
 
 
-def load_split(members, split, *, data_dir=None, mirrors=(), progress=True):
-    """The Split (fields in [0, 1]) every member is scored on, read once."""
+def split_source(members, split, *, data_dir=None, mirrors=(), progress=True):
+    """(uint8 images (N, 28, 28), labels, index) of the split every member is scored on: the
+    files' images and the indices of the split's (None: all), the same for every member."""
     cfg = members[0].config
     folder, _ = fetch_mnist(data_dir, mirrors, config_dir=cfg.data.dir or None,
                             config_mirrors=cfg.data.mirrors, progress=progress)
     (train_x, train_y), (test_x, test_y) = read_mnist(folder)
     index = common_index(members, split, len(train_y), len(test_y))
-    images, labels = (test_x, test_y) if split == "test" else (train_x, train_y)
-    chosen = field_split(images, labels, index)
+    return (test_x, test_y, index) if split == "test" else (train_x, train_y, index)
+
+
+def load_split(members, split, *, data_dir=None, mirrors=(), progress=True):
+    """The Split (fields in [0, 1]) every member is scored on, read once."""
+    chosen = field_split(*split_source(members, split, data_dir=data_dir, mirrors=mirrors,
+                                       progress=progress))
     if not len(chosen):
         raise empty_split_error(split, members[0].path)
     return chosen
