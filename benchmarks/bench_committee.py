@@ -2,7 +2,7 @@
 """Scoring a committee against scoring its networks one by one (issue #29: a committee of k
 networks must score the test set in at most k times one network's time plus 10%).
 
-    python benchmarks/bench_committee.py A.npz B.npz C.npz --data-dir ../shared/mnist --repeat 5
+    python benchmarks/bench_committee.py A.npz B.npz C.npz --mirror ../shared/mnist --repeat 5
 
 For each checkpoint, one network's time is what `cnntrain eval CKPT` spends scoring the split
 once MNIST's files are read: the split's pixels normalised by the network's own config

@@ -78,6 +78,18 @@ def _eval_committee(paths, split, as_json, batch_size, errors_png, combine, tta,
     _echo_classes(result)
 
 
+def _checkpoints_and_inputs(arguments):
+    """predict's arguments: the first is a checkpoint, and so is every one after it ending in
+    .npz until the first that does not; the rest are the inputs."""
+    count = 1
+    while count < len(arguments) and arguments[count].lower().endswith(".npz"):
+        count += 1
+    if count == len(arguments):
+        raise click.UsageError("give at least one INPUT after the checkpoint(s); inputs are "
+                               "never .npz files")
+    return list(arguments[:count]), list(arguments[count:])
+
+
 @cli.command("eval", context_settings=CONTEXT_SETTINGS)
 @click.argument("checkpoints", nargs=-1, metavar="[CHECKPOINT]...")
 @click.option("--split", type=click.Choice(["test", "val", "train"]), default="test",
@@ -139,18 +151,6 @@ def eval_command(checkpoints, split, as_json, batch_size, errors_png, sweep_dir,
     click.echo(f"accuracy {100 * result['accuracy']:.2f}%   mean loss {result['loss']:.4f}")
     _echo_classes(result)
 
-
-
-def _checkpoints_and_inputs(arguments):
-    """predict's arguments: the first is a checkpoint, and so is every one after it ending in
-    .npz until the first that does not; the rest are the inputs."""
-    count = 1
-    while count < len(arguments) and arguments[count].lower().endswith(".npz"):
-        count += 1
-    if count == len(arguments):
-        raise click.UsageError("give at least one INPUT after the checkpoint(s); inputs are "
-                               "never .npz files")
-    return list(arguments[:count]), list(arguments[count:])
 
 
 @cli.command(context_settings=CONTEXT_SETTINGS)
