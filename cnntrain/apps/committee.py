@@ -27,6 +27,9 @@ from cnntrain.constants import INPUT_SHAPE, NUM_CLASSES
 from cnntrain.errors import CnnTrainError
 
 COMBINE_RULES = ("mean", "vote")
+# The rule eval, predict, serve and export use when none is asked for: the one that measured
+# better on MNIST's test set (the lead's measurements of issue #29 set it).
+DEFAULT_COMBINE = "vote"
 # (rows, columns) each field is moved by for test-time augmentation; (0, 0) is the field itself.
 TTA_SHIFTS = ((0, 0), (-1, 0), (1, 0), (0, -1), (0, 1))
 
@@ -215,3 +218,31 @@ def load_model(paths, *, combine="mean", tta=False):
         check_member(path, predictor)
         members.append(predictor)
     return Committee(members, combine=combine, tta=tta)
+
+
+def sweep_checkpoints(sweep_dir):
+    """(checkpoints, left_out) of a sweep folder (scripts/sweep.sh's SWEEP_DIR): the final
+    weights (checkpoints/last.npz, as the results tables use) of every run folder in it whose
+    run finished, sorted by folder name, and [(run folder, its state)] of the run folders
+    that did not finish. CnnTrainError (one line) when fewer than two runs finished."""
+    from cnntrain.runs import runfolder_layout as layout
+
+    sweep_dir = Path(sweep_dir)
+    if not sweep_dir.is_dir():
+        raise CnnTrainError(f"--committee {sweep_dir}: not a folder; give a sweep's folder "
+                            "(scripts/sweep.sh -o SWEEP_DIR), which holds one folder per run")
+    finished, left_out = [], []
+    for run in sorted(p for p in sweep_dir.iterdir() if p.is_dir()):
+        if not layout.is_run_folder(run):
+            continue
+        state = layout.folder_state(run)
+        if state == layout.FINISHED:
+            finished.append(run / layout.LAST)
+        else:
+            left_out.append((run, state))
+    if len(finished) < 2:
+        unfinished = ", ".join(f"{run.name} ({state})" for run, state in left_out)
+        raise CnnTrainError(f"--committee {sweep_dir}: {len(finished)} finished run(s), a "
+                            "committee needs at least 2"
+                            + (f"; not finished: {unfinished}" if left_out else ""))
+    return finished, left_out

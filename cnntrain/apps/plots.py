@@ -264,8 +264,10 @@ def plot_errors(errors, output, title=""):
     """A grid of misclassified digits, each labelled with its true and predicted class.
 
     errors: {"images": (M, H, W) (or (M, 1, H, W)) floats in [0, 1], "labels": (M,),
-    "predictions": (M,)}. The first ERRORS_MAX are drawn, in the order given; the header says
-    how many were left out.
+    "predictions": (M,)}, and for a committee's mistakes "member_predictions" (k, M) and
+    "names" (k,): each digit's label then has a second line, every member's answer in the
+    order of the names, which the header lists. The first ERRORS_MAX are drawn, in the order
+    given; the header says how many were left out.
     """
     import numpy as np
 
@@ -274,6 +276,8 @@ def plot_errors(errors, output, title=""):
     images = np.asarray(errors["images"], dtype=np.float64)
     labels = np.asarray(errors["labels"])
     predictions = np.asarray(errors["predictions"])
+    members = errors.get("member_predictions")
+    members = None if members is None else np.asarray(members)
     if images.ndim == 4:
         images = images[:, 0]
     total = len(labels)
@@ -283,16 +287,20 @@ def plot_errors(errors, output, title=""):
 
     title = title or "misclassified digits"
     figure.text(0.5, 1 - 22 / height, title, ha="center", fontsize=12 if len(title) <= 100 else 9)
+    legend = "true / predicted" if members is None else (
+        "true / committee, then each member: " + ", ".join(errors["names"]))
     if total == 0:
         note = "none: every image was classified correctly"
     elif shown < total:
-        note = f"the first {shown} shown, {total - shown} more omitted; label: true / predicted"
+        note = f"the first {shown} shown, {total - shown} more omitted; label: {legend}"
     else:
-        note = f"all {total} shown; label: true / predicted"
-    figure.text(0.5, 1 - 50 / height, note, ha="center", fontsize=9, color="0.3")
+        note = f"all {total} shown; label: {legend}"
+    figure.text(0.5, 1 - 50 / height, note, ha="center", fontsize=9 if len(note) <= 150 else 7,
+                color="0.3")
 
     cell = width / ERRORS_COLUMNS
-    image_px = ERRORS_ROW - 22  # the rest of the row holds the label above the digit
+    # The rest of the row holds the label (two lines for a committee) above the digit.
+    image_px = ERRORS_ROW - (22 if members is None else 34)
     for n in range(shown):
         row, col = divmod(n, ERRORS_COLUMNS)
         left = col * cell + (cell - image_px) / 2
@@ -305,6 +313,8 @@ def plot_errors(errors, output, title=""):
         ax.set_yticks([])
         for spine in ax.spines.values():
             spine.set_color("0.8")
-        ax.set_title(f"true {labels[n]} / pred {predictions[n]}", fontsize=8, pad=3,
-                     color="black")
+        label = f"true {labels[n]} / pred {predictions[n]}"
+        if members is not None:
+            label += "\n" + " ".join(str(answer) for answer in members[:, n])
+        ax.set_title(label, fontsize=8, pad=3, color="black")
     _save(figure, output)

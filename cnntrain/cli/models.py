@@ -9,33 +9,132 @@ from cnntrain.cli.group import CONTEXT_SETTINGS, cli, data_dir_option, mirror_op
 from cnntrain.console import is_stdout
 from cnntrain.errors import require_extra
 
+combine_option = click.option(
+    "--combine", type=click.Choice(["mean", "vote"]), default=None,
+    help="How several networks answer together: the digit with the highest mean probability, "
+         "or the digit most of them answer, a tie broken by that mean (default: the rule "
+         "that measured better, cnntrain.apps.committee.DEFAULT_COMBINE).")
+tta_option = click.option(
+    "--tta", is_flag=True,
+    help="Test-time augmentation: average each network's probabilities over the picture and "
+         "its four one-pixel shifts (up, down, left, right).")
+
+
+def _echo_classes(result):
+    """The per-class accuracies and the confusion matrix, for one network or a committee."""
+    click.echo("per-class accuracy: " + "  ".join(
+        f"{digit}: {100 * acc:.1f}%" for digit, acc in enumerate(result["per_class"])))
+    click.echo("confusion matrix (rows: true digit, columns: predicted digit)")
+    click.echo("      " + "".join(f"{d:>6}" for d in range(len(result["confusion"]))))
+    for digit, row in enumerate(result["confusion"]):
+        click.echo(f"{digit:>6}" + "".join(f"{count:>6}" for count in row))
+
+
+def _committee_paths(checkpoints, sweep_dir):
+    """The explicit checkpoints, then a sweep's finished runs (those left out named on
+    stderr)."""
+    paths = list(checkpoints)
+    if sweep_dir is not None:
+        from cnntrain.apps.committee import sweep_checkpoints
+
+        finished, left_out = sweep_checkpoints(sweep_dir)
+        for run, state in left_out:
+            click.echo(f"left out of the committee: {run} ({state}, not finished)", err=True)
+        paths += [str(path) for path in finished]
+    if not paths:
+        raise click.UsageError("give a checkpoint (or several), or --committee SWEEP_DIR")
+    return paths
+
+
+def _eval_committee(paths, split, as_json, batch_size, errors_png, combine, tta, data_dir,
+                    mirrors):
+    """eval of several checkpoints (or one with --tta): each member, then the committee."""
+    from cnntrain.apps.committee import DEFAULT_COMBINE, load_model
+    from cnntrain.runs.evaluate_committee import evaluate_committee
+
+    committee = load_model(paths, combine=combine or DEFAULT_COMBINE, tta=tta)
+    result = evaluate_committee(committee, split=split, batch_size=batch_size,
+                                data_dir=data_dir, mirrors=mirrors,
+                                progress=not as_json and sys.stderr.isatty(),
+                                keep_errors=errors_png is not None)
+    how = f"{result['combine']}{', tta' if result['tta'] else ''}"
+    if errors_png is not None:
+        from cnntrain.apps import plots
+
+        errors = result.pop("errors")
+        plots.plot_errors(errors, errors_png,
+                          title=f"committee of {len(paths)} ({how}): {len(errors['labels'])} "
+                                f"of {result['n']} {split} images misclassified")
+    if as_json:
+        click.echo(json.dumps(result))
+        return
+    click.echo(f"committee of {len(paths)} ({how}), {split} split, {result['n']} images")
+    width = max(len(member["name"]) for member in result["members"])
+    for member in result["members"]:
+        click.echo(f"  {member['name']:<{width}}  accuracy {100 * member['accuracy']:6.2f}%   "
+                   f"mean loss {member['loss']:.4f}")
+    click.echo(f"committee accuracy {100 * result['accuracy']:.2f}%   "
+               f"mean loss {result['loss']:.4f} (of the mean probabilities)")
+    _echo_classes(result)
+
+
+def _checkpoints_and_inputs(arguments):
+    """predict's arguments: the first is a checkpoint, and so is every one after it ending in
+    .npz until the first that does not; the rest are the inputs."""
+    count = 1
+    while count < len(arguments) and arguments[count].lower().endswith(".npz"):
+        count += 1
+    if count == len(arguments):
+        raise click.UsageError("give at least one INPUT after the checkpoint(s); inputs are "
+                               "never .npz files")
+    return list(arguments[:count]), list(arguments[count:])
+
 
 @cli.command("eval", context_settings=CONTEXT_SETTINGS)
-@click.argument("checkpoint")
+@click.argument("checkpoints", nargs=-1, metavar="[CHECKPOINT]...")
 @click.option("--split", type=click.Choice(["test", "val", "train"]), default="test",
               show_default=True, help="Which part of MNIST to score.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables.")
 @click.option("--batch-size", type=click.IntRange(min=1), metavar="N",
               help="Images per forward pass (default: the run's eval_batch_size).")
 @click.option("--errors", "errors_png", metavar="FILE.png",
-              help="Also draw the misclassified digits, labelled true/predicted, into FILE.png.")
+              help="Also draw the misclassified digits, labelled true/predicted (and each "
+                   "member's answer, for a committee), into FILE.png.")
+@click.option("--committee", "sweep_dir", metavar="SWEEP_DIR",
+              help="Add every finished run of a sweep (its checkpoints/last.npz) to the "
+                   "committee; runs not finished are left out and named on stderr.")
+@combine_option
+@tta_option
 @data_dir_option
 @mirror_option
-def eval_command(checkpoint, split, as_json, batch_size, errors_png, data_dir, mirrors):
+def eval_command(checkpoints, split, as_json, batch_size, errors_png, sweep_dir, combine, tta,
+                 data_dir, mirrors):
     """Score a saved model: accuracy, loss, per-class accuracy and the confusion matrix.
+
+    Several checkpoints (or --committee) are scored as a committee: each member's accuracy
+    and loss, then the committee's (its loss is that of the members' mean probabilities).
+    Members may differ in architecture; they must read 28x28 fields, answer the 10 digits and
+    have been trained with the same split settings.
 
     \b
     Examples:
       cnntrain eval runs/lenet5/checkpoints/best.npz
       cnntrain eval runs/lenet5/checkpoints/last.npz --split val --json
       cnntrain eval runs/lenet5/checkpoints/best.npz --errors errors.png
+      cnntrain eval runs/a/checkpoints/last.npz runs/b/checkpoints/last.npz --combine mean
+      cnntrain eval --committee sweeps/bn-aug-seed --tta
     """
-    from cnntrain.runs.evaluate import evaluate_checkpoint
-
+    paths = _committee_paths(checkpoints, sweep_dir)
     if errors_png is not None:  # '' too, which names no file: refused before the work
         from cnntrain.apps import plots
         require_extra("matplotlib", "plotting", "plot")
         plots.check_output(errors_png)
+    if len(paths) > 1 or tta:
+        return _eval_committee(paths, split, as_json, batch_size, errors_png, combine, tta,
+                               data_dir, mirrors)
+    from cnntrain.runs.evaluate import evaluate_checkpoint
+
+    checkpoint = paths[0]
     result = evaluate_checkpoint(checkpoint, split=split, batch_size=batch_size,
                                  data_dir=data_dir, mirrors=mirrors,
                                  progress=not as_json and sys.stderr.isatty(),
@@ -50,25 +149,21 @@ def eval_command(checkpoint, split, as_json, batch_size, errors_png, data_dir, m
         return
     click.echo(f"{checkpoint} ({result['position']}), {split} split, {result['n']} images")
     click.echo(f"accuracy {100 * result['accuracy']:.2f}%   mean loss {result['loss']:.4f}")
-    click.echo("per-class accuracy: " + "  ".join(
-        f"{digit}: {100 * acc:.1f}%" for digit, acc in enumerate(result["per_class"])))
-    click.echo("confusion matrix (rows: true digit, columns: predicted digit)")
-    click.echo("      " + "".join(f"{d:>6}" for d in range(len(result["confusion"]))))
-    for digit, row in enumerate(result["confusion"]):
-        click.echo(f"{digit:>6}" + "".join(f"{count:>6}" for count in row))
+    _echo_classes(result)
 
 
 
 @cli.command(context_settings=CONTEXT_SETTINGS)
-@click.argument("checkpoint")
-@click.argument("inputs", nargs=-1, required=True, metavar="INPUT...")
+@click.argument("arguments", nargs=-1, required=True, metavar="CHECKPOINT... INPUT...")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 @click.option("--top", type=click.IntRange(1, 10), default=3, show_default=True, metavar="K",
               help="How many of the most likely digits to list.")
 @click.option("--raw", is_flag=True,
               help="Inputs already are 28x28 MNIST-like pictures (white digit on black, "
                    "centred): skip the preprocessing.")
-def predict(checkpoint, inputs, as_json, top, raw):
+@combine_option
+@tta_option
+def predict(arguments, as_json, top, raw, combine, tta):
     """Read the digit in pictures: one line per picture with the digit, its probability and
     the top K.
 
@@ -83,15 +178,23 @@ def predict(checkpoint, inputs, as_json, top, raw):
     holding a newline, a quote, a backslash or bytes that are not text are printed quoted:
     'a\\nb.png'.
 
+    CHECKPOINT: the first argument, and every one after it that ends in .npz (inputs never
+    do). With several, they answer as a committee: the digit by --combine, its mean
+    probability and the top K of the members' mean probabilities (--json adds each
+    member's answer).
+
     \b
     Examples:
       cnntrain predict runs/lenet5/checkpoints/best.npz my-digit.jpg
       cnntrain predict runs/lenet5/checkpoints/best.npz scans/ --top 2 --json
+      cnntrain predict runs/a/checkpoints/last.npz runs/b/checkpoints/last.npz my-digit.jpg
     """
     from cnntrain.apps.predict import predict_inputs
 
-    _, failed = predict_inputs(checkpoint, inputs, top=top, raw=raw, as_json=as_json,
-                               echo=click.echo, echo_error=lambda line: click.echo(line, err=True))
+    checkpoints, inputs = _checkpoints_and_inputs(arguments)
+    _, failed = predict_inputs(checkpoints, inputs, top=top, raw=raw, as_json=as_json,
+                               echo=click.echo, echo_error=lambda line: click.echo(line, err=True),
+                               combine=combine, tta=tta)
     if failed:
         sys.exit(1)
 

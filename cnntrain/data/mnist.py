@@ -25,7 +25,7 @@ from cnntrain.constants import (
 from cnntrain.errors import DataError
 
 __all__ = ["read_idx", "read_idx_dims", "read_idx_stream", "Split", "MnistSplits",
-           "load_mnist"]
+           "read_mnist", "split_indices", "normalised_split", "field_split", "load_mnist"]
 
 _IDX_TYPES = {0x08: "unsigned byte", 0x09: "signed byte", 0x0B: "int16", 0x0C: "int32",
               0x0D: "float32", 0x0E: "float64"}
@@ -170,6 +170,46 @@ def _make_split(images, labels, index, lut):
     return Split(out, y)
 
 
+def read_mnist(data_dir):
+    """((train images, labels), (test images, labels)) of a data folder, uint8 as the files
+    hold them: (N, 28, 28) and (N,), checked."""
+    data_dir = Path(os.path.expanduser(str(data_dir)))
+    return (_read_pair(data_dir / TRAIN_IMAGES_FILE, data_dir / TRAIN_LABELS_FILE),
+            _read_pair(data_dir / TEST_IMAGES_FILE, data_dir / TEST_LABELS_FILE))
+
+
+def split_indices(n_train, n_test, *, val_size, train_size, test_size, rng):
+    """(train, val, test) indices into the files' n_train training and n_test test images, as
+    load_mnist chooses them (see there); test is None for the whole test set. ValueError for
+    sizes the files cannot give."""
+    val_size = _check_count("val_size", val_size, n_train - 1,
+                            f"the training set ({n_train} samples, one must stay for training)")
+    train_size = _check_count("train_size", train_size, n_train - val_size,
+                              f"what the validation hold-out leaves ({n_train - val_size})")
+    test_size = _check_count("test_size", test_size, n_test, "the test set")
+
+    order = rng.permutation(n_train)
+    val_index = np.sort(order[:val_size])
+    rest = order[val_size:]
+    train_index = np.sort(rest[:train_size] if train_size else rest)
+    test_index = np.sort(rng.choice(n_test, test_size, replace=False)) if test_size else None
+    return train_index, val_index, test_index
+
+
+def normalised_split(images, labels, index, *, mean, std, dtype):
+    """The Split of `index` (None = all) of uint8 (N, 28, 28) images, each pixel p made
+    (p / 255 - mean) / std in `dtype` (computed in float64, then rounded once)."""
+    lut = ((np.arange(256, dtype=np.float64) / 255.0 - mean) / std).astype(dtype)
+    return _make_split(images, labels, index, lut)
+
+
+def field_split(images, labels, index):
+    """normalised_split as fields: p / 255 in float64, not normalised (each network that reads
+    them applies its own mean and std, as cnntrain.apps.inference.Predictor does, and gets the
+    values load_mnist would have given it)."""
+    return normalised_split(images, labels, index, mean=0.0, std=1.0, dtype=np.float64)
+
+
 def load_mnist(data_dir, *, val_size=5000, train_size=0, test_size=0, mean=0.1307, std=0.3081,
                rng, dtype=np.float32):
     """Load MNIST from `data_dir` (already ensured: no network here) into normalised arrays:
@@ -189,26 +229,13 @@ def load_mnist(data_dir, *, val_size=5000, train_size=0, test_size=0, mean=0.130
     if not (math.isfinite(mean) and math.isfinite(std) and std > 0):
         raise ValueError(f"need a finite mean and a positive std, got mean={mean}, std={std}")
 
-    data_dir = Path(os.path.expanduser(str(data_dir)))
-    train_x, train_y = _read_pair(data_dir / TRAIN_IMAGES_FILE, data_dir / TRAIN_LABELS_FILE)
-    test_x, test_y = _read_pair(data_dir / TEST_IMAGES_FILE, data_dir / TEST_LABELS_FILE)
-
-    n_train = len(train_y)
-    val_size = _check_count("val_size", val_size, n_train - 1,
-                            f"the training set ({n_train} samples, one must stay for training)")
-    train_size = _check_count("train_size", train_size, n_train - val_size,
-                              f"what the validation hold-out leaves ({n_train - val_size})")
-    test_size = _check_count("test_size", test_size, len(test_y), "the test set")
-
-    order = rng.permutation(n_train)
-    val_index = np.sort(order[:val_size])
-    rest = order[val_size:]
-    train_index = np.sort(rest[:train_size] if train_size else rest)
-    test_index = np.sort(rng.choice(len(test_y), test_size, replace=False)) if test_size else None
-
-    lut = ((np.arange(256, dtype=np.float64) / 255.0 - mean) / std).astype(dtype)
+    (train_x, train_y), (test_x, test_y) = read_mnist(data_dir)
+    train_index, val_index, test_index = split_indices(
+        len(train_y), len(test_y), val_size=val_size, train_size=train_size,
+        test_size=test_size, rng=rng)
+    scale = {"mean": mean, "std": std, "dtype": dtype}
     return MnistSplits(
-        train=_make_split(train_x, train_y, train_index, lut),
-        val=_make_split(train_x, train_y, val_index, lut),
-        test=_make_split(test_x, test_y, test_index, lut),
+        train=normalised_split(train_x, train_y, train_index, **scale),
+        val=normalised_split(train_x, train_y, val_index, **scale),
+        test=normalised_split(test_x, test_y, test_index, **scale),
     )

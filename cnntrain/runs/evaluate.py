@@ -2,10 +2,30 @@
 
 import numpy as np
 
+from cnntrain.constants import NUM_CLASSES
 from cnntrain.errors import ConfigError
 from cnntrain.runs.build import load_network, prepare_data, random_streams
 from cnntrain.runs.checkpoint import describe_position
 from cnntrain.runs.train import evaluate
+
+
+def confusion_matrix(labels, predictions, n_classes=NUM_CLASSES):
+    """(N,) true and (N,) predicted classes -> (K, K) int64 counts, rows the true class."""
+    flat = np.asarray(labels, dtype=np.int64) * n_classes + np.asarray(predictions)
+    return np.bincount(flat, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
+
+
+def class_report(confusion):
+    """(K, K) confusion matrix -> the JSON-ready "per_class" accuracies (a class without
+    images scores 0) and "confusion" rows that eval prints for one network or a committee."""
+    confusion = np.asarray(confusion)
+    per_class = confusion.diagonal() / np.maximum(confusion.sum(axis=1), 1)
+    return {"per_class": per_class.tolist(), "confusion": confusion.tolist()}
+
+
+def empty_split_error(split, path):
+    return ConfigError(f"the {split} split of {path} is empty (its config has "
+                       f"{split}_size = 0); choose another with --split")
 
 
 def evaluate_checkpoint(path, *, split="test", batch_size=None, data_dir=None, mirrors=(),
@@ -20,16 +40,12 @@ def evaluate_checkpoint(path, *, split="test", batch_size=None, data_dir=None, m
     splits = prepare_data(cfg, data_rng, data_dir=data_dir, mirrors=mirrors, progress=progress)
     chosen = getattr(splits, split)
     if not len(chosen.labels):
-        raise ConfigError(f"the {split} split of {path} is empty (its config has "
-                          f"{split}_size = 0); choose another with --split")
+        raise empty_split_error(split, path)
     result = evaluate(network, chosen.images, chosen.labels,
                       batch_size or cfg.train.eval_batch_size, keep_predictions=keep_errors)
-    confusion = result["confusion"]
-    per_class = confusion.diagonal() / np.maximum(confusion.sum(axis=1), 1)
     report = {"checkpoint": str(path), "split": split, "accuracy": result["accuracy"],
-              "loss": result["loss"], "n": result["n"], "per_class": per_class.tolist(),
-              "confusion": confusion.tolist(), "epoch": ckpt.meta["epoch"],
-              "position": describe_position(ckpt.meta)}
+              "loss": result["loss"], "n": result["n"], **class_report(result["confusion"]),
+              "epoch": ckpt.meta["epoch"], "position": describe_position(ckpt.meta)}
     if keep_errors:
         wrong = np.flatnonzero(result["predictions"] != chosen.labels)
         images = chosen.images[wrong, 0] * cfg.data.std + cfg.data.mean

@@ -34,3 +34,16 @@ def write_checkpoint(path, layers=None, *, config_text=None, seed=0, history=(),
     network, cfg = make_network(layers, config_text=config_text, seed=seed, **sections)
     save_network(path, network, cfg, history)
     return network, cfg
+
+
+def save_same_weights(path, network, config_text):
+    """Save `network`'s weights and buffers (cast to the config's dtype) under another config,
+    e.g. another [run] dir or train.dtype: the same network in a file that is not a copy.
+    Returns (the network of that config holding them, its cfg)."""
+    cfg = parse_config(config_text, source="test")
+    twin = build_model(cfg)
+    for target, source in ((twin.params, network.params), (twin.buffers, network.buffers)):
+        for name, value in source.items():
+            target[name][...] = value
+    save_network(path, twin, cfg)
+    return twin, cfg
