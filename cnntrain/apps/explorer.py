@@ -79,9 +79,10 @@ class _Copy:
 
 
 class SessionStore:
-    """At most max_sessions weight copies, keyed by (session id, member); the least recently
-    used is dropped first to make room, and any copy unused for idle_seconds (by `clock`,
-    seconds) is dropped. Thread-safe. Ids are new random ones (secrets), never the client's."""
+    """At most max_sessions weight copies, keyed by (session id, member): a session holds one
+    copy per member it stepped. The least recently used copy is dropped first to make room,
+    and any copy unused for idle_seconds (by `clock`, seconds) is dropped. Thread-safe. Ids
+    are new random ones (secrets), never chosen by a client."""
 
     def __init__(self, max_sessions=MAX_SESSIONS, idle_seconds=IDLE_SECONDS,
                  clock=time.monotonic):
@@ -121,15 +122,21 @@ class SessionStore:
                 self._copies.move_to_end((session_id, member))
             return copy
 
-    def add(self, member, network):
-        """Hold `network` (a copy made for it) under a new session id -> its _Copy, dropping
-        the least recently used copies beyond max_sessions."""
+    def holds(self, session_id):
+        """True while some copy of session_id is held (for any member)."""
+        with self._lock:
+            self._expire(self.clock())
+            return any(key[0] == session_id for key in self._copies)
+
+    def add(self, member, network, session_id=None):
+        """Hold `network` (a copy made for it) under session_id, or a new random id -> its
+        _Copy, dropping the least recently used copies beyond max_sessions."""
         with self._lock:
             now = self.clock()
             self._expire(now)
             while len(self._copies) >= self.max_sessions:
                 self._copies.popitem(last=False)
-            session_id = secrets.token_urlsafe(16)
+            session_id = session_id or secrets.token_urlsafe(16)
             copy = _Copy(session_id, member, network, now)
             self._copies[(session_id, member)] = copy
             return copy
@@ -235,9 +242,18 @@ class Explorer:
     def _classes(self, member):
         return int(math.prod(self.members[member].network.summary()[-1].output_shape))
 
+    def _held(self, session_id, member):
+        """(the session's copy for member or None, whether the session is held at all,
+        whether the request named a session that is no longer held)."""
+        if session_id is None:
+            return None, False, False
+        copy = self.sessions.get(session_id, member)
+        held = copy is not None or self.sessions.holds(session_id)
+        return copy, held, not held
+
     def explain(self, request):
         member, target, session_id, field, x = self._prepare(request, ())
-        copy = self.sessions.get(session_id, member) if session_id else None
+        copy, held, dropped = self._held(session_id, member)
         if copy is not None:
             with copy.lock:
                 result = explain(copy.network, x, target)
@@ -245,20 +261,22 @@ class Explorer:
             predictor = self.members[member]
             with predictor._forward_lock:
                 result = explain(predictor.network, x, target)
+        session = session_answer(copy, dropped)
+        if held and copy is None:   # a session with copies of other members only
+            session["id"] = session_id
         result.update({
             "prediction": int(np.argmax(result["probabilities"])), "target": target,
-            "member": member, "field": field, "eval_mode": EVAL_MODE,
-            "session": session_answer(copy, session_id is not None and copy is None),
+            "member": member, "field": field, "eval_mode": EVAL_MODE, "session": session,
             "digits": digits_of(self.members[member].network)})
         return result
 
     def step(self, request):
+        lr = _learning_rate(request)    # before the image is decoded
         member, target, session_id, _, x = self._prepare(request, ("lr",))
-        lr = _learning_rate(request)
-        copy = self.sessions.get(session_id, member) if session_id else None
-        dropped = session_id is not None and copy is None
+        copy, held, dropped = self._held(session_id, member)
         if copy is None:
-            copy = self.sessions.add(member, copy_network(self.members[member].network))
+            copy = self.sessions.add(member, copy_network(self.members[member].network),
+                                     session_id if held else None)
         with copy.lock:
             before = sgd_step(copy.network, x, target, lr)
             after = fn.softmax(np.asarray(copy.network.forward(x, train=False),
