@@ -42,6 +42,10 @@ from cnntrain.nn.model import build_network
 ROUTES = ("/api/explain", "/api/step", "/api/reset")
 MAX_SESSIONS = 16        # weight copies held at once, over all clients
 IDLE_SECONDS = 600.0     # a copy unused this long is dropped
+# Explain and step requests computed at once; the others wait their turn. It bounds the
+# copies alive to MAX_SESSIONS + MAX_BUSY (a request may still use a copy just dropped to make
+# room, or one it made) and the answers being built to MAX_BUSY.
+MAX_BUSY = 2
 MAX_LR = 10.0
 # Significant digits of every number in an answer, by the network's dtype: float32 computes to
 # about 7; 5 keep the rounding (5e-5 relative) below the 1e-4 float32 tests allow and make the
@@ -216,17 +220,19 @@ class Explorer:
     """The explorer's three routes for a served model (a Predictor or a Committee: anything
     with .members, each a Predictor), with the session copies in `sessions`."""
 
-    def __init__(self, model, sessions=None):
+    def __init__(self, model, sessions=None, busy=MAX_BUSY):
         self.members = tuple(model.members)
         self.sessions = sessions if sessions is not None else SessionStore()
+        self._busy = threading.BoundedSemaphore(busy)
 
     def answer(self, path, request):
         """A parsed JSON request to one of ROUTES -> the answer's bytes; RequestError (4xx)."""
-        if path == "/api/explain":
-            return encode(self.explain(request))
-        if path == "/api/step":
+        if path == "/api/reset":
+            return encode(self.reset(request))
+        with self._busy:
+            if path == "/api/explain":
+                return encode(self.explain(request))
             return encode(self.step(request))
-        return encode(self.reset(request))
 
     def _prepare(self, request, extra):
         image = _split(request, ("target", "member", "session") + extra)
@@ -254,13 +260,15 @@ class Explorer:
     def explain(self, request):
         member, target, session_id, field, x = self._prepare(request, ())
         copy, held, dropped = self._held(session_id, member)
+        # explain's arrays may be views of the layers' scratch arrays, which the next pass
+        # overwrites: they are copied before the network is let go.
         if copy is not None:
             with copy.lock:
-                result = explain(copy.network, x, target)
+                result = _owned(explain(copy.network, x, target))
         else:
             predictor = self.members[member]
             with predictor._forward_lock:
-                result = explain(predictor.network, x, target)
+                result = _owned(explain(predictor.network, x, target))
         session = session_answer(copy, dropped)
         if held and copy is None:   # a session with copies of other members only
             session["id"] = session_id
@@ -292,6 +300,17 @@ class Explorer:
         session_id = _session_id(request)
         dropped = session_id is not None and self.sessions.drop(session_id) == 0
         return {"session": session_answer(None, dropped)}
+
+
+def _owned(value):
+    """explain's answer with every array copied."""
+    if isinstance(value, np.ndarray):
+        return value.copy()
+    if isinstance(value, dict):
+        return {key: _owned(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_owned(item) for item in value]
+    return value
 
 
 def sgd_step(network, x, target, lr):

@@ -192,3 +192,31 @@ def test_session_ids_are_random_and_url_safe():
     ids = {sessions.add(0, object()).id for _ in range(50)}
     assert len(ids) == 50
     assert all(explorer.SESSION_ID.match(session) and len(session) >= 20 for session in ids)
+
+
+def test_at_most_busy_explain_and_step_requests_compute_at_once(monkeypatch):
+    """So the copies alive stay under MAX_SESSIONS + busy, however many clients step."""
+    api = Explorer(predictor(), busy=2)
+    inside, peak, lock = [0], [0], threading.Lock()
+    step = api.step
+
+    def counted(request):
+        with lock:
+            inside[0] += 1
+            peak[0] = max(peak[0], inside[0])
+        try:
+            threading.Event().wait(0.02)   # long enough for the other clients to arrive
+            return step(request)
+        finally:
+            with lock:
+                inside[0] -= 1
+
+    monkeypatch.setattr(api, "step", counted)
+    answers = []
+    threads = [threading.Thread(target=lambda: answers.append(
+        api.answer("/api/step", image(target=1, lr=0.01)))) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert len(answers) == 8 and 1 <= peak[0] <= 2
