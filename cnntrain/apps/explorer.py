@@ -294,7 +294,10 @@ class Explorer:
                 "target": target, "member": member, "lr": lr}
 
     def reset(self, request):
-        _split(request, ("session",))
+        unknown = sorted(set(request) - {"session"})
+        if unknown:
+            raise RequestError(400, f"unknown key '{unknown[0][:40]}'; a reset takes only "
+                                    "'session'")
         if "session" not in request:
             raise RequestError(400, "'session' is required: the id of the session to reset")
         session_id = _session_id(request)

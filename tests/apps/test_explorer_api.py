@@ -339,6 +339,7 @@ def test_bad_fields_get_a_400_naming_the_key(small_server, path, extra, status, 
     ("/api/reset", b"{}", 400, "'session'"),
     ("/api/reset", b'{"session": 3}', 400, "'session'"),
     ("/api/reset", b'{"session": "abc", "target": 1}', 400, "'target'"),
+    ("/api/reset", b'{"session": "abc", "png": ""}', 400, "'png'"),
     ("/api/step", b" " * 300_000, 413, "limit"),
 ])
 def test_bad_bodies_get_4xx_json(small_server, path, raw, status, words):
@@ -368,3 +369,31 @@ def test_every_shipped_configs_answer_stays_under_the_stated_bound(config, tmp_p
     for entry, (_, layer) in zip(answer["layers"], network.layers):
         if layer.params:
             assert as_array(entry["weight_grad"]).shape == next(iter(layer.params.values())).shape
+
+
+# ---- the answer's numbers
+
+
+def test_numbers_carry_the_stated_significant_digits_and_arrays_their_shape():
+    body = explorer.encode({"digits": 5, "x": np.array([[1.23456789, -0.000123456789]],
+                                                      dtype=np.float32),
+                            "routes": np.array([[[3, 4]]]), "loss": np.float64(2.718281828),
+                            "bad": np.array([np.inf, np.nan]), "empty": np.zeros((0,))})
+    assert body == (b'{"digits":5,"x":[[1.2346,-0.00012346]],"routes":[[[3,4]]],'
+                    b'"loss":2.7183,"bad":[null,null],"empty":[]}')
+    wide = explorer.encode({"digits": 12, "x": np.array([np.pi])})
+    assert json.loads(wide)["x"] == [float(f"{np.pi:.12g}")]
+
+
+def test_a_png_image_is_explained_as_its_pixels_are(small_server):
+    import base64
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(drawn_digit(3).astype(np.uint8)).save(buffer, format="PNG")
+    png = base64.b64encode(buffer.getvalue()).decode()
+    _, from_png, _ = post(small_server, "/api/explain", {"png": png, "target": 8})
+    _, from_pixels, _ = post(small_server, "/api/explain", image_body(seed=3, target=8))
+    assert from_png == from_pixels
