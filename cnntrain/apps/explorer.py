@@ -3,7 +3,8 @@ layer by layer, and one SGD step on a copy of the weights held for the page's se
 
   POST /api/explain  an image as for /api/predict, plus "target": k (the label the loss is
                      taken against), optional "member" (which of the served networks; 0) and
-                     "session" (an id from /api/step: explain that session's weights)
+                     "session" (an id from /api/step: explain that session's weights),
+                     "weight_grads" (false leaves the parameter gradients out; true)
                      -> {"probabilities", "loss", "prediction", "target", "member", "field",
                      "input_delta", "layers": [{"name", "kind", "output", "delta",
                      "weight_grad"?, "bias_grad"?, "routes"?}], "eval_mode", "session"}
@@ -258,7 +259,11 @@ class Explorer:
         return copy, held, not held
 
     def explain(self, request):
-        member, target, session_id, field, x = self._prepare(request, ())
+        member, target, session_id, field, x = self._prepare(request, ("weight_grads",))
+        with_grads = request.get("weight_grads", True)
+        if not isinstance(with_grads, bool):
+            raise RequestError(400, "'weight_grads' must be true (the default) or false (leave "
+                                    "out the parameter gradients, most of a large answer)")
         copy, held, dropped = self._held(session_id, member)
         # explain's arrays may be views of the layers' scratch arrays, which the next pass
         # overwrites: they are copied before the network is let go.
@@ -269,6 +274,10 @@ class Explorer:
             predictor = self.members[member]
             with predictor._forward_lock:
                 result = _owned(explain(predictor.network, x, target))
+        if not with_grads:
+            for entry in result["layers"]:
+                entry.pop("weight_grad", None)
+                entry.pop("bias_grad", None)
         session = session_answer(copy, dropped)
         if held and copy is None:   # a session with copies of other members only
             session["id"] = session_id

@@ -310,6 +310,8 @@ def small_server(tmp_path_factory):
     ("/api/explain", {"target": 2, "session": "../x"}, 400, "'session'"),
     ("/api/explain", {"target": 2, "lr": 0.1}, 400, "'lr'"),
     ("/api/explain", {"target": 2, "colour": 1}, 400, "'colour'"),
+    ("/api/explain", {"target": 2, "weight_grads": 0}, 400, "'weight_grads'"),
+    ("/api/step", {"target": 2, "lr": 0.1, "weight_grads": False}, 400, "'weight_grads'"),
     ("/api/step", {"target": 2}, 400, "'lr'"),
     ("/api/step", {"target": 2, "lr": 0}, 400, "'lr'"),
     ("/api/step", {"target": 2, "lr": -0.1}, 400, "'lr'"),
@@ -364,11 +366,18 @@ def test_every_shipped_configs_answer_stays_under_the_stated_bound(config, tmp_p
     network, _ = write_checkpoint(tmp_path / "model.npz", config_text=config.read_text())
     with RunningServer(tmp_path / "model.npz") as server:
         status, answer, body = post(server, "/api/explain", image_body(target=4))
+        _, lean, lean_body = post(server, "/api/explain",
+                                  image_body(target=4, weight_grads=False))
     assert status == 200
     assert len(body) <= explorer.explain_bound(network) <= explorer.MAX_EXPLAIN_BYTES
     for entry, (_, layer) in zip(answer["layers"], network.layers):
         if layer.params:
             assert as_array(entry["weight_grad"]).shape == next(iter(layer.params.values())).shape
+    # Without the parameter gradients the rest of the answer is the same.
+    assert len(lean_body) < len(body)
+    for entry, full in zip(lean["layers"], answer["layers"]):
+        assert "weight_grad" not in entry and "bias_grad" not in entry
+        assert entry == {key: value for key, value in full.items() if "grad" not in key}
 
 
 # ---- the answer's numbers
