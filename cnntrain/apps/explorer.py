@@ -388,14 +388,13 @@ def _number_texts(flat, form):
 
 
 def _array_text(array, form):
-    """(d1, ..., dk) array -> its nested-list JSON text."""
-    texts = _number_texts(array.reshape(-1), form)
+    """(d1, ..., dk) array -> its nested-list JSON text, a row at a time: the strings of all
+    of a 4704 x 384 gradient's numbers at once would take ten times the answer's size."""
     if array.ndim == 0:
-        return texts[0]
-    for size in reversed(array.shape):
-        texts = ["[" + ",".join(texts[i:i + size]) + "]" for i in range(0, len(texts), size)] \
-            if size else ["[]"] * (len(texts) or 1)
-    return texts[0]
+        return _number_texts(array.reshape(1), form)[0]
+    if array.ndim == 1:
+        return "[" + ",".join(_number_texts(array, form)) + "]"
+    return "[" + ",".join(_array_text(row, form) for row in array) + "]"
 
 
 def explain_bound(network):
