@@ -2,12 +2,13 @@
 layer by layer, and one SGD step on a copy of the weights held for the page's session.
 
   POST /api/explain  an image as for /api/predict, plus "target": k (the label the loss is
-                     taken against), optional "member" (which of the served networks; 0) and
-                     "session" (an id from /api/step: explain that session's weights),
+                     taken against); optional: "member" (which of the served networks; 0),
+                     "session" (an id from /api/step: explain that session's weights) and
                      "weight_grads" (false leaves the parameter gradients out; true)
                      -> {"probabilities", "loss", "prediction", "target", "member", "field",
                      "input_delta", "layers": [{"name", "kind", "output", "delta",
-                     "weight_grad"?, "bias_grad"?, "routes"?}], "eval_mode", "session"}
+                     "weight_grad"?, "bias_grad"?, "routes"?}], "eval_mode", "session",
+                     "digits"}
   POST /api/step     the same plus "lr" (0 < lr <= MAX_LR): one plain SGD step on this image's
                      cross-entropy, applied to the session's copy of the weights (made on first
                      use, under a new random id) -> {"session", "before", "after"}
@@ -222,7 +223,8 @@ class Explorer:
     with .members, each a Predictor), with the session copies in `sessions`."""
 
     def __init__(self, model, sessions=None, busy=MAX_BUSY):
-        self.members = tuple(model.members)
+        # A stand-in model without networks (a test's) serves the rest; the explorer refuses.
+        self.members = tuple(getattr(model, "members", ()))
         self.sessions = sessions if sessions is not None else SessionStore()
         self._busy = threading.BoundedSemaphore(busy)
 
@@ -236,6 +238,8 @@ class Explorer:
             return encode(self.step(request))
 
     def _prepare(self, request, extra):
+        if not self.members:
+            raise RequestError(404, "this server's model has no network to explain")
         image = _split(request, ("target", "member", "session") + extra)
         member = _integer(request, "member", 0, len(self.members) - 1,
                           "the index of one of the served networks", default=0)
