@@ -8,9 +8,9 @@ Content-Security-Policy, and the loopback checks.
 
 Every answer goes through one method and every refusal is a JSON {"error": one line} with a
 4xx code and one log line, never a traceback (a bug is a 500, its traceback in the log). Bodies
-are size- and type-checked before they are read; only the page in memory is served, so no
-request path reaches the file system (PAGES maps the few page paths to the package's files). The server these handlers run in is
-cnntrain/apps/serve.py.
+are size- and type-checked before they are read; only the pages in memory are served (PAGES
+maps their few paths to the package's files), so no request path reaches the file system. The
+server these handlers run in is cnntrain/apps/serve.py.
 """
 
 import base64

@@ -1,0 +1,234 @@
+"""The backprop explorer in a real browser: headless Chromium driven by Selenium, as the drawing
+page's test (tests/apps/test_serve_browser.py) does it, draws a '3' on /explore, reads the
+layers the page shows against the server's own explanation, asks "what if the answer were
+another digit?", checks the delta pictures are drawn, takes one SGD step (the chosen label's
+probability rises) and resets (it comes back). Then the phone-sized layout.
+
+Skipped only when Chromium or its driver is missing and CNNTRAIN_REQUIRE_BROWSER is not 1.
+CNNTRAIN_SCREENSHOT=FILE.png keeps the screenshot (how docs/explorer.png was made);
+CNNTRAIN_EXPLORE_CHECKPOINT=CKPT explores that checkpoint instead of the small one made here.
+"""
+
+import math
+import os
+import time
+
+import numpy as np
+import pytest
+
+from tests.apps.test_serve_browser import CHROMIUM_FLAGS, browser_paths, draw
+from tests.support.checkpoints import write_checkpoint
+from tests.support.servetools import RunningServer
+
+# Every kind of layer the page draws differently: maps, pooling routes, batch norm's gamma and
+# beta, vectors, dense weights, and dropout (the identity here).
+LAYERS = ["conv 6 5 pad=2", "maxpool 2", "batchnorm", "relu", "conv 8 3", "maxpool 2",
+          "batchnorm", "relu", "flatten", "dense 32", "batchnorm", "relu", "dropout 0.3",
+          "dense 10"]
+SETTLE_SECONDS = 60   # generous: the machine is shared; nothing here is timed
+
+
+@pytest.fixture
+def browser(tmp_path):
+    chromium, driver_path = browser_paths()
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in CHROMIUM_FLAGS + [f"--user-data-dir={tmp_path / 'profile'}",
+                                  "--window-size=1100,1400"]:
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(driver_path), options=options)
+    driver.set_page_load_timeout(30)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+@pytest.fixture
+def checkpoint(tmp_path):
+    chosen = os.environ.get("CNNTRAIN_EXPLORE_CHECKPOINT")
+    if chosen:
+        return chosen
+    path = tmp_path / "explore.npz"
+    write_checkpoint(path, LAYERS, seed=3)
+    return path
+
+
+def handwritten_three():
+    """A '3' in one stroke, in MNIST pixels: an upper arc, then a lower one."""
+    upper = [(14 + 5.5 * np.cos(a), 10 + 4.5 * np.sin(a)) for a in np.radians(range(200, 451, 15))]
+    lower = [(14 + 6 * np.cos(a), 19 + 4.5 * np.sin(a)) for a in np.radians(range(-90, 161, 15))]
+    return [upper + lower]
+
+
+STATE = """
+    const status = document.getElementById('status'), step = document.getElementById('step-result');
+    return {
+      busy: status.dataset.busy, count: Number(status.dataset.count), error: status.textContent,
+      steps: Number(status.dataset.steps),
+      p: [...document.querySelectorAll('#bars li')].map(li => Number(li.dataset.p)),
+      loss: Number(document.getElementById('loss').dataset.loss),
+      chosen: [...document.querySelectorAll('#targets button.chosen')].map(b => b.dataset.digit),
+      predicted: [...document.querySelectorAll('#targets button.predicted')]
+          .map(b => b.dataset.digit),
+      layers: [...document.querySelectorAll('#layers .layer')]
+          .map(card => [card.dataset.name, card.dataset.kind]),
+      step: {target: step.dataset.target, before: Number(step.dataset.before),
+             after: Number(step.dataset.after)},
+      dropped: !document.getElementById('dropped').hidden,
+    };"""
+
+# Each canvas of a class as the set of its distinct colours (as "r,g,b") and a count of the
+# red-ish and blue-ish pixels of the diverging scale.
+COLOURS = """
+    return [...document.querySelectorAll(arguments[0])].map(canvas => {
+      const d = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height).data;
+      const seen = new Set(); let red = 0, blue = 0, orange = 0;
+      for (let i = 0; i < d.length; i += 4) {
+        seen.add(d[i] + ',' + d[i + 1] + ',' + d[i + 2]);
+        if (d[i] > d[i + 2] + 30 && d[i + 1] < d[i] - 20 && d[i + 1] > d[i + 2] + 30) orange++;
+        else if (d[i] > d[i + 2] + 30) red++;
+        else if (d[i + 2] > d[i] + 30) blue++;
+      }
+      return {layer: canvas.closest('.layer') ? canvas.closest('.layer').dataset.name : '',
+              colours: seen.size, red, blue, orange};
+    });"""
+
+
+def state(driver):
+    return driver.execute_script(STATE)
+
+
+def settled(driver, previous_count, timeout=SETTLE_SECONDS):
+    """Wait until the page has nothing left to ask and has shown an explanation since
+    `previous_count`; return its state."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        now = state(driver)
+        if now["error"]:
+            raise AssertionError(f"the page shows an error: {now['error']}")
+        if now["busy"] == "0" and now["count"] > previous_count:
+            return now
+        time.sleep(0.05)
+    raise AssertionError(f"the page never settled: {state(driver)}")
+
+
+def canvas_grey(driver):
+    return np.array(driver.execute_script(
+        "return Array.from(document.getElementById('pad').getContext('2d')"
+        ".getImageData(0, 0, 280, 280).data.filter((v, i) => i % 4 === 0));"),
+        dtype=np.uint8).reshape(280, 280)
+
+
+def test_explore_a_drawn_three_choose_a_label_step_and_reset(browser, checkpoint, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    from cnntrain.data.preprocess import to_mnist_field
+
+    with RunningServer(checkpoint) as server:
+        predictor = server.predictor
+        browser.get(server.url + "explore")
+        deadline = time.monotonic() + 30
+        while not browser.find_elements(By.ID, "model-epoch") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert browser.find_element(By.CSS_SELECTOR, 'h1 a[href="/"]').is_displayed()
+
+        draw(browser, handwritten_three(), "mouse")
+        first = settled(browser, 0)
+        # The page shows the server's answer for exactly what is on the canvas, against the
+        # predicted digit by default.
+        # (as the page sends it: ink high, 255 - the canvas's grey level)
+        field = to_mnist_field(((255.0 - canvas_grey(browser)) / 255.0).astype(np.float32))
+        expected = predictor.probabilities(field[None])[0]
+        np.testing.assert_allclose(first["p"], expected, atol=2e-6)
+        predicted = int(np.argmax(expected))
+        assert first["chosen"] == first["predicted"] == [str(predicted)]
+        assert first["loss"] == pytest.approx(-math.log(expected[predicted]), rel=1e-4)
+        # Every layer, in the network's order, named as the network names it.
+        assert first["layers"] == [[name, layer.kind] for name, layer in
+                                   predictor.network.layers]
+
+        # What if the answer were the runner-up? (A label whose probability is not rounded
+        # away in the JSON, so the step's change can be read.)
+        other = int(np.argsort(expected)[-2])
+        browser.find_element(By.CSS_SELECTOR, f'#targets button[data-digit="{other}"]').click()
+        chosen = settled(browser, first["count"])
+        assert chosen["chosen"] == [str(other)] and chosen["predicted"] == [str(predicted)]
+        np.testing.assert_allclose(chosen["p"], first["p"], atol=1e-9)
+        assert chosen["loss"] == pytest.approx(-math.log(expected[other]), rel=1e-4)
+        assert chosen["loss"] > first["loss"]
+        assert str(other) in browser.find_element(By.ID, "question").text
+
+        # The deltas are drawn: varied colours in every layer's delta picture, and at the last
+        # layer (softmax - onehot) blue at the chosen label and red at the others.
+        deltas = browser.execute_script(COLOURS, "#layers canvas.delta")
+        assert [d["layer"] for d in deltas] == [name for name, _ in chosen["layers"]]
+        assert all(d["colours"] >= 3 and d["red"] + d["blue"] > 0 for d in deltas), deltas
+        assert deltas[-1]["blue"] > 0 and deltas[-1]["red"] > 0, deltas[-1]
+        (input_delta,) = browser.execute_script(COLOURS, "#input-delta")
+        assert input_delta["colours"] >= 10 and input_delta["red"] and input_delta["blue"]
+        # Max pooling marks where each delta goes; conv and dense show their weight gradients.
+        routes = browser.execute_script(COLOURS, "#layers canvas.routes")
+        assert len(routes) == 2 and all(r["orange"] > 0 for r in routes), routes
+        grads = browser.execute_script(COLOURS, "#layers canvas.weight-grad")
+        kinds_with_weights = [k for _, k in chosen["layers"] if k in ("conv", "dense",
+                                                                     "batchnorm")]
+        assert len(grads) == len(kinds_with_weights)
+        assert all(g["colours"] >= 3 for g in grads), grads
+        note = browser.find_element(By.ID, "eval-note").text
+        assert "evaluation mode" in note and "running statistics" in note
+        assert "dropout is the identity" in note and "cross-entropy" in note
+
+        png = browser.get_screenshot_as_png()
+        (tmp_path / "explore.png").write_bytes(png)
+        if os.environ.get("CNNTRAIN_SCREENSHOT"):
+            with open(os.environ["CNNTRAIN_SCREENSHOT"], "wb") as keep:
+                keep.write(png)
+
+        # One SGD step on this image and label raises the label's probability.
+        browser.find_element(By.ID, "step").click()
+        stepped = settled(browser, chosen["count"])
+        assert stepped["steps"] == 1 and not stepped["dropped"]
+        assert stepped["step"]["target"] == str(other)
+        assert stepped["step"]["before"] == pytest.approx(chosen["p"][other], abs=2e-6)
+        assert stepped["step"]["after"] > stepped["step"]["before"]
+        assert stepped["chosen"] == [str(other)]  # the label stays the one stepped for
+        assert stepped["p"][other] == pytest.approx(stepped["step"]["after"], abs=2e-6)
+        assert stepped["loss"] < chosen["loss"]
+        # The checkpoint the server serves is untouched: /api/predict's model still answers
+        # as before.
+        np.testing.assert_allclose(predictor.probabilities(field[None])[0], expected,
+                                   atol=1e-7)
+
+        # Reset: back to the checkpoint's weights and the first probabilities.
+        browser.find_element(By.ID, "reset").click()
+        reset = settled(browser, stepped["count"])
+        assert reset["steps"] == 0 and reset["step"]["target"] == ""
+        np.testing.assert_allclose(reset["p"], first["p"], atol=2e-6)
+        assert reset["loss"] == pytest.approx(chosen["loss"], rel=1e-5)
+
+        # A phone-sized screen: no sideways scrolling, and drawing by touch still explains.
+        browser.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", {
+            "width": 390, "height": 844, "deviceScaleFactor": 2, "mobile": True})
+        browser.find_element(By.ID, "clear").click()
+        layout = browser.execute_script("""
+            const box = id => document.getElementById(id).getBoundingClientRect();
+            return {width: window.innerWidth, scroll: document.documentElement.scrollWidth,
+                    pad: box('pad').width, padRight: box('pad').right,
+                    targetsRight: box('targets').right};""")
+        assert layout["width"] == 390 and layout["scroll"] <= layout["width"], layout
+        assert layout["pad"] >= 250 and layout["padRight"] <= layout["width"], layout
+        assert layout["targetsRight"] <= layout["width"], layout
+        draw(browser, handwritten_three(), "touch")
+        phone = settled(browser, reset["count"])
+        assert phone["chosen"] == phone["predicted"]
+        assert len(phone["layers"]) == len(predictor.network.layers)
+        assert browser.execute_script("return document.documentElement.scrollWidth") <= 390
+        (tmp_path / "phone.png").write_bytes(browser.get_screenshot_as_png())
+
+    errors = [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
+    assert not errors, errors  # e.g. a Content-Security-Policy refusal of the page's own script
