@@ -33,6 +33,7 @@ import sys
 import threading
 import time
 
+from cnntrain.apps.explorer import Explorer
 from cnntrain.apps.serveapi import json_bytes
 from cnntrain.apps.servehttp import SOCKET_TIMEOUT, Handler, is_loopback, load_pages
 from cnntrain.errors import CnnTrainError
@@ -77,6 +78,7 @@ class DigitServer(http.server.ThreadingHTTPServer):
         self._slots = threading.BoundedSemaphore(max_connections)
         self._stopping = threading.Event()
         self.predictor = predictor
+        self.explorer = Explorer(predictor)
         self.socket_timeout = socket_timeout
         self.summary_json = json_bytes(predictor.summary())
         self.pages = load_pages()

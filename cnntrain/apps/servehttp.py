@@ -5,6 +5,7 @@ Content-Security-Policy, and the loopback checks.
   GET  /explore       the backprop explorer (cnntrain/apps/static/explore.html)
   GET  /api/model     the model's summary
   POST /api/predict   a JSON image -> the prediction (cnntrain/apps/serveapi.py decodes it)
+  POST /api/explain, /api/step, /api/reset   the backprop explorer (cnntrain/apps/explorer.py)
 
 Every answer goes through one method and every refusal is a JSON {"error": one line} with a
 4xx code and one log line, never a traceback (a bug is a 500, its traceback in the log). Bodies
@@ -22,6 +23,7 @@ import traceback
 from http import HTTPStatus
 from importlib import resources
 
+from cnntrain.apps import explorer
 from cnntrain.apps.serveapi import (
     RequestError,
     grey_from_request,
@@ -199,11 +201,17 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self._send(200, self.server.summary_json, "application/json")
         elif path == "/api/predict":
             raise RequestError(405, "POST your image to /api/predict (JSON)")
+        elif path in explorer.ROUTES:
+            raise RequestError(405, f"POST JSON to {path}")
         else:
             raise RequestError(404, "no such page; the pages are / and /explore and the API "
                                     "is under /api/")
 
     def _post(self, path):
+        if path in explorer.ROUTES:
+            request = parse_json_body(self._read_body())
+            self._send(200, self.server.explorer.answer(path, request), "application/json")
+            return
         if path != "/api/predict":
             if path in PAGES or path == "/api/model":
                 raise RequestError(405, "this path answers GET only")
