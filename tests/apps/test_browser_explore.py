@@ -126,6 +126,26 @@ def canvas_grey(driver):
         dtype=np.uint8).reshape(280, 280)
 
 
+def keep_screenshots(driver, tmp_path):
+    """The page's top, and the first max-pooling layer's card, in tmp_path and, with
+    CNNTRAIN_SCREENSHOT=FILE.png, as FILE.png and FILE-maxpool.png."""
+    from selenium.webdriver.common.by import By
+
+    driver.execute_script("window.scrollTo(0, 0)")
+    shots = {"": driver.get_screenshot_as_png()}
+    card = driver.find_element(By.CSS_SELECTOR, '#layers .layer[data-kind="maxpool"]')
+    driver.execute_script("arguments[0].scrollIntoView()", card)
+    shots["-maxpool"] = card.screenshot_as_png
+    driver.execute_script("window.scrollTo(0, 0)")
+    keep = os.environ.get("CNNTRAIN_SCREENSHOT")
+    for suffix, png in shots.items():
+        assert png.startswith(b"\x89PNG") and len(png) > 10_000
+        (tmp_path / f"explore{suffix}.png").write_bytes(png)
+        if keep:
+            with open(keep.replace(".png", f"{suffix}.png"), "wb") as out:
+                out.write(png)
+
+
 def test_explore_a_drawn_three_choose_a_label_step_and_reset(browser, checkpoint, tmp_path):
     from selenium.webdriver.common.by import By
 
@@ -185,12 +205,6 @@ def test_explore_a_drawn_three_choose_a_label_step_and_reset(browser, checkpoint
         assert "evaluation mode" in note and "running statistics" in note
         assert "dropout is the identity" in note and "cross-entropy" in note
 
-        png = browser.get_screenshot_as_png()
-        (tmp_path / "explore.png").write_bytes(png)
-        if os.environ.get("CNNTRAIN_SCREENSHOT"):
-            with open(os.environ["CNNTRAIN_SCREENSHOT"], "wb") as keep:
-                keep.write(png)
-
         # One SGD step on this image and label raises the label's probability.
         browser.find_element(By.ID, "step").click()
         stepped = settled(browser, chosen["count"])
@@ -201,6 +215,8 @@ def test_explore_a_drawn_three_choose_a_label_step_and_reset(browser, checkpoint
         assert stepped["chosen"] == [str(other)]  # the label stays the one stepped for
         assert stepped["p"][other] == pytest.approx(stepped["step"]["after"], rel=1e-4)
         assert stepped["loss"] < chosen["loss"]
+        keep_screenshots(browser, tmp_path)
+
         # The checkpoint the server serves is untouched: /api/predict's model still answers
         # as before.
         np.testing.assert_allclose(predictor.probabilities(field[None])[0], expected,
