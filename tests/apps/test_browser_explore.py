@@ -43,7 +43,7 @@ def browser(tmp_path):
         options.add_argument(flag)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(service=Service(driver_path), options=options)
-    driver.set_page_load_timeout(30)
+    driver.set_page_load_timeout(120)  # generous: the machine is shared
     try:
         yield driver
     finally:
@@ -262,3 +262,76 @@ def test_explore_a_drawn_three_choose_a_label_step_and_reset(browser, checkpoint
 
     errors = [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
     assert not errors, errors  # e.g. a Content-Security-Policy refusal of the page's own script
+
+
+class CommitteeServer:
+    """A DigitServer serving a committee of `paths` on a loopback port, in a thread."""
+
+    def __init__(self, paths):
+        import threading
+
+        from cnntrain.apps.committee import load_model
+        from cnntrain.apps.serve import DigitServer
+        from tests.support.servetools import LogLines
+
+        self.model = load_model(paths)
+        self.server = DigitServer(self.model, "127.0.0.1", 0, log=LogLines())
+        self.url = self.server.url
+        self._thread = threading.Thread(target=self.server.serve_forever,
+                                        kwargs={"poll_interval": 0.05}, daemon=True)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+        self.server.server_close()
+        self._thread.join(timeout=10)
+
+
+def test_a_committee_offers_its_members_and_explains_the_one_chosen(browser, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    from cnntrain.data.preprocess import to_mnist_field
+
+    paths = [tmp_path / "a.npz", tmp_path / "b.npz"]
+    write_checkpoint(paths[0], LAYERS, seed=3)
+    write_checkpoint(paths[1], ["conv 4 3 pad=1", "maxpool 2", "relu", "flatten", "dense 10"],
+                     seed=4)
+    with CommitteeServer(paths) as served:
+        members = served.model.members
+        browser.get(served.url + "explore")
+        deadline = time.monotonic() + 30
+        while not browser.find_element(By.ID, "member-box").is_displayed() \
+                and time.monotonic() < deadline:
+            time.sleep(0.05)
+        select = Select(browser.find_element(By.ID, "member"))
+        names = [member["name"] for member in served.model.summary()["members"]]
+        assert [o.text for o in select.options] == [f"{i + 1}. {n}" for i, n in enumerate(names)]
+
+        draw(browser, handwritten_three(), "mouse")
+        first = settled(browser, 0)
+        field = to_mnist_field(((255.0 - canvas_grey(browser)) / 255.0).astype(np.float32))
+        expected = [m.probabilities(field[None])[0] for m in members]
+        np.testing.assert_allclose(first["p"], expected[0], rtol=1e-4, atol=1e-9)
+        assert first["layers"] == [[n, layer.kind] for n, layer in members[0].network.layers]
+
+        select.select_by_value("1")
+        second = settled(browser, first["count"])
+        np.testing.assert_allclose(second["p"], expected[1], rtol=1e-4, atol=1e-9)
+        assert second["layers"] == [[n, layer.kind] for n, layer in members[1].network.layers]
+        label = second["chosen"][0]
+
+        # A step moves only the chosen member's copy.
+        browser.find_element(By.ID, "step").click()
+        stepped = settled(browser, second["count"])
+        assert stepped["steps"] == 1 and stepped["step"]["after"] > stepped["step"]["before"]
+        assert stepped["p"][int(label)] > second["p"][int(label)]
+        select.select_by_value("0")
+        back = settled(browser, stepped["count"])
+        np.testing.assert_allclose(back["p"], expected[0], rtol=1e-4, atol=1e-9)
+
+    errors = [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
+    assert not errors, errors
