@@ -2,11 +2,13 @@
 layer by layer, and one SGD step on a copy of the weights held for the page's session.
 
   POST /api/explain  an image as for /api/predict, plus "target": k (the label the loss is
-                     taken against), optional "member" (which of the served networks; 0) and
-                     "session" (an id from /api/step: explain that session's weights)
+                     taken against); optional: "member" (which of the served networks; 0),
+                     "session" (an id from /api/step: explain that session's weights) and
+                     "weight_grads" (false leaves the parameter gradients out; true)
                      -> {"probabilities", "loss", "prediction", "target", "member", "field",
                      "input_delta", "layers": [{"name", "kind", "output", "delta",
-                     "weight_grad"?, "bias_grad"?, "routes"?}], "eval_mode", "session"}
+                     "weight_grad"?, "bias_grad"?, "routes"?}], "eval_mode", "session",
+                     "digits"}
   POST /api/step     the same plus "lr" (0 < lr <= MAX_LR): one plain SGD step on this image's
                      cross-entropy, applied to the session's copy of the weights (made on first
                      use, under a new random id) -> {"session", "before", "after"}
@@ -221,7 +223,8 @@ class Explorer:
     with .members, each a Predictor), with the session copies in `sessions`."""
 
     def __init__(self, model, sessions=None, busy=MAX_BUSY):
-        self.members = tuple(model.members)
+        # A stand-in model without networks (a test's) serves the rest; the explorer refuses.
+        self.members = tuple(getattr(model, "members", ()))
         self.sessions = sessions if sessions is not None else SessionStore()
         self._busy = threading.BoundedSemaphore(busy)
 
@@ -235,6 +238,8 @@ class Explorer:
             return encode(self.step(request))
 
     def _prepare(self, request, extra):
+        if not self.members:
+            raise RequestError(404, "this server's model has no network to explain")
         image = _split(request, ("target", "member", "session") + extra)
         member = _integer(request, "member", 0, len(self.members) - 1,
                           "the index of one of the served networks", default=0)
@@ -258,7 +263,11 @@ class Explorer:
         return copy, held, not held
 
     def explain(self, request):
-        member, target, session_id, field, x = self._prepare(request, ())
+        member, target, session_id, field, x = self._prepare(request, ("weight_grads",))
+        with_grads = request.get("weight_grads", True)
+        if not isinstance(with_grads, bool):
+            raise RequestError(400, "'weight_grads' must be true (the default) or false (leave "
+                                    "out the parameter gradients, most of a large answer)")
         copy, held, dropped = self._held(session_id, member)
         # explain's arrays may be views of the layers' scratch arrays, which the next pass
         # overwrites: they are copied before the network is let go.
@@ -269,6 +278,10 @@ class Explorer:
             predictor = self.members[member]
             with predictor._forward_lock:
                 result = _owned(explain(predictor.network, x, target))
+        if not with_grads:
+            for entry in result["layers"]:
+                entry.pop("weight_grad", None)
+                entry.pop("bias_grad", None)
         session = session_answer(copy, dropped)
         if held and copy is None:   # a session with copies of other members only
             session["id"] = session_id
@@ -294,7 +307,10 @@ class Explorer:
                 "target": target, "member": member, "lr": lr}
 
     def reset(self, request):
-        _split(request, ("session",))
+        unknown = sorted(set(request) - {"session"})
+        if unknown:
+            raise RequestError(400, f"unknown key '{unknown[0][:40]}'; a reset takes only "
+                                    "'session'")
         if "session" not in request:
             raise RequestError(400, "'session' is required: the id of the session to reset")
         session_id = _session_id(request)
@@ -376,14 +392,13 @@ def _number_texts(flat, form):
 
 
 def _array_text(array, form):
-    """(d1, ..., dk) array -> its nested-list JSON text."""
-    texts = _number_texts(array.reshape(-1), form)
+    """(d1, ..., dk) array -> its nested-list JSON text, a row at a time: the strings of all
+    of a 4704 x 384 gradient's numbers at once would take ten times the answer's size."""
     if array.ndim == 0:
-        return texts[0]
-    for size in reversed(array.shape):
-        texts = ["[" + ",".join(texts[i:i + size]) + "]" for i in range(0, len(texts), size)] \
-            if size else ["[]"] * (len(texts) or 1)
-    return texts[0]
+        return _number_texts(array.reshape(1), form)[0]
+    if array.ndim == 1:
+        return "[" + ",".join(_number_texts(array, form)) + "]"
+    return "[" + ",".join(_array_text(row, form) for row in array) + "]"
 
 
 def explain_bound(network):

@@ -310,6 +310,8 @@ def small_server(tmp_path_factory):
     ("/api/explain", {"target": 2, "session": "../x"}, 400, "'session'"),
     ("/api/explain", {"target": 2, "lr": 0.1}, 400, "'lr'"),
     ("/api/explain", {"target": 2, "colour": 1}, 400, "'colour'"),
+    ("/api/explain", {"target": 2, "weight_grads": 0}, 400, "'weight_grads'"),
+    ("/api/step", {"target": 2, "lr": 0.1, "weight_grads": False}, 400, "'weight_grads'"),
     ("/api/step", {"target": 2}, 400, "'lr'"),
     ("/api/step", {"target": 2, "lr": 0}, 400, "'lr'"),
     ("/api/step", {"target": 2, "lr": -0.1}, 400, "'lr'"),
@@ -339,6 +341,7 @@ def test_bad_fields_get_a_400_naming_the_key(small_server, path, extra, status, 
     ("/api/reset", b"{}", 400, "'session'"),
     ("/api/reset", b'{"session": 3}', 400, "'session'"),
     ("/api/reset", b'{"session": "abc", "target": 1}', 400, "'target'"),
+    ("/api/reset", b'{"session": "abc", "png": ""}', 400, "'png'"),
     ("/api/step", b" " * 300_000, 413, "limit"),
 ])
 def test_bad_bodies_get_4xx_json(small_server, path, raw, status, words):
@@ -363,8 +366,43 @@ def test_every_shipped_configs_answer_stays_under_the_stated_bound(config, tmp_p
     network, _ = write_checkpoint(tmp_path / "model.npz", config_text=config.read_text())
     with RunningServer(tmp_path / "model.npz") as server:
         status, answer, body = post(server, "/api/explain", image_body(target=4))
+        _, lean, lean_body = post(server, "/api/explain",
+                                  image_body(target=4, weight_grads=False))
     assert status == 200
     assert len(body) <= explorer.explain_bound(network) <= explorer.MAX_EXPLAIN_BYTES
     for entry, (_, layer) in zip(answer["layers"], network.layers):
         if layer.params:
             assert as_array(entry["weight_grad"]).shape == next(iter(layer.params.values())).shape
+    # Without the parameter gradients the rest of the answer is the same.
+    assert len(lean_body) < len(body)
+    for entry, full in zip(lean["layers"], answer["layers"]):
+        assert "weight_grad" not in entry and "bias_grad" not in entry
+        assert entry == {key: value for key, value in full.items() if "grad" not in key}
+
+
+# ---- the answer's numbers
+
+
+def test_numbers_carry_the_stated_significant_digits_and_arrays_their_shape():
+    body = explorer.encode({"digits": 5, "x": np.array([[1.23456789, -0.000123456789]],
+                                                      dtype=np.float32),
+                            "routes": np.array([[[3, 4]]]), "loss": np.float64(2.718281828),
+                            "bad": np.array([np.inf, np.nan]), "empty": np.zeros((0,))})
+    assert body == (b'{"digits":5,"x":[[1.2346,-0.00012346]],"routes":[[[3,4]]],'
+                    b'"loss":2.7183,"bad":[null,null],"empty":[]}')
+    wide = explorer.encode({"digits": 12, "x": np.array([np.pi])})
+    assert json.loads(wide)["x"] == [float(f"{np.pi:.12g}")]
+
+
+def test_a_png_image_is_explained_as_its_pixels_are(small_server):
+    import base64
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(drawn_digit(3).astype(np.uint8)).save(buffer, format="PNG")
+    png = base64.b64encode(buffer.getvalue()).decode()
+    _, from_png, _ = post(small_server, "/api/explain", {"png": png, "target": 8})
+    _, from_pixels, _ = post(small_server, "/api/explain", image_body(seed=3, target=8))
+    assert from_png == from_pixels

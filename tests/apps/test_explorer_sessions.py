@@ -220,3 +220,13 @@ def test_at_most_busy_explain_and_step_requests_compute_at_once(monkeypatch):
     for thread in threads:
         thread.join(timeout=120)
     assert len(answers) == 8 and 1 <= peak[0] <= 2
+
+
+def test_a_model_without_networks_is_refused_with_a_404_not_a_crash():
+    class Stub:
+        def probabilities(self, fields):
+            return np.full((len(fields), 10), 0.1)
+
+    with pytest.raises(explorer.RequestError, match="no network") as raised:
+        Explorer(Stub()).answer("/api/explain", image(target=1))
+    assert raised.value.status == 404
