@@ -3,6 +3,8 @@
 The standard library's ThreadingHTTPServer, no framework. Routes:
 
   GET  /              the drawing page (cnntrain/apps/static/draw.html, shipped in the package)
+  GET  /explore       the backprop explorer (cnntrain/apps/static/explore.html): draw, choose
+                      the label, see every layer's output and delta (POST /api/explain)
   GET  /api/model     the model's summary (name, epoch, test accuracy, parameters, layers)
   POST /api/predict   {"width": W, "height": H, "pixels": [W*H grey levels 0..255, row-major]}
                       or {"png": "<base64 PNG, or a data: URL>"} (needs Pillow)
@@ -33,7 +35,7 @@ import time
 
 from cnntrain.apps.explorer import Explorer
 from cnntrain.apps.serveapi import json_bytes
-from cnntrain.apps.servehttp import SOCKET_TIMEOUT, Handler, is_loopback, load_page
+from cnntrain.apps.servehttp import SOCKET_TIMEOUT, Handler, is_loopback, load_pages
 from cnntrain.errors import CnnTrainError
 
 MAX_BODY_BYTES = 2 * 1024 * 1024   # a 280x280 canvas as JSON is about 160 kB
@@ -79,7 +81,7 @@ class DigitServer(http.server.ThreadingHTTPServer):
         self.explorer = Explorer(predictor)
         self.socket_timeout = socket_timeout
         self.summary_json = json_bytes(predictor.summary())
-        self.page, self.page_policy = load_page()
+        self.pages = load_pages()
         self.max_body_bytes = max_body_bytes
         self.loopback_only = is_loopback(host)
         self._log_stream = log or sys.stderr

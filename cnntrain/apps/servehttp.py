@@ -1,16 +1,17 @@
-"""The HTTP side of `cnntrain serve`: the request handler with its routes, the drawing page and
-its Content-Security-Policy, and the loopback checks.
+"""The HTTP side of `cnntrain serve`: the request handler with its routes, the pages and their
+Content-Security-Policy, and the loopback checks.
 
   GET  /              the drawing page (cnntrain/apps/static/draw.html, shipped in the package)
+  GET  /explore       the backprop explorer (cnntrain/apps/static/explore.html)
   GET  /api/model     the model's summary
   POST /api/predict   a JSON image -> the prediction (cnntrain/apps/serveapi.py decodes it)
   POST /api/explain, /api/step, /api/reset   the backprop explorer (cnntrain/apps/explorer.py)
 
 Every answer goes through one method and every refusal is a JSON {"error": one line} with a
 4xx code and one log line, never a traceback (a bug is a 500, its traceback in the log). Bodies
-are size- and type-checked before they are read; only the page in memory is served, so no
-request path reaches the file system. The server these handlers run in is
-cnntrain/apps/serve.py.
+are size- and type-checked before they are read; only the pages in memory are served (PAGES
+maps their few paths to the package's files), so no request path reaches the file system. The
+server these handlers run in is cnntrain/apps/serve.py.
 """
 
 import base64
@@ -35,13 +36,21 @@ DRAIN_BYTES = 8 * 1024 * 1024      # an oversized body up to this is read and dr
                                    # client can finish sending and read the 413
 SOCKET_TIMEOUT = 20.0              # seconds a client may stay silent mid-request or idle
 LOOPBACK_NAMES = ("localhost",)
-PAGE_RESOURCE = "static/draw.html"
+# Request path -> the page (a file of cnntrain/apps/static/) it answers with; nothing else is
+# ever read for a request.
+PAGES = {"/": "draw.html", "/index.html": "draw.html", "/explore": "explore.html"}
 
 
-def load_page():
-    """The page's bytes from the installed package, and the Content-Security-Policy that lets
-    exactly its own inline script and style run (by their SHA-256) and nothing else."""
-    page = resources.files("cnntrain.apps").joinpath(PAGE_RESOURCE).read_bytes()
+def load_pages():
+    """Every page of PAGES once: {file name: (bytes, Content-Security-Policy)}."""
+    return {name: load_page(name) for name in sorted(set(PAGES.values()))}
+
+
+def load_page(name="draw.html"):
+    """A page's bytes from the installed package (cnntrain/apps/static/NAME), and the
+    Content-Security-Policy that lets exactly its own inline script and style run (by their
+    SHA-256) and nothing else."""
+    page = resources.files("cnntrain.apps").joinpath("static", name).read_bytes()
     hashes = {}
     for tag in ("script", "style"):
         blocks = re.findall(rb"<%s>(.*?)</%s>" % (tag.encode(), tag.encode()), page, re.S)
@@ -184,10 +193,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self._answer(self._post, allow="GET")
 
     def _get(self, path):
-        if path in ("/", "/index.html"):
-            self._send(200, self.server.page, "text/html; charset=utf-8",
-                       [("Content-Security-Policy", self.server.page_policy),
-                        ("X-Frame-Options", "DENY")])
+        if path in PAGES:
+            page, policy = self.server.pages[PAGES[path]]
+            self._send(200, page, "text/html; charset=utf-8",
+                       [("Content-Security-Policy", policy), ("X-Frame-Options", "DENY")])
         elif path == "/api/model":
             self._send(200, self.server.summary_json, "application/json")
         elif path == "/api/predict":
@@ -195,8 +204,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
         elif path in explorer.ROUTES:
             raise RequestError(405, f"POST JSON to {path}")
         else:
-            raise RequestError(404, "no such page; the page is at / and the API at "
-                                    "/api/model and /api/predict")
+            raise RequestError(404, "no such page; the pages are / and /explore and the API "
+                                    "is under /api/")
 
     def _post(self, path):
         if path in explorer.ROUTES:
@@ -204,7 +213,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self._send(200, self.server.explorer.answer(path, request), "application/json")
             return
         if path != "/api/predict":
-            if path in ("/", "/index.html", "/api/model"):
+            if path in PAGES or path == "/api/model":
                 raise RequestError(405, "this path answers GET only")
             raise RequestError(404, "no such API; POST images to /api/predict")
         request = parse_json_body(self._read_body())
