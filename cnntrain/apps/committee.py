@@ -27,6 +27,7 @@ from cnntrain.constants import INPUT_SHAPE, NUM_CLASSES
 from cnntrain.errors import CnnTrainError
 
 COMBINE_RULES = ("mean", "vote")
+DEFAULT_COMBINE = "vote"
 # (rows, columns) each field is moved by for test-time augmentation; (0, 0) is the field itself.
 TTA_SHIFTS = ((0, 0), (-1, 0), (1, 0), (0, -1), (0, 1))
 
