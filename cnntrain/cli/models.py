@@ -101,7 +101,8 @@ def predict(checkpoint, inputs, as_json, top, raw):
 @click.argument("checkpoints", nargs=-1, required=True, metavar="CHECKPOINT...")
 @click.option("-o", "--output", required=True, metavar="FILE.onnx", help="The model to write.")
 def export(checkpoints, output):
-    """Write a checkpoint's network as an ONNX model (opset 17) for other runtimes.
+    """Write a checkpoint's network (or a committee of several) as an ONNX model (opset 17)
+    for other runtimes.
 
     Input 'image': (N, 1, 28, 28) float32 in [0, 1], white digit on black, centred as MNIST
     (the graph applies the checkpoint's normalisation itself). Outputs 'logits' and
@@ -152,7 +153,8 @@ def export(checkpoints, output):
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535),
               help="The TCP port; 0 picks a free one.")
 def serve(checkpoints, combine, tta, host, port):
-    """Serve a page to draw digits on and watch CHECKPOINT classify them, with a JSON API.
+    """Serve a page to draw digits on and watch CHECKPOINT (or a committee of several)
+    classify them, with a JSON API.
 
     Open the printed address in a browser. The API: GET /api/model (the model's summary);
     POST /api/predict with {"width": W, "height": H, "pixels": [grey levels 0..255]} or

@@ -74,6 +74,10 @@ def test_api_model_names_the_members_and_the_rule(running, members):
     assert summary["members"][1]["normalisation"] == {"mean": 0.5, "std": 0.25}
     assert summary["members"][0]["normalisation"] != summary["members"][1]["normalisation"]
     assert summary["parameters"] == sum(m.network.n_params for m in running.predictor.members)
+    # "layers", as for one network: every member's, under its name.
+    assert summary["layers"] == [f"{m['name']}: {line}" for m in summary["members"]
+                                 for line in m["layers"]]
+    assert len(summary["layers"]) == 12 + len(MLP)
 
 
 def test_api_predict_gives_the_committee_answer_and_each_members(running, pages):
@@ -113,7 +117,7 @@ class FixedMember:
 
     def summary(self):
         return {"name": "fixed", "epoch": None, "test_accuracy": None, "parameters": 0,
-                "classes": [str(d) for d in range(10)]}
+                "layers": [], "classes": [str(d) for d in range(10)]}
 
 
 def test_the_answer_follows_the_rule_where_vote_and_mean_differ():
