@@ -27,7 +27,7 @@ MEMBERS_STATE = """
     }));"""
 
 
-def header(driver, timeout=10):
+def header(driver, timeout=60):
     """The model line's parts, once the page has loaded them."""
     from selenium.webdriver.common.by import By
 
@@ -57,7 +57,7 @@ def test_the_page_names_the_members_and_shows_their_answers(browser, digit_check
             index = int(np.flatnonzero(labels == digit)[0])
             browser.find_element(By.ID, "clear").click()
             page_tools.draw(browser, page_tools.ink_strokes(images[index]), "mouse")
-            state = page_tools.settled(browser, answers)
+            state = page_tools.settled(browser, answers, timeout=60)
             answers = state["count"]
             assert not state["error"], state["error"]
             field = to_mnist_field(page_tools.canvas_ink(browser))
@@ -101,7 +101,7 @@ def test_one_checkpoint_shows_no_members(browser, digit_checkpoint):
 
     with RunningServer(digit_checkpoint) as server:
         browser.get(server.url)
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 60
         while not browser.find_elements(By.ID, "model-epoch") and time.monotonic() < deadline:
             time.sleep(0.05)
         assert browser.find_element(By.ID, "model-name").text == "quick"
