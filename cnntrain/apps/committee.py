@@ -130,7 +130,9 @@ class Committee:
             "test_accuracy": None,
             "val_accuracy": None,
             "parameters": sum(m["parameters"] for m in members),
-            "layers": [],
+            # Every member's layer lines, each under its member's name, for a client that
+            # reads "layers" as it does for one network.
+            "layers": [f"{m['name']}: {line}" for m in members for line in m["layers"]],
             "input_shape": list(INPUT_SHAPE),
             "classes": members[0]["classes"],
             "combine": self.combine,

@@ -26,6 +26,7 @@ cnntrain/apps/servehttp.py is the handler (routes, page, refusals); this one is 
 """
 
 import http.server
+import os
 import signal
 import socket
 import socketserver
@@ -60,7 +61,8 @@ def exposure_warning(host):
 class DigitServer(http.server.ThreadingHTTPServer):
     """A ThreadingHTTPServer serving one predictor. `predictor` has .probabilities(fields)
     (N, 28, 28) -> (N, 10), safe to call from several threads (as a Predictor is), and
-    .summary() -> dict; `log` takes one line at a time.
+    .summary() -> dict; it may be a Committee (cnntrain.apps.committee), whose answers also
+    name its members' own. `log` takes one line at a time.
 
     At most `max_connections` connections are served at once, each by its own thread; while
     all are taken, the next connection waits for a slot and the ones after it wait, completed
@@ -188,16 +190,24 @@ def open_server(predictor, host, port, *, log=None):
             from None
 
 
-def run(checkpoint, host="127.0.0.1", port=8000, *, echo=print, warn=None):
-    """`cnntrain serve`: load the checkpoint, listen, print the address, serve until stopped."""
-    from cnntrain.apps.inference import load_predictor
+def run(checkpoints, host="127.0.0.1", port=8000, *, combine="vote", tta=False, echo=print,
+        warn=None):
+    """`cnntrain serve`: load the checkpoint, or the committee of several (combine, tta: see
+    cnntrain.apps.committee), listen, print the address, serve until stopped."""
+    from cnntrain.apps.committee import load_model
 
-    predictor = load_predictor(checkpoint)
+    if isinstance(checkpoints, (str, os.PathLike)):
+        checkpoints = [checkpoints]
+    predictor = load_model(list(checkpoints), combine=combine, tta=tta)
     warning = exposure_warning(host)
     if warning:
         (warn or echo)(warning)
     server = open_server(predictor, host, port)
     summary = predictor.summary()
-    echo(f"serving {summary.get('name', checkpoint)} (epoch {summary.get('epoch')}) at "
-         f"{server.url}  (Ctrl-C stops)")
+    if "members" in summary:
+        what = (f"{summary['name']} (combine {summary['combine']}"
+                f"{', tta' if summary['tta'] else ''})")
+    else:
+        what = f"{summary.get('name', checkpoints[0])} (epoch {summary.get('epoch')})"
+    echo(f"serving {what} at {server.url}  (Ctrl-C stops)")
     serve_until_stopped(server, echo)

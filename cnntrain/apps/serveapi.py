@@ -18,6 +18,7 @@ from http import HTTPStatus
 
 import numpy as np
 
+from cnntrain.apps.committee import Committee
 from cnntrain.errors import CnnTrainError, MissingExtra, one_line_reason, require_extra
 
 MAX_SIDE = 2048                    # pixels per side of an image to predict
@@ -161,12 +162,30 @@ def predict_grey(predictor, grey):
         raise RequestError(422, str(exc)) from None
     except (CnnTrainError, ValueError) as exc:
         raise RequestError(400, str(exc).splitlines()[0]) from None
+    if isinstance(predictor, Committee):
+        return {**committee_answer(predictor, field),
+                "field": np.round(field.astype(np.float64), 4).tolist()}
     probabilities = np.asarray(predictor.probabilities(field[None]), dtype=np.float64)[0]
     return {
         "prediction": int(np.argmax(probabilities)),
         "probabilities": [round(float(p), 6) for p in probabilities],
         "field": np.round(field.astype(np.float64), 4).tolist(),
     }
+
+
+def committee_answer(committee, field):
+    """(28, 28) field -> the committee's prediction (by its rule), its mean probabilities and
+    "members" (with several): each member's name, prediction and probabilities, from one
+    pass of each."""
+    answer = committee.answer(field[None])
+    members = [{"name": name, "prediction": int(answer["member_predictions"][k, 0]),
+                "probabilities": [round(float(p), 6) for p in answer["members"][k, 0]]}
+               for k, name in enumerate(committee.names)]
+    result = {"prediction": int(answer["predictions"][0]),
+              "probabilities": [round(float(p), 6) for p in answer["probabilities"][0]]}
+    if len(members) > 1:
+        result["members"] = members
+    return result
 
 
 def _json_default(value):

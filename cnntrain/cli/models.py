@@ -201,42 +201,73 @@ def predict(arguments, as_json, top, raw, combine, tta):
 
 
 @cli.command(context_settings=CONTEXT_SETTINGS)
-@click.argument("checkpoint")
+@click.argument("checkpoints", nargs=-1, required=True, metavar="CHECKPOINT...")
 @click.option("-o", "--output", required=True, metavar="FILE.onnx", help="The model to write.")
-def export(checkpoint, output):
-    """Write a checkpoint's network as an ONNX model (opset 17) for other runtimes.
+def export(checkpoints, output):
+    """Write a checkpoint's network (or a committee of several) as an ONNX model (opset 17)
+    for other runtimes.
 
     Input 'image': (N, 1, 28, 28) float32 in [0, 1], white digit on black, centred as MNIST
     (the graph applies the checkpoint's normalisation itself). Outputs 'logits' and
     'probabilities' (N, 10). The class names and the normalisation are in its metadata.
     Needs onnx: pip install 'cnntrain[onnx]'.
 
-    \b
-    Example:
-      cnntrain export runs/lenet5/checkpoints/best.npz -o lenet5.onnx
-    """
-    from cnntrain.apps.export import OPSET, export_checkpoint
+    Several checkpoints make one graph of the committee: each member applies its own
+    normalisation and layers (names prefixed member0., member1., ...), 'probabilities' is the
+    mean of the members' probabilities and 'logits' its log, so softmax and argmax agree with
+    it. The graph always averages (combine = mean): a vote is not expressible as simply, so a
+    committee served or scored with --combine vote may answer differently on close calls. The
+    metadata names the members. Each checkpoint may be given once, and all must read a 28x28
+    field and answer the 10 digits.
 
-    summary = export_checkpoint(checkpoint, output)
-    click.echo(f"wrote {output}: {summary['name']}, {summary['parameters']:,} parameters, "
+    \b
+    Examples:
+      cnntrain export runs/lenet5/checkpoints/best.npz -o lenet5.onnx
+      cnntrain export runs/a/checkpoints/best.npz runs/b/checkpoints/best.npz -o ab.onnx
+    """
+    from cnntrain.apps.export import OPSET, export_checkpoint, export_committee
+
+    if len(checkpoints) == 1:
+        summary = export_checkpoint(checkpoints[0], output)
+        what = summary["name"]
+    else:
+        summary = export_committee(checkpoints, output)
+        what = f"{summary['name']} (mean of probabilities)"
+    click.echo(f"wrote {output}: {what}, {summary['parameters']:,} parameters, "
                f"ONNX opset {OPSET}", err=is_stdout(output))
 
 
 
 @cli.command(context_settings=CONTEXT_SETTINGS)
-@click.argument("checkpoint")
+@click.argument("checkpoints", nargs=-1, required=True, metavar="CHECKPOINT...")
+# The choices and default are cnntrain.apps.committee's COMBINE_RULES and DEFAULT_COMBINE,
+# spelled out because importing that module (numpy) would slow every command's start; a test
+# holds them equal.
+@click.option("--combine", type=click.Choice(["mean", "vote"]), default="vote",
+              show_default=True,
+              help="With several checkpoints: the digit of the highest mean probability, or "
+                   "the digit most members answer (ties broken by the mean).")
+@click.option("--tta", is_flag=True,
+              help="Average each network's probabilities over the drawing and its one-pixel "
+                   "shifts (up, down, left, right).")
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="The address to listen on. Anything but loopback makes the page reachable "
                    "from other machines (a warning says so).")
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535),
               help="The TCP port; 0 picks a free one.")
-def serve(checkpoint, host, port):
-    """Serve a page to draw digits on and watch CHECKPOINT classify them, with a JSON API.
+def serve(checkpoints, combine, tta, host, port):
+    """Serve a page to draw digits on and watch CHECKPOINT (or a committee of several)
+    classify them, with a JSON API.
 
     Open the printed address in a browser. The API: GET /api/model (the model's summary);
     POST /api/predict with {"width": W, "height": H, "pixels": [grey levels 0..255]} or
     {"png": "<base64>"} (PNG needs Pillow) returns the probabilities, the prediction and the
     28x28 field the network saw.
+
+    Several checkpoints serve a committee: the prediction is the committee's (by --combine),
+    the probabilities the mean of its members', and "members" lists each member's name,
+    prediction and probabilities; the page and GET /api/model name the members. Each
+    checkpoint may be given once, and all must read a 28x28 field and answer the 10 digits.
 
     Ctrl-C or SIGTERM stops the server; the exit code is then 0.
 
@@ -244,9 +275,9 @@ def serve(checkpoint, host, port):
     Examples:
       cnntrain serve runs/lenet5/checkpoints/best.npz
       cnntrain serve runs/lenet5/checkpoints/best.npz --port 8080
+      cnntrain serve runs/a/checkpoints/best.npz runs/b/checkpoints/best.npz --combine mean
     """
     from cnntrain.apps import serve as server
 
-    server.run(checkpoint, host, port, echo=click.echo,
+    server.run(checkpoints, host, port, combine=combine, tta=tta, echo=click.echo,
                warn=lambda line: click.echo(line, err=True))
-

@@ -47,3 +47,13 @@ def save_same_weights(path, network, config_text):
             target[name][...] = value
     save_network(path, twin, cfg)
     return twin, cfg
+
+
+def write_five_class_checkpoint(path):
+    """A checkpoint of a network answering 5 classes, not the 10 digits (its stored config says
+    'dense 5', which cnntrain refuses on loading): a network no committee may take."""
+    network, cfg = make_network(["flatten", "dense 10"])
+    params = {key: value[..., :5] for key, value in network.params.items()}
+    meta = {"epoch": 0, "step": 0, "history": [],
+            "config": config_to_ini(cfg).replace("dense 10", "dense 5")}
+    save_checkpoint(path, Checkpoint(params=params, buffers=network.buffers, meta=meta))

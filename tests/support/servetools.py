@@ -5,6 +5,7 @@ import threading
 
 import numpy as np
 
+from cnntrain.apps.committee import load_model
 from cnntrain.apps.inference import Predictor
 from cnntrain.apps.serve import DigitServer
 from cnntrain.data.mnist import read_idx
@@ -35,10 +36,14 @@ class LogLines:
 
 class RunningServer:
     """DigitServer(Predictor.from_checkpoint(checkpoint)) serving on 127.0.0.1:<free port>
-    in a thread until the `with` block ends."""
+    in a thread until the `with` block ends; a list of checkpoints serves their committee
+    (cnntrain.apps.committee.load_model with `combine` and `tta`)."""
 
-    def __init__(self, checkpoint, host="127.0.0.1", **options):
-        self.predictor = Predictor.from_checkpoint(checkpoint)
+    def __init__(self, checkpoint, host="127.0.0.1", *, combine="vote", tta=False, **options):
+        if isinstance(checkpoint, (list, tuple)):
+            self.predictor = load_model(checkpoint, combine=combine, tta=tta)
+        else:
+            self.predictor = Predictor.from_checkpoint(checkpoint)
         self.log = LogLines()
         self.server = DigitServer(self.predictor, host, 0, log=self.log, **options)
         self.url = self.server.url
