@@ -9,7 +9,12 @@ The standard library's ThreadingHTTPServer, no framework. Routes:
   POST /api/predict   {"width": W, "height": H, "pixels": [W*H grey levels 0..255, row-major]}
                       or {"png": "<base64 PNG, or a data: URL>"} (needs Pillow)
                       -> {"prediction", "probabilities", "field"}: the digit, the ten class
-                      probabilities and the 28x28 field the network saw (ink high, in [0, 1])
+                      probabilities and the 28x28 field the network saw (ink high, in [0, 1]);
+                      a committee's answer adds every member's ("members")
+  POST /api/explain   an image as above plus {"target": k} -> every layer's output, delta and
+                      weight gradient for that label (cnntrain/apps/explorer.py)
+  POST /api/step      one SGD step on the session's copy of the weights; POST /api/reset
+                      restores the copy from the checkpoint
 
 Safe by default: bound to loopback unless asked otherwise; bodies and images are size-limited
 before anything is decoded; every refusal is a JSON {"error": one line} with a 4xx code and one

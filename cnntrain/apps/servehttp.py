@@ -215,7 +215,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if path != "/api/predict":
             if path in PAGES or path == "/api/model":
                 raise RequestError(405, "this path answers GET only")
-            raise RequestError(404, "no such API; POST images to /api/predict")
+            raise RequestError(404, "no such API; POST images to /api/predict, or to "
+                                    + ", ".join(sorted(explorer.ROUTES)))
         request = parse_json_body(self._read_body())
         grey = grey_from_request(request)
         self._send_json(predict_grey(self.server.predictor, grey))
