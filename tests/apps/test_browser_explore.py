@@ -264,32 +264,6 @@ def test_explore_a_drawn_three_choose_a_label_step_and_reset(browser, checkpoint
     assert not errors, errors  # e.g. a Content-Security-Policy refusal of the page's own script
 
 
-class CommitteeServer:
-    """A DigitServer serving a committee of `paths` on a loopback port, in a thread."""
-
-    def __init__(self, paths):
-        import threading
-
-        from cnntrain.apps.committee import load_model
-        from cnntrain.apps.serve import DigitServer
-        from tests.support.servetools import LogLines
-
-        self.model = load_model(paths)
-        self.server = DigitServer(self.model, "127.0.0.1", 0, log=LogLines())
-        self.url = self.server.url
-        self._thread = threading.Thread(target=self.server.serve_forever,
-                                        kwargs={"poll_interval": 0.05}, daemon=True)
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.server.shutdown()
-        self.server.server_close()
-        self._thread.join(timeout=10)
-
-
 def test_a_committee_offers_its_members_and_explains_the_one_chosen(browser, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select
@@ -300,15 +274,15 @@ def test_a_committee_offers_its_members_and_explains_the_one_chosen(browser, tmp
     write_checkpoint(paths[0], LAYERS, seed=3)
     write_checkpoint(paths[1], ["conv 4 3 pad=1", "maxpool 2", "relu", "flatten", "dense 10"],
                      seed=4)
-    with CommitteeServer(paths) as served:
-        members = served.model.members
+    with RunningServer(paths) as served:
+        members = served.predictor.members
         browser.get(served.url + "explore")
         deadline = time.monotonic() + 30
         while not browser.find_element(By.ID, "member-box").is_displayed() \
                 and time.monotonic() < deadline:
             time.sleep(0.05)
         select = Select(browser.find_element(By.ID, "member"))
-        names = [member["name"] for member in served.model.summary()["members"]]
+        names = [member["name"] for member in served.predictor.summary()["members"]]
         assert [o.text for o in select.options] == [f"{i + 1}. {n}" for i, n in enumerate(names)]
 
         draw(browser, handwritten_three(), "mouse")
