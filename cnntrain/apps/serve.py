@@ -195,15 +195,16 @@ def open_server(predictor, host, port, *, log=None):
             from None
 
 
-def run(checkpoints, host="127.0.0.1", port=8000, *, combine="vote", tta=False, echo=print,
+def run(checkpoints, host="127.0.0.1", port=8000, *, combine=None, tta=False, echo=print,
         warn=None):
     """`cnntrain serve`: load the checkpoint, or the committee of several (combine, tta: see
-    cnntrain.apps.committee), listen, print the address, serve until stopped."""
-    from cnntrain.apps.committee import load_model
+    cnntrain.apps.committee; None combines by its DEFAULT_COMBINE), listen, print the
+    address, serve until stopped."""
+    from cnntrain.apps.committee import DEFAULT_COMBINE, load_model
 
     if isinstance(checkpoints, (str, os.PathLike)):
         checkpoints = [checkpoints]
-    predictor = load_model(list(checkpoints), combine=combine, tta=tta)
+    predictor = load_model(list(checkpoints), combine=combine or DEFAULT_COMBINE, tta=tta)
     warning = exposure_warning(host)
     if warning:
         (warn or echo)(warning)

@@ -9,6 +9,9 @@ from cnntrain.cli.group import CONTEXT_SETTINGS, cli, data_dir_option, mirror_op
 from cnntrain.console import is_stdout
 from cnntrain.errors import require_extra
 
+# The choices are cnntrain.apps.committee.COMBINE_RULES, spelled out because importing that
+# module (numpy) would slow every command's start; a test holds them equal. The default
+# (None) is resolved to its DEFAULT_COMBINE when a committee is built.
 combine_option = click.option(
     "--combine", type=click.Choice(["mean", "vote"]), default=None,
     help="How several networks answer together: the digit with the highest mean probability, "
@@ -240,16 +243,8 @@ def export(checkpoints, output):
 
 @cli.command(context_settings=CONTEXT_SETTINGS)
 @click.argument("checkpoints", nargs=-1, required=True, metavar="CHECKPOINT...")
-# The choices and default are cnntrain.apps.committee's COMBINE_RULES and DEFAULT_COMBINE,
-# spelled out because importing that module (numpy) would slow every command's start; a test
-# holds them equal.
-@click.option("--combine", type=click.Choice(["mean", "vote"]), default="vote",
-              show_default=True,
-              help="With several checkpoints: the digit of the highest mean probability, or "
-                   "the digit most members answer (ties broken by the mean).")
-@click.option("--tta", is_flag=True,
-              help="Average each network's probabilities over the drawing and its one-pixel "
-                   "shifts (up, down, left, right).")
+@combine_option
+@tta_option
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="The address to listen on. Anything but loopback makes the page reachable "
                    "from other machines (a warning says so).")

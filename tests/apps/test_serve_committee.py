@@ -206,9 +206,15 @@ def test_the_startup_line_names_the_committee(members, monkeypatch):
     assert served[1].combine == DEFAULT_COMBINE
 
 
-def test_the_command_offers_the_committee_rules_with_their_default():
-    combine = next(p for p in cli.commands["serve"].params if p.name == "combine")
-    assert tuple(combine.type.choices) == COMBINE_RULES and combine.default == DEFAULT_COMBINE
+@pytest.mark.parametrize("command", ["eval", "predict", "serve"])
+def test_the_commands_offer_the_committee_rules(command):
+    """The CLI spells the rules out (it must not import numpy to start): they must be the
+    committee's; the default is left to DEFAULT_COMBINE (checked above for serve)."""
+    combine = next(p for p in cli.commands[command].params if p.name == "combine")
+    assert tuple(combine.type.choices) == COMBINE_RULES and combine.default is None
+
+
+def test_serve_help_names_several_checkpoints():
     assert "CHECKPOINT..." in invoke("serve", "--help").stdout
 
 
