@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from cnntrain.apps.explorer import IDLE_SECONDS
-from tests.apps.test_serve_browser import CHROMIUM_FLAGS, browser_paths, draw
+from tests.apps.test_serve_browser import draw, open_browser
 from tests.support.checkpoints import write_checkpoint
 from tests.support.servetools import RunningServer
 
@@ -32,18 +32,7 @@ SETTLE_SECONDS = 60   # generous: the machine is shared; nothing here is timed
 
 @pytest.fixture
 def browser(tmp_path):
-    chromium, driver_path = browser_paths()
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for flag in CHROMIUM_FLAGS + [f"--user-data-dir={tmp_path / 'profile'}",
-                                  "--window-size=1100,1400"]:
-        options.add_argument(flag)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(driver_path), options=options)
-    driver.set_page_load_timeout(120)  # generous: the machine is shared
+    driver = open_browser(tmp_path / "profile", "1100,1400", 120)  # generous: shared machine
     try:
         yield driver
     finally:

@@ -17,7 +17,7 @@ from cnntrain.apps import explorer
 from cnntrain.apps.inference import Predictor
 from cnntrain.data.preprocess import to_mnist_field
 from cnntrain.nn import functional
-from tests.support.checkpoints import make_network, save_network, write_checkpoint
+from tests.support.checkpoints import make_network, roughen, save_network, write_checkpoint
 from tests.support.gradcheck import numeric_gradient, relative_error
 from tests.support.optional import import_or_unavailable
 from tests.support.servetools import RunningServer
@@ -71,23 +71,9 @@ def post(server, path, body, raw=None):
     return response.status_code, response.json(), response.content
 
 
-def roughen(network, seed=0):
-    """Batch norms with scales, offsets and running statistics away from the identity, so the
-    evaluation-mode equation is exercised (as a trained network's would be)."""
-    rng = np.random.default_rng(seed)
-    for name, value in network.params.items():
-        if name.endswith((".b", ".beta")):
-            value[...] = rng.normal(0, 0.3, value.shape)
-        elif name.endswith(".gamma"):
-            value[...] = rng.uniform(0.5, 2, value.shape)
-    for name, value in network.buffers.items():
-        value[...] = rng.uniform(0.5, 2, value.shape) if name.endswith("var") \
-            else rng.normal(0, 0.5, value.shape)
-
-
 def saved(path, layers, seed=0, **train):
     network, cfg = make_network(layers, seed=seed, train=train)
-    roughen(network, seed)
+    roughen(network, np.random.default_rng(seed))
     save_network(path, network, cfg)
     return path
 

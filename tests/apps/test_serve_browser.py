@@ -37,20 +37,27 @@ def browser_paths():
     return chromium, driver
 
 
-@pytest.fixture
-def browser(tmp_path):
+def open_browser(profile_dir, window_size, page_load_timeout):
+    """A headless Chromium driver with its own profile folder, the browser's console log kept
+    (tests read its SEVERE entries); the caller quits it."""
     chromium, driver_path = browser_paths()
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
     options = webdriver.ChromeOptions()
     options.binary_location = chromium
-    for flag in CHROMIUM_FLAGS + [f"--user-data-dir={tmp_path / 'profile'}",
-                                  "--window-size=860,780"]:
+    for flag in CHROMIUM_FLAGS + [f"--user-data-dir={profile_dir}",
+                                  f"--window-size={window_size}"]:
         options.add_argument(flag)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(service=Service(driver_path), options=options)
-    driver.set_page_load_timeout(20)
+    driver.set_page_load_timeout(page_load_timeout)
+    return driver
+
+
+@pytest.fixture
+def browser(tmp_path):
+    driver = open_browser(tmp_path / "profile", "860,780", 20)
     try:
         yield driver
     finally:

@@ -10,6 +10,7 @@ from cnntrain.nn.explain import explain
 from cnntrain.nn.losses import SoftmaxCrossEntropy
 from cnntrain.nn.model import build_network
 from cnntrain.nn.optim import SGD
+from tests.support.checkpoints import roughen
 from tests.support.gradcheck import numeric_gradient, relative_error
 from tests.support.optional import import_or_unavailable
 
@@ -35,14 +36,7 @@ def trained_looking(layers, dtype, kernels, seed=0):
     rng = np.random.default_rng(seed)
     net = build_network(layers, rng=rng, dtype=dtype, kernels=kernels,
                         seeds=np.random.SeedSequence(seed))
-    for name, value in net.params.items():
-        if name.endswith((".b", ".beta")):
-            value[...] = rng.normal(0, 0.3, value.shape)
-        elif name.endswith(".gamma"):
-            value[...] = rng.uniform(0.5, 2, value.shape)
-    for name, value in net.buffers.items():
-        value[...] = rng.uniform(0.5, 2, value.shape) if name.endswith("var") \
-            else rng.normal(0, 0.5, value.shape)
+    roughen(net, rng)
     return net
 
 

@@ -57,3 +57,17 @@ def write_five_class_checkpoint(path):
     meta = {"epoch": 0, "step": 0, "history": [],
             "config": config_to_ini(cfg).replace("dense 10", "dense 5")}
     save_checkpoint(path, Checkpoint(params=params, buffers=network.buffers, meta=meta))
+
+
+def roughen(network, rng):
+    """Give `network` the batch-norm scales, offsets and running statistics, and the biases, of
+    a trained-looking network (drawn from `rng`), so an evaluation-mode batch norm is exercised
+    away from the identity."""
+    for name, value in network.params.items():
+        if name.endswith((".b", ".beta")):
+            value[...] = rng.normal(0, 0.3, value.shape)
+        elif name.endswith(".gamma"):
+            value[...] = rng.uniform(0.5, 2, value.shape)
+    for name, value in network.buffers.items():
+        value[...] = rng.uniform(0.5, 2, value.shape) if name.endswith("var") \
+            else rng.normal(0, 0.5, value.shape)
