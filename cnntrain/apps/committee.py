@@ -27,8 +27,9 @@ from cnntrain.constants import INPUT_SHAPE, NUM_CLASSES
 from cnntrain.errors import CnnTrainError
 
 COMBINE_RULES = ("mean", "vote")
-# The rule eval, predict, serve and export use when none is asked for: the one that measured
-# better on MNIST's test set (the lead's measurements of issue #29 set it).
+# The rule a committee uses when none is asked for (combine=None, as the CLI passes without
+# --combine): the one that measured better on MNIST's test set (docs/results.md, Committees).
+# export always averages.
 DEFAULT_COMBINE = "vote"
 # (rows, columns) each field is moved by for test-time augmentation; (0, 0) is the field itself.
 TTA_SHIFTS = ((0, 0), (-1, 0), (1, 0), (0, -1), (0, 1))
@@ -82,7 +83,8 @@ class Committee:
     """Predictors (cnntrain.apps.inference) answering together by `combine`, optionally each
     with test-time augmentation."""
 
-    def __init__(self, members, *, combine="mean", tta=False, names=None):
+    def __init__(self, members, *, combine=None, tta=False, names=None):
+        combine = DEFAULT_COMBINE if combine is None else combine
         if combine not in COMBINE_RULES:
             raise CnnTrainError(f"--combine must be one of {', '.join(COMBINE_RULES)}, "
                                 f"got {combine!r}")
@@ -203,9 +205,10 @@ def check_member(path, predictor):
         raise CnnTrainError(f"{path}: its network outputs {n_out}, not {NUM_CLASSES} scores")
 
 
-def load_model(paths, *, combine="mean", tta=False):
-    """One checkpoint without tta -> its Predictor; otherwise a Committee of them all.
-    Every refusal is one line naming the checkpoint at fault."""
+def load_model(paths, *, combine=None, tta=False):
+    """One checkpoint without tta -> its Predictor; otherwise a Committee of them all
+    (combine None: by DEFAULT_COMBINE). Every refusal is one line naming the checkpoint at
+    fault."""
     from cnntrain.apps.inference import load_predictor
 
     paths = [str(p) for p in paths]

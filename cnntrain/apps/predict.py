@@ -15,7 +15,7 @@ import os
 
 import numpy as np
 
-from cnntrain.apps.committee import DEFAULT_COMBINE, load_model
+from cnntrain.apps.committee import load_model
 from cnntrain.apps.inference import CLASS_NAMES
 from cnntrain.data.inputs import display_name, expand_inputs, read_input
 from cnntrain.data.preprocess import FIELD, grey_levels, to_mnist_field
@@ -103,7 +103,7 @@ def predict_inputs(checkpoints, inputs, *, top=3, raw=False, as_json=False, echo
     input). Returns (pictures predicted, failures).
     """
     paths = [checkpoints] if isinstance(checkpoints, (str, os.PathLike)) else list(checkpoints)
-    model = load_model(paths, combine=combine or DEFAULT_COMBINE, tta=tta)
+    model = load_model(paths, combine=combine, tta=tta)
     top = max(1, min(top, len(CLASS_NAMES)))
     done = failed = 0
 

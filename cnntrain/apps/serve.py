@@ -200,11 +200,11 @@ def run(checkpoints, host="127.0.0.1", port=8000, *, combine=None, tta=False, ec
     """`cnntrain serve`: load the checkpoint, or the committee of several (combine, tta: see
     cnntrain.apps.committee; None combines by its DEFAULT_COMBINE), listen, print the
     address, serve until stopped."""
-    from cnntrain.apps.committee import DEFAULT_COMBINE, load_model
+    from cnntrain.apps.committee import load_model
 
     if isinstance(checkpoints, (str, os.PathLike)):
         checkpoints = [checkpoints]
-    predictor = load_model(list(checkpoints), combine=combine or DEFAULT_COMBINE, tta=tta)
+    predictor = load_model(list(checkpoints), combine=combine, tta=tta)
     warning = exposure_warning(host)
     if warning:
         (warn or echo)(warning)

@@ -52,10 +52,10 @@ def _committee_paths(checkpoints, sweep_dir):
 def _eval_committee(paths, split, as_json, batch_size, errors_png, combine, tta, data_dir,
                     mirrors):
     """eval of several checkpoints (or one with --tta): each member, then the committee."""
-    from cnntrain.apps.committee import DEFAULT_COMBINE, load_model
+    from cnntrain.apps.committee import load_model
     from cnntrain.runs.evaluate_committee import evaluate_committee
 
-    committee = load_model(paths, combine=combine or DEFAULT_COMBINE, tta=tta)
+    committee = load_model(paths, combine=combine, tta=tta)
     result = evaluate_committee(committee, split=split, batch_size=batch_size,
                                 data_dir=data_dir, mirrors=mirrors,
                                 progress=not as_json and sys.stderr.isatty(),
